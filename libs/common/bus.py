@@ -1,0 +1,152 @@
+"""NATS connection and the idempotent set-up of every stream, bucket and store.
+
+Any service may call `ensure_topology` at start: creating what exists already
+is harmless, so no service depends on another having started first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+import nats
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js import api
+from nats.js.errors import BadRequestError
+from pydantic import BaseModel
+
+from libs.common import subjects
+from libs.common.events import Event, encode, event_type
+from libs.common.telemetry import inject_headers
+
+log = logging.getLogger(__name__)
+
+# Long enough to cover a consumer's redelivery after a crash: the same event id
+# published again inside this window is dropped by the server, not duplicated.
+DUPLICATE_WINDOW_S = 2 * 3600.0
+
+
+async def connect(
+    servers: Sequence[str], name: str, credentials_file: str | None = None
+) -> NATS:
+    """Connect with unbounded reconnects: a service outlives NATS restarts."""
+
+    async def on_error(exc: Exception) -> None:
+        log.warning("nats: %s", exc)
+
+    async def on_disconnect() -> None:
+        log.warning("nats: disconnected")
+
+    async def on_reconnect() -> None:
+        log.info("nats: reconnected")
+
+    kwargs: dict[str, object] = {}
+    if credentials_file:
+        kwargs["user_credentials"] = credentials_file
+    return await nats.connect(
+        servers=list(servers),
+        name=name,
+        max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5,
+        connect_timeout=5,
+        error_cb=on_error,
+        disconnected_cb=on_disconnect,
+        reconnected_cb=on_reconnect,
+        **kwargs,  # type: ignore[arg-type]
+    )
+
+
+def _stream_configs(replicas: int) -> list[api.StreamConfig]:
+    file = api.StorageType.FILE
+    return [
+        api.StreamConfig(
+            name=subjects.EVENTS_STREAM,
+            subjects=[subjects.EVENTS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=file,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            allow_rollup_hdrs=False,
+            deny_delete=False,
+        ),
+        api.StreamConfig(
+            name=subjects.JOBS_STREAM,
+            subjects=[subjects.JOBS_SUBJECTS],
+            retention=api.RetentionPolicy.WORK_QUEUE,
+            storage=file,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+        ),
+        api.StreamConfig(
+            name=subjects.TIMERS_STREAM,
+            subjects=[subjects.TIMERS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=file,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            allow_msg_schedules=True,
+            allow_msg_ttl=True,
+            max_msgs_per_subject=1,
+        ),
+    ]
+
+
+async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
+    for cfg in _stream_configs(replicas):
+        try:
+            await js.add_stream(cfg)
+        except BadRequestError:
+            # Exists with another config: bring it to ours (e.g. replicas changed).
+            await js.update_stream(cfg)
+    await ensure_object_store(js, replicas)
+    for bucket in (subjects.POLICY_COUNTERS_BUCKET, subjects.POP3_GRANTS_BUCKET):
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1
+            )
+        )
+
+
+async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> None:
+    await js.create_object_store(
+        subjects.BODIES_BUCKET,
+        config=api.ObjectStoreConfig(
+            bucket=subjects.BODIES_BUCKET, storage=api.StorageType.FILE, replicas=replicas
+        ),
+    )
+
+
+async def publish_event(
+    js: JetStreamContext, event: Event, headers: dict[str, str] | None = None
+) -> api.PubAck:
+    """Publish with the event id as Nats-Msg-Id and the current trace context."""
+    hdrs = inject_headers(headers)
+    hdrs["Nats-Msg-Id"] = event.event_id
+    hdrs["Mailbus-Event"] = event_type(event)
+    subject = subjects.event_subject(event.queue_id, event_type(event))
+    return await js.publish(subject, encode(event), headers=hdrs)
+
+
+async def publish_model(
+    js: JetStreamContext, subject: str, model: BaseModel, msg_id: str,
+    headers: dict[str, str] | None = None,
+) -> api.PubAck:
+    hdrs = inject_headers(headers)
+    hdrs["Nats-Msg-Id"] = msg_id
+    return await js.publish(subject, encode(model), headers=hdrs)
+
+
+async def wait_for_jetstream(nc: NATS, timeout: float = 10.0) -> JetStreamContext:
+    """JetStream can lag the connection right after a server start."""
+    js = nc.jetstream()
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        try:
+            await js.account_info()
+            return js
+        except Exception:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)

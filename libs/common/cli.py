@@ -1,0 +1,61 @@
+"""`mailbus`: the operator's command.
+
+    mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
+    mailbus config check FILE                   validate, print the effective config
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+
+from libs.common.config import ConfigError, load_config
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from libs.common.runtime import setup_logging
+    from libs.common.up import up
+
+    setup_logging(args.log_level)
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
+    return up(args.config, config, args.data_dir)
+
+
+def _cmd_config_check(args: argparse.Namespace) -> int:
+    from libs.common.config.cli import config_check
+
+    return config_check(args.file)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mailbus", description="mailbus MTA")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p_up = sub.add_parser("up", help="run embedded NATS (when nats.url is empty) and all services")
+    p_up.add_argument("--config", required=True)
+    p_up.add_argument("--data-dir", default="./var")
+    p_up.add_argument("--log-level", default="INFO")
+    p_up.set_defaults(func=_cmd_up)
+
+    p_cfg = sub.add_parser("config", help="configuration tools")
+    cfg_sub = p_cfg.add_subparsers(dest="config_command", required=True)
+    p_check = cfg_sub.add_parser("check", help="validate FILE and print the effective config")
+    p_check.add_argument("file")
+    p_check.set_defaults(func=_cmd_config_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    result: int = args.func(args)
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

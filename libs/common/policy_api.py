@@ -1,0 +1,113 @@
+"""The request/reply contract between ingress and policy, and its typed client.
+
+Ingress asks; policy decides. A decision carries its SMTP reply and the name
+of the rule that made it, so logs, metrics and the MessageReceived event can
+say why. When policy does not answer in time the client fails closed with
+451 4.3.0: nothing is accepted on a guess.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Literal
+
+from nats.aio.client import Client as NATS
+from nats.errors import NoRespondersError, TimeoutError
+from pydantic import BaseModel, ConfigDict
+
+from libs.common import subjects
+from libs.common.telemetry import inject_headers
+
+log = logging.getLogger(__name__)
+
+Action = Literal["accept", "reject", "defer", "disconnect"]
+Stage = Literal["connect", "helo", "auth", "mail", "rcpt", "data"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+
+class Session(_Model):
+    """What policy knows of the SMTP session asking."""
+
+    session_id: str
+    client_ip: str
+    client_port: int = 0
+    listener: str = ""
+    helo: str = ""
+    tls: bool = False
+    auth_user: str | None = None
+
+
+class PolicyQuery(_Model):
+    stage: Stage
+    session: Session
+    mail_from: str | None = None
+    rcpt: str | None = None
+    rcpt_count: int = 0  # recipients already accepted in this transaction
+    size: int | None = None  # SIZE= at MAIL, actual size at DATA
+    received_headers: int = 0
+    mechanism: str | None = None
+    username: str | None = None
+    password: str | None = None
+
+
+class PolicyDecision(_Model):
+    action: Action
+    code: int
+    status: str  # RFC 3463 enhanced status code
+    message: str
+    rule: str
+    # Set by policy when it has rewritten something, e.g. the canonical local user.
+    canonical: str | None = None
+
+    @property
+    def accepted(self) -> bool:
+        return self.action == "accept"
+
+    @property
+    def smtp_reply(self) -> str:
+        return f"{self.code} {self.status} {self.message}"
+
+    @classmethod
+    def accept(cls, rule: str, message: str = "Ok", code: int = 250) -> PolicyDecision:
+        return cls(action="accept", code=code, status="2.0.0", message=message, rule=rule)
+
+
+POLICY_UNAVAILABLE = PolicyDecision(
+    action="defer",
+    code=451,
+    status="4.3.0",
+    message="Policy service unavailable, try again later",
+    rule="policy_unavailable",
+)
+
+
+class PolicyClient:
+    """Ask policy over NATS request/reply; never raises for a missing answer."""
+
+    def __init__(self, nc: NATS, timeout: float = 5.0) -> None:
+        self._nc = nc
+        self._timeout = timeout
+
+    async def ask(self, query: PolicyQuery) -> PolicyDecision:
+        subject = subjects.policy_subject(query.stage)
+        try:
+            msg = await self._nc.request(
+                subject,
+                query.model_dump_json().encode(),
+                timeout=self._timeout,
+                headers=inject_headers(),
+            )
+        except (TimeoutError, NoRespondersError) as exc:
+            log.warning("policy %s: no answer (%s); failing closed", query.stage, type(exc).__name__)
+            return POLICY_UNAVAILABLE
+        if msg.headers and msg.headers.get("Nats-Service-Error-Code"):
+            log.error("policy %s: service error %s", query.stage, msg.headers)
+            return POLICY_UNAVAILABLE
+        try:
+            return PolicyDecision.model_validate_json(msg.data)
+        except ValueError:
+            log.error("policy %s: malformed answer %r", query.stage, msg.data[:200])
+            return POLICY_UNAVAILABLE

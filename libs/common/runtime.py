@@ -1,0 +1,151 @@
+"""The life of one service process: config, NATS, telemetry, health, signals, drain.
+
+Every service is a class with `start()` and `stop()`; this module does the
+rest the same way for all five, so `python -m services.<svc>`, the container
+and `mailbus up` behave alike, and tests can run a service in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.micro import add_service
+from nats.micro.service import Service as MicroService
+from nats.micro.service import ServiceConfig
+
+from libs.common import bus, subjects
+from libs.common.config import Config, ConfigError, load_config
+from libs.common.telemetry import setup_telemetry
+
+log = logging.getLogger(__name__)
+
+VERSION = "0.1.0"
+
+
+@dataclass
+class Context:
+    """What a service gets from the runtime; it opens no connection of its own."""
+
+    service: str
+    config: Config
+    nc: NATS
+    js: JetStreamContext
+    micro: MicroService
+    instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+
+
+class Service(Protocol):
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None:
+        """Take no new work, finish what is in flight, then return."""
+        ...
+
+
+ServiceFactory = Callable[[Context], Service]
+
+
+def nats_servers(config: Config, override: Sequence[str] | None = None) -> list[str]:
+    servers = list(override or config.nats.url)
+    if not servers:
+        raise ConfigError(
+            ["nats.url: empty; only `mailbus up` starts an embedded server, give a URL here"]
+        )
+    return servers
+
+
+@dataclass
+class Running:
+    """A started service and what it holds; `close()` drains it in order."""
+
+    ctx: Context
+    service: Service
+
+    async def close(self) -> None:
+        try:
+            await self.service.stop()
+        finally:
+            await self.ctx.micro.stop()
+            if not self.ctx.nc.is_closed:
+                await self.ctx.nc.drain()
+
+
+async def start_service(
+    name: str,
+    factory: ServiceFactory,
+    config: Config,
+    servers: Sequence[str],
+) -> Running:
+    nc = await bus.connect(
+        servers, name=subjects.service_name(name), credentials_file=config.nats.credentials_file
+    )
+    js = await bus.wait_for_jetstream(nc)
+    await bus.ensure_topology(js, replicas=config.nats.stream_replicas)
+    micro = await add_service(
+        nc,
+        ServiceConfig(
+            name=subjects.service_name(name),
+            version=VERSION,
+            description=f"mailbus {name}",
+            metadata={"instance": f"{socket.gethostname()}-{os.getpid()}"},
+        ),
+    )
+    ctx = Context(service=name, config=config, nc=nc, js=js, micro=micro)
+    service = factory(ctx)
+    await service.start()
+    return Running(ctx, service)
+
+
+async def serve(name: str, factory: ServiceFactory, config: Config, servers: Sequence[str]) -> int:
+    setup_telemetry(name, prefix=config.telemetry.service_name_prefix)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    running = await start_service(name, factory, config, servers)
+    log.info("%s started", subjects.service_name(name))
+    await stop.wait()
+    log.info("%s draining", subjects.service_name(name))
+    await running.close()
+    log.info("%s stopped", subjects.service_name(name))
+    return 0
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"mailbus-{name}", description=f"mailbus {name} service")
+    parser.add_argument("--config", default=os.environ.get("MAILBUS_CONFIG"), required=False)
+    parser.add_argument(
+        "--nats-url", action="append", help="overrides nats.url (repeatable)", default=None
+    )
+    parser.add_argument("--log-level", default=os.environ.get("MAILBUS_LOG_LEVEL", "INFO"))
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if not args.config:
+        parser.error("--config FILE (or MAILBUS_CONFIG) is required")
+    try:
+        config = load_config(args.config)
+        servers = nats_servers(config, args.nats_url)
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(line, file=sys.stderr)
+        return 2
+    return asyncio.run(serve(name, factory, config, servers))

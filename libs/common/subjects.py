@@ -1,0 +1,92 @@
+"""Every NATS name mailbus uses: subjects, streams, consumers, buckets, services.
+
+Keeping them in one module is what makes the bus reviewable: the permission
+file, the manifests and the services all read from here.
+"""
+
+from __future__ import annotations
+
+import base64
+
+PREFIX = "mailbus"
+
+# Request/reply: ingress asks policy at every SMTP stage.
+POLICY_SERVICE = "mailbus-policy"
+POLICY_PREFIX = f"{PREFIX}.policy.v1"
+POLICY_STAGES = ("connect", "helo", "auth", "mail", "rcpt", "data")
+
+
+def policy_subject(stage: str) -> str:
+    if stage not in POLICY_STAGES:
+        raise ValueError(f"unknown policy stage {stage!r}")
+    return f"{POLICY_PREFIX}.{stage}"
+
+
+# The event log: every event of every message, one subject per message and type,
+# so a message's history is one filtered read and consumers can filter by type.
+EVENTS_STREAM = "MAILBUS_EVENTS"
+EVENTS_PREFIX = f"{PREFIX}.evt"
+EVENTS_SUBJECTS = f"{EVENTS_PREFIX}.>"
+
+
+def event_subject(queue_id: str, event_type: str) -> str:
+    return f"{EVENTS_PREFIX}.{queue_id}.{event_type}"
+
+
+def message_events_filter(queue_id: str) -> str:
+    return f"{EVENTS_PREFIX}.{queue_id}.*"
+
+
+def events_of_type(event_type: str) -> str:
+    return f"{EVENTS_PREFIX}.*.{event_type}"
+
+
+# Delivery jobs: a work queue, one subject token per destination so that
+# per-destination concurrency can be applied later without re-plumbing.
+JOBS_STREAM = "MAILBUS_JOBS"
+JOBS_PREFIX = f"{PREFIX}.job.deliver"
+JOBS_SUBJECTS = f"{JOBS_PREFIX}.>"
+
+
+def job_subject(destination: str) -> str:
+    return f"{JOBS_PREFIX}.{token(destination)}"
+
+
+# Durable timers (retry, delay warning, expiry) use JetStream message schedules.
+TIMERS_STREAM = "MAILBUS_TIMERS"
+TIMERS_PREFIX = f"{PREFIX}.timer"
+TIMERS_SUBJECTS = f"{TIMERS_PREFIX}.>"
+
+# Object store of message bodies, keyed by queue id.
+BODIES_BUCKET = "mailbus-bodies"
+
+# KV buckets for state that must hold across replicas.
+POLICY_COUNTERS_BUCKET = "mailbus-policy-counters"
+POP3_GRANTS_BUCKET = "mailbus-pop3-grants"
+
+# Durable consumer names.
+QUEUE_CONSUMER = "queue"
+DELIVERY_CONSUMER = "delivery"
+NOTIFIER_CONSUMER = "notifier"
+
+# Each service answers $SRV.PING/INFO under this name (nats.micro).
+SERVICES = ("ingress", "policy", "queue", "delivery", "notifier")
+
+
+def service_name(service: str) -> str:
+    return f"{PREFIX}-{service}"
+
+
+def token(value: str) -> str:
+    """Encode an arbitrary string (a domain has dots) as one subject token.
+
+    Unpadded URL-safe base64 keeps it reversible and free of '.', '*', '>' and spaces.
+    """
+    return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=") or "_"
+
+
+def untoken(value: str) -> str:
+    if value == "_":
+        return ""
+    pad = "=" * (-len(value) % 4)
+    return base64.urlsafe_b64decode(value + pad).decode()

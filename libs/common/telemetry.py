@@ -1,0 +1,93 @@
+"""OpenTelemetry set-up and W3C trace-context propagation through NATS headers.
+
+One trace per message: the SMTP session's context is injected into every NATS
+message it causes and extracted on the other side, in whichever service.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, MutableMapping
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract, inject
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+
+log = logging.getLogger(__name__)
+
+_configured = False
+
+
+def _exporter_from_env() -> SpanExporter | None:
+    """Follow the standard OTEL_* variables; export nothing when none asks for it."""
+    names = os.environ.get("OTEL_TRACES_EXPORTER", "")
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    if not wanted and os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"):
+        wanted = ["otlp"]
+    if not wanted or wanted == ["none"]:
+        return None
+    if "console" in wanted:
+        return ConsoleSpanExporter()
+    if "otlp" in wanted:
+        try:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+                OTLPSpanExporter,
+            )
+        except ImportError:
+            log.warning("OTLP exporter requested but opentelemetry-exporter-otlp is not installed")
+            return None
+        exporter: SpanExporter = OTLPSpanExporter()
+        return exporter
+    log.warning("unsupported OTEL_TRACES_EXPORTER=%s; traces are not exported", names)
+    return None
+
+
+def setup_telemetry(
+    service: str, prefix: str = "mailbus", processor: SpanProcessor | None = None
+) -> TracerProvider:
+    """Install a tracer provider named `<prefix>-<service>` (once per process).
+
+    `processor` lets tests collect spans in memory; otherwise the environment decides.
+    """
+    global _configured
+    current = trace.get_tracer_provider()
+    if _configured and isinstance(current, TracerProvider):
+        if processor is not None:
+            current.add_span_processor(processor)
+        return current
+    provider = TracerProvider(resource=Resource.create({"service.name": f"{prefix}-{service}"}))
+    if processor is not None:
+        provider.add_span_processor(processor)
+    exporter = _exporter_from_env()
+    if exporter is not None:
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    _configured = True
+    return provider
+
+
+def tracer(name: str) -> trace.Tracer:
+    return trace.get_tracer(name)
+
+
+def inject_headers(headers: MutableMapping[str, str] | None = None) -> dict[str, str]:
+    """The current trace context as NATS headers (traceparent, tracestate)."""
+    carrier: dict[str, str] = dict(headers or {})
+    inject(carrier)
+    return carrier
+
+
+def context_from_headers(headers: Mapping[str, str] | None) -> otel_context.Context:
+    return extract(dict(headers or {}))
+
+
+def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
+    return extract({"traceparent": traceparent} if traceparent else {})
+
+
+def current_traceparent() -> str | None:
+    return inject_headers().get("traceparent")

@@ -1,0 +1,181 @@
+"""`mailbus up`: embedded NATS and the five services as child processes, one command.
+
+The supervisor owns the order: NATS first, then the services; on Ctrl-C or
+SIGTERM the services drain first and NATS stops last, so nothing in flight is
+cut off from the bus. Children die with the supervisor even if it is killed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import nats
+
+from libs.common import subjects
+from libs.common.config import Config
+from libs.common.embedded_nats import EmbeddedNats
+
+READY_TIMEOUT_S = 60.0
+STOP_TIMEOUT_S = 8.0
+RESTART_DELAY_S = 1.0
+
+
+def _die_with_parent() -> None:
+    """Linux only: SIGTERM this child when the supervisor goes away, even by SIGKILL."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
+
+
+def _say(line: str) -> None:
+    print(f"mailbus | {line}", flush=True)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config_path: str,
+        config: Config,
+        data_dir: Path,
+        services: Sequence[str] = subjects.SERVICES,
+    ) -> None:
+        self.config_path = config_path
+        self.config = config
+        self.data_dir = data_dir
+        self.services = list(services)
+        self.nats: EmbeddedNats | None = None
+        self.servers: list[str] = list(config.nats.url)
+        self.children: dict[str, asyncio.subprocess.Process] = {}
+        self.stopping = False
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def _pipe(self, name: str, stream: asyncio.StreamReader | None) -> None:
+        if stream is None:
+            return
+        width = max(len(s) for s in self.services)
+        while line := await stream.readline():
+            text = line.decode(errors="replace").rstrip()
+            print(f"{name:<{width}} | {text}", flush=True)
+
+    async def _spawn(self, name: str) -> asyncio.subprocess.Process:
+        args = [sys.executable, "-m", f"services.{name}", "--config", self.config_path]
+        for url in self.servers:
+            args += ["--nats-url", url]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        proc = await asyncio.create_subprocess_exec(
+            *args,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
+            preexec_fn=_die_with_parent,
+        )
+        self.children[name] = proc
+        self._tasks.append(asyncio.create_task(self._pipe(name, proc.stdout)))
+        self._tasks.append(asyncio.create_task(self._watch(name, proc)))
+        return proc
+
+    async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
+        code = await proc.wait()
+        if self.stopping:
+            return
+        _say(f"{name} exited with code {code}; restarting in {RESTART_DELAY_S:.0f}s")
+        await asyncio.sleep(RESTART_DELAY_S)
+        if not self.stopping:
+            await self._spawn(name)
+
+    async def wait_ready(self) -> None:
+        nc = await nats.connect(servers=self.servers, name="mailbus-up")
+        try:
+            pending = set(self.services)
+            deadline = time.monotonic() + READY_TIMEOUT_S
+            while pending:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"no health answer from: {', '.join(sorted(pending))}")
+                for name in sorted(pending):
+                    try:
+                        msg = await nc.request(
+                            f"$SRV.PING.{subjects.service_name(name)}", b"", timeout=0.5
+                        )
+                        if json.loads(msg.data).get("name") == subjects.service_name(name):
+                            pending.discard(name)
+                    except Exception:
+                        pass
+                if pending:
+                    await asyncio.sleep(0.2)
+        finally:
+            await nc.close()
+
+    def ready_line(self) -> str:
+        listeners = ", ".join(
+            f"{lst.name} ({lst.protocol}) {lst.address}" for lst in self.config.listeners
+        )
+        return f"ready: {listeners}; nats {', '.join(self.servers)}"
+
+    async def run(self) -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        if not self.servers:
+            self.nats = EmbeddedNats(
+                data_dir=self.data_dir / "nats", log_file=self.data_dir / "nats-server.log"
+            )
+            url = await self.nats.astart()
+            self.servers = [url]
+            _say(f"embedded nats-server at {url}, store {self.nats.data_dir}")
+        try:
+            for name in self.services:
+                await self._spawn(name)
+            ready = asyncio.create_task(self.wait_ready())
+            stopped = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if ready in done:
+                ready.result()
+                _say(self.ready_line())
+                await stop.wait()
+            else:
+                ready.cancel()
+            return 0
+        except TimeoutError as exc:
+            _say(f"not ready: {exc}")
+            return 1
+        finally:
+            await self.shutdown()
+
+    async def shutdown(self) -> None:
+        self.stopping = True
+        _say("stopping")
+        for proc in self.children.values():
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGTERM)
+        waits = [p.wait() for p in self.children.values() if p.returncode is None]
+        if waits:
+            try:
+                await asyncio.wait_for(asyncio.gather(*waits), STOP_TIMEOUT_S)
+            except TimeoutError:
+                for name, proc in self.children.items():
+                    if proc.returncode is None:
+                        _say(f"{name} did not stop in time; killing it")
+                        proc.kill()
+                await asyncio.gather(*(p.wait() for p in self.children.values()))
+        for task in self._tasks:
+            task.cancel()
+        if self.nats is not None:
+            await self.nats.astop()
+        _say("stopped")
+
+
+def up(config_path: str, config: Config, data_dir: str) -> int:
+    return asyncio.run(Supervisor(config_path, config, Path(data_dir)).run())

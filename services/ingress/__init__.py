@@ -1,0 +1,7 @@
+"""ingress: the SMTP (and later POP3) listeners.
+
+Answers: SMTP clients on every `protocol: smtp` listener.
+Asks: policy over request/reply (`mailbus.policy.v1.<stage>`) at connect, MAIL, RCPT, DATA.
+Publishes: message bodies to the `mailbus-bodies` Object Store, then `MessageReceived`
+to MAILBUS_EVENTS; "250" only after JetStream acknowledged both.
+"""

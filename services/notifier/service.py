@@ -1,0 +1,16 @@
+"""Wiring of the notifier service: adapters around the pure core."""
+
+from __future__ import annotations
+
+from libs.common.runtime import Context
+
+
+class NotifierService:
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self) -> None:
+        pass
