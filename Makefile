@@ -33,7 +33,7 @@ pytest: $(STAMP)
 	$(BIN)/pytest -q
 
 bench: $(STAMP)
-	$(BIN)/python bench/e2e.py
+	$(BIN)/python bench/e2e.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DATA) .mypy_cache .pytest_cache .ruff_cache

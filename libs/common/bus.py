@@ -12,8 +12,7 @@ from collections.abc import Sequence
 
 import nats
 from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js import api
+from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 from pydantic import BaseModel
 
@@ -28,9 +27,7 @@ log = logging.getLogger(__name__)
 DUPLICATE_WINDOW_S = 2 * 3600.0
 
 
-async def connect(
-    servers: Sequence[str], name: str, credentials_file: str | None = None
-) -> NATS:
+async def connect(servers: Sequence[str], name: str, credentials_file: str | None = None) -> NATS:
     """Connect with unbounded reconnects: a service outlives NATS restarts."""
 
     async def on_error(exc: Exception) -> None:
@@ -54,7 +51,7 @@ async def connect(
         error_cb=on_error,
         disconnected_cb=on_disconnect,
         reconnected_cb=on_reconnect,
-        **kwargs,  # type: ignore[arg-type]
+        **kwargs,
     )
 
 
@@ -130,7 +127,10 @@ async def publish_event(
 
 
 async def publish_model(
-    js: JetStreamContext, subject: str, model: BaseModel, msg_id: str,
+    js: JetStreamContext,
+    subject: str,
+    model: BaseModel,
+    msg_id: str,
     headers: dict[str, str] | None = None,
 ) -> api.PubAck:
     hdrs = inject_headers(headers)
@@ -138,10 +138,10 @@ async def publish_model(
     return await js.publish(subject, encode(model), headers=hdrs)
 
 
-async def wait_for_jetstream(nc: NATS, timeout: float = 10.0) -> JetStreamContext:
+async def wait_for_jetstream(nc: NATS, limit_s: float = 10.0) -> JetStreamContext:
     """JetStream can lag the connection right after a server start."""
     js = nc.jetstream()
-    deadline = asyncio.get_running_loop().time() + timeout
+    deadline = asyncio.get_running_loop().time() + limit_s
     while True:
         try:
             await js.account_info()

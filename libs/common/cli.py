@@ -1,7 +1,7 @@
 """`mailbus`: the operator's command.
 
-    mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
-    mailbus config check FILE                   validate, print the effective config
+mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
+mailbus config check FILE                   validate, print the effective config
 """
 
 from __future__ import annotations

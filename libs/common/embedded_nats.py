@@ -69,7 +69,7 @@ class EmbeddedNats:
             self.port = free_port(self.host)
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(self.config_text())
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
+        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
         self.proc = subprocess.Popen(
             [nats_server_binary(), "-c", str(conf)],
             stdout=out,

@@ -161,7 +161,8 @@ def encode(model: BaseModel) -> bytes:
 
 
 def event_type(event: Event) -> str:
-    return str(getattr(event, "type"))
+    # Each class is named after its `type` literal, which the golden tests pin.
+    return type(event).__name__
 
 
 class DeliveryJob(_Model):

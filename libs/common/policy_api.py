@@ -101,7 +101,9 @@ class PolicyClient:
                 headers=inject_headers(),
             )
         except (TimeoutError, NoRespondersError) as exc:
-            log.warning("policy %s: no answer (%s); failing closed", query.stage, type(exc).__name__)
+            log.warning(
+                "policy %s: no answer (%s); failing closed", query.stage, type(exc).__name__
+            )
             return POLICY_UNAVAILABLE
         if msg.headers and msg.headers.get("Nats-Service-Error-Code"):
             log.error("policy %s: service error %s", query.stage, msg.headers)

@@ -34,7 +34,7 @@ def _exporter_from_env() -> SpanExporter | None:
         return ConsoleSpanExporter()
     if "otlp" in wanted:
         try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (  # type: ignore[import-not-found]
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
                 OTLPSpanExporter,
             )
         except ImportError:

@@ -1,0 +1,237 @@
+"""End-to-end benchmark: `mailbus up` relaying to a local sink.
+
+    python bench/e2e.py [-n 10000] [-c 20] [--size 2048]
+
+Prints accepted msgs/s (client side, until the last "250"), delivered msgs/s
+(first send to last arrival at the sink), p50/p99 latency from "250" to
+arrival, and CPU seconds per message used by mailbus's service processes and
+by nats-server (from /proc, so Linux only).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import signal
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import aiosmtplib
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from libs.common.embedded_nats import free_port  # noqa: E402
+
+CONFIG = """\
+server: {{hostname: mx.bench.test, local_domains: [bench.test]}}
+nats: {{url: []}}
+listeners:
+  - {{name: smtp, protocol: smtp, address: "127.0.0.1:{smtp}", tls: none}}
+ip_groups: {{lan: [127.0.0.0/8]}}
+relay: {{mode: restricted, allowed_ip_group: lan, hide_local_ip_group: null}}
+security:
+  max_messages_per_hour_per_ip: 0
+  max_connections_per_ip: 0
+  require_sender_domain_dns: false
+  max_recipients: 0
+antispam: {{spf: false}}
+delivery:
+  mode: relay
+  relay_host: {{host: 127.0.0.1, port: {sink}}}
+  tls: none
+  max_delivery_threads: {threads}
+telemetry: {{metrics_address: null}}
+"""
+
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK
+
+
+def descendants(root: int) -> dict[int, str]:
+    """pid -> command line of every process below `root`."""
+    parents: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+                parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except OSError:
+                continue
+    out: dict[int, str] = {}
+    frontier = [root]
+    while frontier:
+        pid = frontier.pop()
+        for child, parent in parents.items():
+            if parent == pid and child not in out:
+                try:
+                    cmd = Path(f"/proc/{child}/cmdline").read_bytes().replace(b"\0", b" ")
+                except OSError:
+                    continue
+                out[child] = cmd.decode(errors="replace")
+                frontier.append(child)
+    return out
+
+
+def message(ident: str, size: int) -> bytes:
+    head = (
+        f"From: bench@bench.test\r\nTo: sink@remote.test\r\nSubject: bench {ident}\r\n"
+        f"X-Bench-Id: {ident}\r\n\r\n"
+    ).encode()
+    line = b"The quick brown fox jumps over the lazy dog 0123456789 abcdefghij\r\n"
+    body = (line * (size // len(line) + 1))[: max(0, size - len(head))]
+    return head + body
+
+
+async def read_ready(proc: asyncio.subprocess.Process, limit_s: float) -> None:
+    assert proc.stdout is not None
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        line = await asyncio.wait_for(proc.stdout.readline(), deadline - time.monotonic())
+        if not line:
+            raise RuntimeError("mailbus up exited before it was ready")
+        if b"ready:" in line:
+            return
+    raise TimeoutError("mailbus up not ready")
+
+
+async def drain(stream: asyncio.StreamReader | None) -> None:
+    while stream is not None and await stream.readline():
+        pass
+
+
+async def run(args: argparse.Namespace) -> None:
+    tmp = Path(tempfile.mkdtemp(prefix="mailbus-bench-"))
+    smtp_port, sink_port = free_port(), free_port()
+    cfg = tmp / "bench.yaml"
+    cfg.write_text(CONFIG.format(smtp=smtp_port, sink=sink_port, threads=args.threads))
+
+    sink = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(ROOT / "bench" / "sink.py"),
+        "127.0.0.1",
+        str(sink_port),
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert sink.stdout is not None
+    await sink.stdout.readline()
+    arrivals: dict[str, float] = {}
+    all_arrived = asyncio.Event()
+
+    async def collect() -> None:
+        assert sink.stdout is not None
+        while line := await sink.stdout.readline():
+            ident, at, _ = line.decode().split()
+            arrivals[ident] = float(at)
+            if len(arrivals) >= args.n:
+                all_arrived.set()
+
+    collector = asyncio.create_task(collect())
+    env = dict(os.environ, MAILBUS_LOG_LEVEL="WARNING")
+    up = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "libs.common.cli",
+        "up",
+        "--config",
+        str(cfg),
+        "--data-dir",
+        str(tmp / "var"),
+        cwd=str(ROOT),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await read_ready(up, 90)
+        drainer = asyncio.create_task(drain(up.stdout))
+        procs = descendants(up.pid)
+        cpu_before = {pid: cpu_seconds(pid) for pid in procs}
+
+        accepted: dict[str, float] = {}
+        refused = 0
+        queue: asyncio.Queue[int] = asyncio.Queue()
+        for i in range(args.n):
+            queue.put_nowait(i)
+
+        async def client() -> None:
+            nonlocal refused
+            smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, timeout=60)
+            await smtp.connect()
+            try:
+                while not queue.empty():
+                    i = queue.get_nowait()
+                    ident = f"m{i}"
+                    try:
+                        await smtp.sendmail(
+                            "bench@bench.test", ["sink@remote.test"], message(ident, args.size)
+                        )
+                        accepted[ident] = time.time()
+                    except aiosmtplib.SMTPException:
+                        refused += 1
+            finally:
+                await smtp.quit()
+
+        start = time.time()
+        await asyncio.gather(*(client() for _ in range(args.c)))
+        accept_end = time.time()
+        try:
+            await asyncio.wait_for(all_arrived.wait(), args.timeout)
+        except TimeoutError:
+            print(f"timeout: {len(arrivals)} of {args.n} arrived", file=sys.stderr)
+        deliver_end = max(arrivals.values()) if arrivals else time.time()
+
+        cpu_svc = cpu_nats = 0.0
+        for pid, cmd in procs.items():
+            try:
+                used = cpu_seconds(pid) - cpu_before[pid]
+            except OSError:
+                continue
+            if "nats-server" in cmd:
+                cpu_nats += used
+            else:
+                cpu_svc += used
+        latencies = sorted(arrivals[k] - accepted[k] for k in arrivals if k in accepted)
+        n_ok = len(accepted)
+        print(f"messages            {args.n} x {args.size} B, {args.c} connections")
+        print(f"accepted            {n_ok} (refused {refused})")
+        print(f"accepted msgs/s     {n_ok / (accept_end - start):.1f}")
+        print(f"delivered           {len(arrivals)}")
+        print(f"delivered msgs/s    {len(arrivals) / (deliver_end - start):.1f}")
+        if latencies:
+            p50 = statistics.median(latencies)
+            p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+            print(f"250->sink p50       {p50 * 1000:.1f} ms")
+            print(f"250->sink p99       {p99 * 1000:.1f} ms")
+        per = max(1, len(arrivals))
+        print(f"cpu/msg services    {cpu_svc / per * 1000:.2f} ms")
+        print(f"cpu/msg nats-server {cpu_nats / per * 1000:.2f} ms")
+        drainer.cancel()
+    finally:
+        up.send_signal(signal.SIGTERM)
+        await up.wait()
+        sink.terminate()
+        await sink.wait()
+        collector.cancel()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("-n", type=int, default=10_000, help="messages")
+    p.add_argument("-c", type=int, default=20, help="concurrent SMTP connections")
+    p.add_argument("--size", type=int, default=2048, help="message size in bytes")
+    p.add_argument("--threads", type=int, default=32, help="delivery.max_delivery_threads")
+    p.add_argument("--timeout", type=float, default=600, help="seconds to wait for delivery")
+    asyncio.run(run(p.parse_args()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""mailbus shared libraries."""

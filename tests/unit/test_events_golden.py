@@ -1,0 +1,102 @@
+"""One golden JSON per event type and version keeps the wire format honest.
+
+A failing test here means a change broke compatibility with events already in
+streams. Within a version only optional fields may be added; then regenerate
+with `MAILBUS_REGEN_GOLDEN=1 pytest tests/unit/test_events_golden.py` and review
+the diff: old fields must be unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from libs.common import events as ev
+
+GOLDEN = Path(__file__).parent.parent / "golden"
+AT = datetime(2026, 11, 28, 3, 30, 0, tzinfo=UTC)
+
+SAMPLES: list[ev.Event] = [
+    ev.MessageReceived(
+        event_id="Q1.received",
+        queue_id="Q1",
+        occurred_at=AT,
+        mail_from="alice@example.test",
+        recipients=(ev.Recipient(address="bob@remote.test", orcpt="rfc822;bob@remote.test"),),
+        size=1234,
+        client=ev.Client(ip="192.0.2.1", port=40000, helo="client.test", listener="smtp"),
+        tls=ev.TlsInfo(version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384"),
+        auth_user="alice@example.test",
+        policy_rules=("connect_ok", "allowed_ip_group", "data_ok"),
+        trace_parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ),
+    ev.DeliveryScheduled(
+        event_id="Q1.a1.d0.scheduled",
+        queue_id="Q1",
+        occurred_at=AT,
+        job_id="Q1.a1.d0",
+        attempt=1,
+        destination=ev.Destination(kind="relay"),
+        recipients=("bob@remote.test",),
+    ),
+    *(
+        cls(
+            event_id=f"Q1.a1.d0.r0.{cls.__name__}",
+            queue_id="Q1",
+            occurred_at=AT,
+            job_id="Q1.a1.d0",
+            attempt=1,
+            recipient="bob@remote.test",
+            remote_host="relay.test[192.0.2.9]:25",
+            reply_code=code,
+            reply_text=text,
+            status=status,
+            tls_version="TLSv1.3",
+            worker="w1",
+        )
+        for cls, code, text, status in (
+            (ev.DeliverySucceeded, 250, "2.0.0 Ok", "2.0.0"),
+            (ev.DeliveryDeferred, 451, "4.3.0 Try later", "4.3.0"),
+            (ev.DeliveryFailed, 550, "5.1.1 No such user", "5.1.1"),
+        )
+    ),
+    ev.MessageDelayed(
+        event_id="Q1.delayed", queue_id="Q1", occurred_at=AT, recipients=("bob@remote.test",)
+    ),
+    ev.MessageExpired(
+        event_id="Q1.expired", queue_id="Q1", occurred_at=AT, recipients=("bob@remote.test",)
+    ),
+    ev.MessageCompleted(
+        event_id="Q1.completed",
+        queue_id="Q1",
+        occurred_at=AT,
+        delivered=("bob@remote.test",),
+        failed=(),
+    ),
+]
+
+
+def _name(event: ev.Event) -> str:
+    return f"{ev.event_type(event)}.v{event.version}.json"
+
+
+def test_every_event_type_has_a_sample() -> None:
+    assert {type(s) for s in SAMPLES} == set(ev.EVENT_TYPES)
+
+
+@pytest.mark.parametrize("sample", SAMPLES, ids=_name)
+def test_golden(sample: ev.Event) -> None:
+    path = GOLDEN / _name(sample)
+    wire = json.loads(sample.model_dump_json())
+    if os.environ.get("MAILBUS_REGEN_GOLDEN"):
+        path.write_text(json.dumps(wire, indent=2, sort_keys=True) + "\n")
+    golden = json.loads(path.read_text())
+    # Old events must still parse into the same model...
+    assert ev.parse_event(json.dumps(golden)) == sample
+    # ...and today's encoding must not drop or rename a field of the golden file.
+    for key, value in golden.items():
+        assert wire[key] == value, key
