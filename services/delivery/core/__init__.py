@@ -1,0 +1,26 @@
+"""The delivery worker's pure core: reply classification, result events, TLS choice."""
+
+from services.delivery.core.plan import tls_missing, tls_step, unsupported
+from services.delivery.core.replies import Outcome, Reply, classify, enhanced_status
+from services.delivery.core.transaction import (
+    Transcript,
+    replies_for,
+    reply_for,
+    result_event_id,
+    result_events,
+)
+
+__all__ = [
+    "Outcome",
+    "Reply",
+    "Transcript",
+    "classify",
+    "enhanced_status",
+    "replies_for",
+    "reply_for",
+    "result_event_id",
+    "result_events",
+    "tls_missing",
+    "tls_step",
+    "unsupported",
+]

@@ -1,0 +1,80 @@
+"""SMTP replies as data: what a reply means for a recipient, and its RFC 3463 status.
+
+The basic reply code decides the outcome (RFC 5321 section 4.2.1); the enhanced
+status code is taken from the reply text when the server gives one (RFC 2034),
+else derived from the basic code so every result event carries one.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+Outcome = Literal["succeeded", "deferred", "failed"]
+
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
+
+# Basic code -> the RFC 3463 status that names it best; other codes fall back to X.0.0.
+_DERIVED: dict[int, str] = {
+    421: "4.3.2",  # service not available: system not accepting network messages
+    450: "4.2.0",  # mailbox unavailable
+    451: "4.3.0",  # local error in processing
+    452: "4.3.1",  # insufficient system storage
+    550: "5.2.0",  # mailbox unavailable
+    551: "5.1.6",  # user not local
+    552: "5.2.2",  # exceeded storage allocation
+    553: "5.1.3",  # mailbox name not allowed
+    554: "5.0.0",  # transaction failed
+}
+
+# No reply at all (connection refused, timeout, lost): RFC 3463 network statuses.
+CONNECT_FAILED = "4.4.1"  # no answer from host
+CONNECTION_LOST = "4.4.2"  # bad connection
+ROUTING_FAILED = "4.4.0"
+ENCRYPTION_NEEDED = "4.7.10"  # RFC 5248 registry: TLS required but not available
+NOT_IMPLEMENTED = "4.3.0"
+PROTOCOL_ERROR = "4.5.0"
+
+
+@dataclass(frozen=True)
+class Reply:
+    """A server reply, or a stand-in for one when the failure happened before any reply.
+
+    `code` 0 means no reply was received; such stand-ins carry their own `status`.
+    """
+
+    code: int
+    text: str = ""
+    status: str | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        return classify(self.code)
+
+    @property
+    def enhanced_status(self) -> str:
+        return self.status or enhanced_status(self.code, self.text)
+
+
+def classify(code: int) -> Outcome:
+    if 200 <= code < 300:
+        return "succeeded"
+    if 500 <= code < 600:
+        return "failed"
+    # 4xx, and anything a well-behaved server should not send here: try again later.
+    return "deferred"
+
+
+def enhanced_status(code: int, text: str) -> str:
+    klass = {"succeeded": "2", "deferred": "4", "failed": "5"}[classify(code)]
+    match = _ENHANCED.match(text)
+    if match:
+        # The basic code decides the class (RFC 3463 asks them to agree; when a server
+        # disagrees, keep its subject and detail but not its class).
+        return f"{klass}.{match.group(2)}.{match.group(3)}"
+    if code in _DERIVED:
+        return _DERIVED[code]
+    if 200 <= code < 300 or 400 <= code < 600:
+        return f"{klass}.0.0"
+    return PROTOCOL_ERROR
