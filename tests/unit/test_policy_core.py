@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import pytest
 
+from libs.common.config import IpGroup
 from libs.common.policy_api import PolicyQuery, Session
 from services.policy.core import AddressError, PolicyRules, decide, parse_path, routing_trick
 from services.policy.core.address import normalize_domain
@@ -15,21 +14,10 @@ from services.policy.core.address import normalize_domain
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
 
-@dataclass(frozen=True)
-class Networks:
-    """A stand-in for config's IpGroup: only the `contains` protocol matters to the core."""
-
-    cidrs: tuple[str, ...]
-
-    def contains(self, ip: str) -> bool:
-        addr = ipaddress.ip_address(ip)
-        return any(addr in ipaddress.ip_network(c) for c in self.cidrs)
-
-
 RESTRICTED = PolicyRules.build(
     local_domains=["Example.TEST.", "other.test"],
     relay_mode="restricted",
-    allowed_ip_group=Networks(("127.0.0.0/8", "10.0.0.0/8", "::1/128")),
+    allowed_ip_group=IpGroup(["127.0.0.0/8", "10.0.0.0/8", "::1"]),
     allowed_ip_group_name="local_network",
 )
 NO_GROUP = PolicyRules.build(local_domains=["example.test"], allowed_ip_group=None)

@@ -1,0 +1,213 @@
+"""The policy service on a real nats-server: relay control, replicas, tracing, fail-closed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+
+import pytest
+from nats.aio.client import Client as NATS
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from libs.common import subjects
+from libs.common.config import Config, load_config_text
+from libs.common.embedded_nats import EmbeddedNats
+from libs.common.policy_api import PolicyClient, PolicyDecision, PolicyQuery, Session
+from libs.common.runtime import Running, start_service
+from libs.common.telemetry import setup_telemetry, tracer
+from services.policy.service import PolicyService
+
+CONFIG = """
+server:
+  hostname: mx.example.test
+  local_domains: [example.test]
+ip_groups:
+  local_network: [10.0.0.0/8, "::1"]
+relay:
+  mode: restricted
+  allowed_ip_group: local_network
+"""
+
+OUTSIDE = "192.0.2.99"
+INSIDE = "10.20.30.40"
+
+
+def rcpt_query(rcpt: str, ip: str, session_id: str = "s1") -> PolicyQuery:
+    return PolicyQuery(
+        stage="rcpt", session=Session(session_id=session_id, client_ip=ip), rcpt=rcpt
+    )
+
+
+async def start_policy(server: EmbeddedNats, config_text: str = CONFIG) -> Running:
+    config: Config = load_config_text(config_text)
+    return await start_service("policy", PolicyService, config, [server.url])
+
+
+async def test_relay_control(
+    nats_server: EmbeddedNats, nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    running = await start_policy(nats_server)
+    client = PolicyClient(nc, timeout=5.0)
+    try:
+        caplog.set_level(logging.INFO, logger="services.policy")
+        local = await client.ask(rcpt_query("User@Example.TEST.", OUTSIDE))
+        assert (local.action, local.rule, local.code) == ("accept", "local_domain", 250)
+        assert local.canonical == "User@example.test"
+
+        denied = await client.ask(rcpt_query("user@remote.test", OUTSIDE, "s-denied"))
+        assert (denied.action, denied.rule) == ("reject", "relay_denied")
+        assert denied.smtp_reply == "554 5.7.1 Relay access denied"
+
+        allowed = await client.ask(rcpt_query("user@remote.test", INSIDE))
+        assert (allowed.action, allowed.rule) == ("accept", "allowed_ip_group")
+
+        trick = await client.ask(rcpt_query("user%remote.test@example.test", OUTSIDE))
+        assert (trick.code, trick.status, trick.rule) == (553, "5.1.3", "percent_hack")
+
+        for stage, rule in (("connect", "connect_ok"), ("helo", "helo_ok"), ("data", "data_ok")):
+            query = PolicyQuery(stage=stage, session=Session(session_id="s1", client_ip=OUTSIDE))
+            assert (await client.ask(query)).rule == rule
+        sender = await client.ask(
+            PolicyQuery(
+                stage="mail", session=Session(session_id="s1", client_ip=OUTSIDE), mail_from="<>"
+            )
+        )
+        assert (sender.action, sender.rule) == ("accept", "mail_ok")
+    finally:
+        await running.close()
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert any("rule=relay_denied" in m and "s-denied" in m for m in refusals)
+    assert any("rule=percent_hack" in m for m in refusals)
+
+
+async def test_open_relay_warns_at_start(
+    nats_server: EmbeddedNats, nc: NATS, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="services.policy")
+    running = await start_policy(nats_server, "relay:\n  mode: open\n")
+    try:
+        decision = await PolicyClient(nc).ask(rcpt_query("user@remote.test", OUTSIDE))
+        assert decision.rule == "relay_open"
+    finally:
+        await running.close()
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("open relay: anyone may send anywhere" in r.getMessage() for r in warnings)
+
+
+async def _stats(nc: NATS, expected: int, wait: float = 3.0) -> list[dict[str, object]]:
+    """Every replica's $SRV.STATS answer (each replica replies once to the same request)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    await nc.publish(f"$SRV.STATS.{subjects.POLICY_SERVICE}", b"", reply=inbox)
+    replies: list[dict[str, object]] = []
+    deadline = time.monotonic() + wait
+    try:
+        while len(replies) < expected and time.monotonic() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=max(0.01, deadline - time.monotonic()))
+            except TimeoutError:
+                break
+            replies.append(json.loads(msg.data))
+    finally:
+        await sub.unsubscribe()
+    return replies
+
+
+def _rcpt_requests(stats: dict[str, object]) -> int:
+    endpoints = stats["endpoints"]
+    assert isinstance(endpoints, list)
+    return sum(int(e["num_requests"]) for e in endpoints if e["name"] == "rcpt")
+
+
+async def test_two_replicas_share_the_load(nats_server: EmbeddedNats, nc: NATS) -> None:
+    replicas = [await start_policy(nats_server), await start_policy(nats_server)]
+    client = PolicyClient(nc, timeout=5.0)
+    try:
+        asks = 40
+        decisions = await asyncio.gather(
+            *(client.ask(rcpt_query(f"u{i}@example.test", OUTSIDE)) for i in range(asks))
+        )
+        assert all(d.rule == "local_domain" for d in decisions)
+        stats = await _stats(nc, expected=2)
+        assert len(stats) == 2
+        counts = [_rcpt_requests(s) for s in stats]
+        assert sum(counts) == asks
+        assert all(c > 0 for c in counts), counts
+    finally:
+        for running in replicas:
+            await running.close()
+
+
+async def test_trace_continues_from_the_session(nats_server: EmbeddedNats, nc: NATS) -> None:
+    exporter = InMemorySpanExporter()
+    setup_telemetry("policy-test", processor=SimpleSpanProcessor(exporter))
+    running = await start_policy(nats_server)
+    try:
+        with tracer("test").start_as_current_span("smtp session") as session_span:
+            await PolicyClient(nc).ask(rcpt_query("user@remote.test", OUTSIDE))
+        trace_id = session_span.get_span_context().trace_id
+    finally:
+        await running.close()
+    spans = [s for s in exporter.get_finished_spans() if s.name == "policy rcpt"]
+    assert spans, [s.name for s in exporter.get_finished_spans()]
+    span = spans[-1]
+    assert span.context is not None and span.context.trace_id == trace_id
+    assert span.parent is not None
+    assert span.parent.span_id == session_span.get_span_context().span_id
+    assert span.attributes is not None
+    assert span.attributes["mailbus.policy.rule"] == "relay_denied"
+    assert span.attributes["mailbus.policy.code"] == 554
+
+
+async def test_malformed_request_gets_a_service_error(nats_server: EmbeddedNats, nc: NATS) -> None:
+    running = await start_policy(nats_server)
+    try:
+        for payload in (
+            b"not json",
+            b'{"stage": "rcpt"}',
+            rcpt_query("a@b.test", OUTSIDE)
+            .model_copy(update={"stage": "mail"})
+            .model_dump_json()
+            .encode(),
+        ):
+            reply = await nc.request(subjects.policy_subject("rcpt"), payload, timeout=5)
+            assert reply.headers is not None
+            assert reply.headers.get("Nats-Service-Error-Code") == "400"
+            assert reply.headers.get("Nats-Service-Error")
+    finally:
+        await running.close()
+
+
+async def test_fails_closed_when_policy_is_down(nats_server: EmbeddedNats, nc: NATS) -> None:
+    running = await start_policy(nats_server)
+    client = PolicyClient(nc, timeout=1.0)
+    first = await client.ask(rcpt_query("user@example.test", OUTSIDE))
+    assert first.accepted
+    await running.close()
+    decision = await asyncio.wait_for(
+        client.ask(rcpt_query("user@example.test", OUTSIDE)), timeout=3.0
+    )
+    assert decision == PolicyDecision(
+        action="defer",
+        code=451,
+        status="4.3.0",
+        message="Policy service unavailable, try again later",
+        rule="policy_unavailable",
+    )
+
+    # A policy that is there but hangs: the answer still comes, as 451, once the timeout passes.
+    hung = await nc.subscribe(subjects.policy_subject("rcpt"), cb=_never_answer)
+    try:
+        late = await asyncio.wait_for(
+            client.ask(rcpt_query("user@example.test", OUTSIDE)), timeout=3.0
+        )
+    finally:
+        await hung.unsubscribe()
+    assert late == decision
+
+
+async def _never_answer(msg: object) -> None:
+    return None
