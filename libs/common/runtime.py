@@ -104,6 +104,11 @@ async def start_service(
     ctx = Context(service=name, config=config, nc=nc, js=js, micro=micro)
     service = factory(ctx)
     await service.start()
+    # nats-py 2.16 can send flush's PING ahead of SUBs still being written, so a
+    # single flush may return before the server knows our subscriptions; the
+    # second round trip is ordered after them. Readiness must mean "answering".
+    await nc.flush()
+    await nc.flush()
     return Running(ctx, service)
 
 
