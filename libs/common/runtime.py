@@ -26,6 +26,8 @@ from nats.micro.service import ServiceConfig
 
 from libs.common import bus, subjects
 from libs.common.config import Config, ConfigError, load_config
+from libs.common.config.fieldtypes import split_host_port
+from libs.common.health import Health
 from libs.common.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
@@ -71,14 +73,17 @@ class Running:
 
     ctx: Context
     service: Service
+    health: Health
 
     async def close(self) -> None:
+        self.health.ready = False  # a load balancer stops sending work first
         try:
             await self.service.stop()
         finally:
             await self.ctx.micro.stop()
             if not self.ctx.nc.is_closed:
                 await self.ctx.nc.drain()
+            self.health.close()
 
 
 async def start_service(
@@ -86,7 +91,13 @@ async def start_service(
     factory: ServiceFactory,
     config: Config,
     servers: Sequence[str],
+    metrics_address: str | None = None,
 ) -> Running:
+    health = Health()
+    address = metrics_address or config.telemetry.metrics_address
+    if address:
+        host, port = split_host_port(address)
+        health.serve(host, port)
     nc = await bus.connect(
         servers, name=subjects.service_name(name), credentials_file=config.nats.credentials_file
     )
@@ -109,16 +120,23 @@ async def start_service(
     # second round trip is ordered after them. Readiness must mean "answering".
     await nc.flush()
     await nc.flush()
-    return Running(ctx, service)
+    health.ready = True
+    return Running(ctx, service, health)
 
 
-async def serve(name: str, factory: ServiceFactory, config: Config, servers: Sequence[str]) -> int:
+async def serve(
+    name: str,
+    factory: ServiceFactory,
+    config: Config,
+    servers: Sequence[str],
+    metrics_address: str | None = None,
+) -> int:
     setup_telemetry(name, prefix=config.telemetry.service_name_prefix)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running = await start_service(name, factory, config, servers)
+    running = await start_service(name, factory, config, servers, metrics_address)
     log.info("%s started", subjects.service_name(name))
     await stop.wait()
     log.info("%s draining", subjects.service_name(name))
@@ -141,6 +159,11 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
     parser.add_argument(
         "--nats-url", action="append", help="overrides nats.url (repeatable)", default=None
     )
+    parser.add_argument(
+        "--metrics-address",
+        default=os.environ.get("MAILBUS_METRICS_ADDRESS"),
+        help="overrides telemetry.metrics_address (host:port of /metrics, /healthz, /readyz)",
+    )
     parser.add_argument("--log-level", default=os.environ.get("MAILBUS_LOG_LEVEL", "INFO"))
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
@@ -153,4 +176,4 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
-    return asyncio.run(serve(name, factory, config, servers))
+    return asyncio.run(serve(name, factory, config, servers, args.metrics_address))

@@ -21,6 +21,7 @@ import nats
 
 from libs.common import subjects
 from libs.common.config import Config
+from libs.common.config.fieldtypes import split_host_port
 from libs.common.embedded_nats import EmbeddedNats
 
 READY_TIMEOUT_S = 60.0
@@ -72,6 +73,9 @@ class Supervisor:
         args = [sys.executable, "-m", f"services.{name}", "--config", self.config_path]
         for url in self.servers:
             args += ["--nats-url", url]
+        metrics = self.metrics_address(name)
+        if metrics:
+            args += ["--metrics-address", metrics]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = await asyncio.create_subprocess_exec(
             *args,
@@ -85,6 +89,15 @@ class Supervisor:
         self._tasks.append(asyncio.create_task(self._pipe(name, proc.stdout)))
         self._tasks.append(asyncio.create_task(self._watch(name, proc)))
         return proc
+
+    def metrics_address(self, name: str) -> str | None:
+        """One port per process: telemetry.metrics_address's port plus the service's index."""
+        base = self.config.telemetry.metrics_address
+        if not base:
+            return None
+        host, port = split_host_port(base)
+        shown = f"[{host}]" if ":" in host else host
+        return f"{shown}:{port + self.services.index(name)}"
 
     async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
@@ -121,7 +134,9 @@ class Supervisor:
         listeners = ", ".join(
             f"{lst.name} ({lst.protocol}) {lst.address}" for lst in self.config.listeners
         )
-        return f"ready: {listeners}; nats {', '.join(self.servers)}"
+        metrics = ", ".join(f"{n} {self.metrics_address(n)}" for n in self.services)
+        extra = f"; metrics {metrics}" if self.config.telemetry.metrics_address else ""
+        return f"ready: {listeners}; nats {', '.join(self.servers)}{extra}"
 
     async def run(self) -> int:
         stop = asyncio.Event()

@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import urllib.request
 from pathlib import Path
 
 import nats
@@ -50,13 +51,14 @@ def _alive(pid: int) -> bool:
 
 async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
     smtp_port = free_port()
+    metrics_port = free_port()  # the services take this port and the four after it
     cfg = tmp_path / "mailbus.yaml"
     cfg.write_text(
         "server: {hostname: mx.up.test, local_domains: [up.test]}\n"
         "listeners:\n"
         f"  - {{name: smtp, protocol: smtp, address: '127.0.0.1:{smtp_port}', tls: none}}\n"
         "security: {require_sender_domain_dns: false}\n"
-        "telemetry: {metrics_address: null}\n"
+        f"telemetry: {{metrics_address: '127.0.0.1:{metrics_port}'}}\n"
     )
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "libs.common.cli", "up", "--config", str(cfg),
@@ -85,6 +87,11 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
                 assert json.loads(msg.data)["name"] == subjects.service_name(svc)
         finally:
             await nc.close()
+        for i, svc in enumerate(subjects.SERVICES):
+            for path in ("/healthz", "/readyz", "/metrics"):
+                url_ = f"http://127.0.0.1:{metrics_port + i}{path}"
+                resp = await asyncio.to_thread(urllib.request.urlopen, url_, timeout=5)
+                assert resp.status == 200, (svc, path)
         family = _children(proc.pid)
         assert len(family) >= 6, family  # nats-server and five services
         reader = asyncio.create_task(proc.stdout.read())
