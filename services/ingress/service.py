@@ -1,16 +1,92 @@
-"""Wiring of the ingress service: adapters around the pure core."""
+"""Wiring of the ingress service: one asyncio server per `protocol: smtp` listener."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import ssl
+
+from libs.common.policy_api import PolicyClient
 from libs.common.runtime import Context
+from libs.common.tlsutil import server_context
+from services.ingress.adapters.handler import IngressHandler
+from services.ingress.adapters.smtp import IngressSMTP, ListenerSettings, Sessions
+from services.ingress.adapters.store import MessageStore
+
+log = logging.getLogger(__name__)
+
+DRAIN_TIMEOUT_S = 10.0
 
 
 class IngressService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.sessions = Sessions()
+        self._servers: list[asyncio.Server] = []
+        # Where each listener is bound, by name: with port 0 the system chose it.
+        self.addresses: dict[str, tuple[str, int]] = {}
 
     async def start(self) -> None:
-        pass
+        config = self.ctx.config
+        listeners = [entry for entry in config.listeners if entry.protocol == "smtp"]
+        tls_context: ssl.SSLContext | None = None
+        if any(entry.tls != "none" for entry in listeners):
+            # Made once, so every listener and session presents the same certificate.
+            tls_context = server_context(
+                config.server.hostname, config.tls.cert_file, config.tls.key_file
+            )
+        policy = PolicyClient(self.ctx.nc, timeout=config.policy.timeout.total_seconds())
+        store = MessageStore(self.ctx.js)
+        size = config.security.max_message_size
+        try:
+            for entry in listeners:
+                settings = ListenerSettings(
+                    name=entry.name,
+                    hostname=config.server.hostname,
+                    tls=entry.tls,
+                    require_auth=entry.require_auth,
+                    data_size_limit=size or None,
+                    proxy_protocol=entry.proxy_protocol,
+                )
+                handler = IngressHandler(settings, policy, store, self.sessions)
+                await self._listen(handler, entry.host, entry.port, tls_context)
+        except BaseException:
+            await self._close_servers()
+            raise
+
+    async def _listen(
+        self, handler: IngressHandler, host: str, port: int, tls_context: ssl.SSLContext | None
+    ) -> None:
+        settings = handler.settings
+        server = await asyncio.get_running_loop().create_server(
+            lambda: IngressSMTP(handler, tls_context),
+            host=host,
+            port=port,
+            ssl=tls_context if settings.tls == "implicit" else None,
+            reuse_address=True,
+        )
+        self._servers.append(server)
+        bound = server.sockets[0].getsockname()
+        self.addresses[settings.name] = (str(bound[0]), int(bound[1]))
+        log.info("listener %s on %s:%d, tls %s", settings.name, *bound[:2], settings.tls)
 
     async def stop(self) -> None:
-        pass
+        """Stop accepting; let open transactions finish (bounded), then close the rest."""
+        self.sessions.draining = True
+        for server in self._servers:
+            server.close()
+        for session in list(self.sessions.live):
+            session.close_if_idle()
+        if not await self.sessions.wait_empty(DRAIN_TIMEOUT_S):
+            for session in list(self.sessions.live):
+                log.warning("session %s still open after the drain; closing", session.session_id)
+                session.abort()
+            # An acceptance in flight must settle before NATS is drained under it.
+            await self.sessions.wait_empty(DRAIN_TIMEOUT_S)
+        await self._close_servers()
+
+    async def _close_servers(self) -> None:
+        for server in self._servers:
+            server.close()
+            await server.wait_closed()
+        self._servers.clear()

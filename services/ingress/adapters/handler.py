@@ -1,0 +1,226 @@
+"""aiosmtpd hooks of one listener: ask policy at each stage, then accept or relay the refusal.
+
+One handler serves every session of its listener; what belongs to a session
+lives on the `IngressSMTP` protocol, what belongs to a transaction on its
+envelope, so RSET, EHLO and the end of DATA clear it the way aiosmtpd does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from aiosmtpd.smtp import Envelope, Session
+from opentelemetry.trace import Span
+
+from libs.common.events import Client, MessageReceived, Recipient
+from libs.common.ids import new_queue_id
+from libs.common.policy_api import PolicyClient, PolicyDecision, PolicyQuery
+from libs.common.telemetry import current_traceparent
+from services.ingress.adapters.auth import read_credentials
+from services.ingress.adapters.store import MessageStore, StoreError
+from services.ingress.core import replies
+from services.ingress.core.received import count_received, received_header, with_protocol
+
+if TYPE_CHECKING:
+    from services.ingress.adapters.smtp import (
+        IngressEnvelope,
+        IngressSMTP,
+        ListenerSettings,
+        Sessions,
+    )
+
+log = logging.getLogger(__name__)
+
+
+class IngressHandler:
+    def __init__(
+        self,
+        settings: ListenerSettings,
+        policy: PolicyClient,
+        store: MessageStore,
+        sessions: Sessions,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.settings = settings
+        self.policy = policy
+        self.store = store
+        self.sessions = sessions
+        self.clock = clock
+
+    async def on_connect(self, server: IngressSMTP) -> str | None:
+        """None to greet; otherwise the reply to send before closing."""
+        with server.stage("connect") as span:
+            query = PolicyQuery(stage="connect", session=server.policy())
+            decision = await self._ask(query, span)
+        if decision.accepted:
+            return None
+        return replies.closing_reply(decision.code, decision.status, decision.message)
+
+    async def handle_MAIL(
+        self,
+        server: IngressSMTP,
+        session: Session,
+        envelope: IngressEnvelope,
+        address: str,
+        mail_options: list[str],
+    ) -> str:
+        query = PolicyQuery(
+            stage="mail",
+            session=server.policy(),
+            mail_from=_null_sender(address),
+            size=_size_param(mail_options),
+        )
+        with server.stage("mail") as span:
+            decision = await self._ask(query, span)
+        if not decision.accepted:
+            return server.refuse(decision)
+        # aiosmtpd tests mail_from for truth, so the null sender stays "<>" in the envelope.
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        envelope.policy_rules = [decision.rule]
+        return "250 2.1.0 Ok"
+
+    async def handle_RCPT(
+        self,
+        server: IngressSMTP,
+        session: Session,
+        envelope: IngressEnvelope,
+        address: str,
+        rcpt_options: list[str],
+    ) -> str:
+        query = PolicyQuery(
+            stage="rcpt",
+            session=server.policy(),
+            mail_from=_null_sender(envelope.mail_from or ""),
+            rcpt=address,
+            rcpt_count=len(envelope.rcpt_tos),
+        )
+        with server.stage("rcpt") as span:
+            decision = await self._ask(query, span)
+        if not decision.accepted:
+            return server.refuse(decision)
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(rcpt_options)
+        envelope.policy_rules.append(decision.rule)
+        return "250 2.1.5 Ok"
+
+    async def handle_DATA(
+        self, server: IngressSMTP, session: Session, envelope: IngressEnvelope
+    ) -> str:
+        content = envelope.original_content or b""
+        query = PolicyQuery(
+            stage="data",
+            session=server.policy(),
+            mail_from=_null_sender(envelope.mail_from or ""),
+            rcpt_count=len(envelope.rcpt_tos),
+            size=len(content),
+            received_headers=count_received(content),
+        )
+        with server.stage("data") as span:
+            decision = await self._ask(query, span)
+            if not decision.accepted:
+                return server.refuse(decision)
+            qid = new_queue_id()
+            span.set_attribute("mailbus.queue_id", qid)
+            body = self._received(server, session, envelope, qid) + content
+            event = self._event(server, session, envelope, qid, len(body), decision.rule)
+            # Shielded: a client hanging up now must not cut between the body and its event.
+            try:
+                await asyncio.shield(self.sessions.track(self.store.accept(body, event)))
+            except StoreError:
+                return replies.QUEUE_UNAVAILABLE
+        log.info("%s: queued from %s, %d recipient(s)", qid, server.peer[0], len(event.recipients))
+        return replies.accepted(qid)
+
+    async def handle_AUTH(
+        self, server: IngressSMTP, session: Session, envelope: IngressEnvelope, args: list[str]
+    ) -> str | None:
+        """PLAIN and LOGIN, the credentials checked by policy; None when already answered."""
+        mechanism = args[0].upper()
+        credentials = await read_credentials(server, mechanism, args[1] if len(args) > 1 else None)
+        if credentials is None:
+            return None
+        username, password = credentials
+        query = PolicyQuery(
+            stage="auth",
+            session=server.policy(),
+            mechanism=mechanism,
+            username=username,
+            password=password,
+        )
+        with server.stage("auth") as span:
+            decision = await self._ask(query, span)
+        if not decision.accepted:
+            return server.refuse(decision)
+        session.authenticated = True
+        # aiosmtpd annotates auth_data as None, yet it is free-form by design.
+        session.auth_data = decision.canonical or username  # type: ignore[assignment]
+        return "235 2.7.0 Authentication successful"
+
+    async def _ask(self, query: PolicyQuery, span: Span) -> PolicyDecision:
+        """Called inside the stage's span, so the request carries it as its trace parent."""
+        decision = await self.policy.ask(query)
+        span.set_attribute("mailbus.policy_rule", decision.rule)
+        if not decision.accepted:
+            span.set_attribute("mailbus.reply", decision.smtp_reply)
+        return decision
+
+    def _received(
+        self, server: IngressSMTP, session: Session, envelope: Envelope, qid: str
+    ) -> bytes:
+        return received_header(
+            helo=session.host_name or "",
+            client_ip=server.peer[0],
+            hostname=self.settings.hostname,
+            protocol=with_protocol(
+                extended=session.extended_smtp,
+                tls=server.ssl_object is not None,
+                authenticated=bool(session.authenticated),
+                utf8=envelope.smtp_utf8,
+            ),
+            queue_id=qid,
+            recipients=envelope.rcpt_tos,
+            now=self.clock(),
+        )
+
+    def _event(
+        self,
+        server: IngressSMTP,
+        session: Session,
+        envelope: IngressEnvelope,
+        qid: str,
+        size: int,
+        data_rule: str,
+    ) -> MessageReceived:
+        ip, port = server.peer
+        helo = session.host_name or ""
+        return MessageReceived(
+            event_id=f"{qid}.received",
+            queue_id=qid,
+            mail_from=_null_sender(envelope.mail_from or ""),
+            recipients=tuple(Recipient(address=a) for a in envelope.rcpt_tos),
+            size=size,
+            client=Client(ip=ip, port=port, helo=helo, listener=self.settings.name),
+            tls=server.tls_info,
+            auth_user=server.auth_user,
+            # In stage order, each rule once: why this message was let in.
+            policy_rules=tuple(dict.fromkeys([*envelope.policy_rules, data_rule])),
+            smtputf8=envelope.smtp_utf8,
+            trace_parent=current_traceparent(),
+        )
+
+
+def _null_sender(address: str) -> str:
+    return "" if address == "<>" else address
+
+
+def _size_param(options: list[str]) -> int | None:
+    for option in options:
+        key, _, value = option.partition("=")
+        if key == "SIZE" and value.isdigit():
+            return int(value)
+    return None

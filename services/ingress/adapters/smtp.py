@@ -1,0 +1,344 @@
+"""The SMTP protocol of one session: aiosmtpd's, with mailbus's greeting, replies and drain.
+
+Policy at connect runs before the greeting; every reply gets an RFC 3463
+enhanced status code; each session is one SERVER span whose children are its
+stages. The listener's hooks (policy, acceptance) are in `handler.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import secrets
+import ssl
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, AnyStr
+
+from aiosmtpd.proxy_protocol import get_proxy
+from aiosmtpd.smtp import SMTP, Envelope
+from opentelemetry import trace
+from opentelemetry.trace import Span, SpanKind
+
+from libs.common.events import TlsInfo
+from libs.common.policy_api import PolicyDecision
+from libs.common.policy_api import Session as PolicySession
+from libs.common.telemetry import tracer
+from services.ingress.core import replies
+
+if TYPE_CHECKING:
+    from services.ingress.adapters.handler import IngressHandler
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+
+IDENT = "ESMTP mailbus"
+SESSION_TIMEOUT_S = 300.0  # RFC 5321 section 4.5.3.2.7: at least five minutes
+PROXY_HEADER_TIMEOUT_S = 10.0
+
+Command = Callable[[str | None], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    name: str
+    hostname: str
+    tls: str  # none | starttls | implicit
+    require_auth: bool = False
+    data_size_limit: int | None = None
+    proxy_protocol: bool = False
+
+
+@dataclass
+class Sessions:
+    """The live sessions and acceptances of one service, so `stop()` can drain them."""
+
+    live: set[IngressSMTP] = field(default_factory=set)
+    accepting: set[asyncio.Task[None]] = field(default_factory=set)
+    draining: bool = False
+    _empty: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, session: IngressSMTP) -> None:
+        self.live.add(session)
+        self._empty.clear()
+
+    def discard(self, session: IngressSMTP) -> None:
+        self.live.discard(session)
+        self._check_empty()
+
+    def track(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.accepting.add(task)
+        self._empty.clear()
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.accepting.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the session has replied or was gone already
+        self._check_empty()
+
+    def _check_empty(self) -> None:
+        if not self.live and not self.accepting:
+            self._empty.set()
+
+    async def wait_empty(self, seconds: float) -> bool:
+        self._check_empty()
+        try:
+            await asyncio.wait_for(self._empty.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+class IngressEnvelope(Envelope):
+    def __init__(self) -> None:
+        super().__init__()
+        self.policy_rules: list[str] = []
+
+
+class IngressSMTP(SMTP):
+    def __init__(self, handler: IngressHandler, tls_context: ssl.SSLContext | None) -> None:
+        s = handler.settings
+        super().__init__(
+            handler,
+            hostname=s.hostname,
+            ident=IDENT,
+            enable_SMTPUTF8=True,
+            data_size_limit=s.data_size_limit,
+            tls_context=tls_context if s.tls == "starttls" else None,
+            # Only a submission port may insist on TLS: an MX that demands it
+            # loses mail from MTAs that cannot do it (RFC 3207 section 4).
+            require_starttls=s.tls == "starttls" and s.require_auth,
+            auth_required=s.require_auth,
+            # On an implicit-TLS port every byte is already encrypted.
+            auth_require_tls=s.tls != "implicit",
+            timeout=SESSION_TIMEOUT_S,
+            loop=asyncio.get_running_loop(),
+        )
+        self.handler = handler
+        self.settings = s
+        self.sessions = handler.sessions
+        self.session_id = secrets.token_hex(8)
+        self.span: Span | None = None
+        self._busy = 0
+        self._greeting_pending = False
+        self._in_helo = False
+        self._close_after_reply = False
+        self._proxied_peer: tuple[str, int] | None = None
+        self._smtp_methods = {
+            name: self._command(name, method) for name, method in self._smtp_methods.items()
+        }
+
+    # --- aiosmtpd's extension points -------------------------------------------------
+
+    def _create_envelope(self) -> IngressEnvelope:
+        return IngressEnvelope()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.sessions.add(self)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.sessions.discard(self)
+        super().connection_lost(error)
+
+    async def _handle_client(self) -> None:
+        if self.settings.proxy_protocol and not await self._read_proxy_header():
+            self._close()
+            return
+        ip, port = self.peer
+        attributes: dict[str, str | int] = {
+            "client.address": ip,
+            "client.port": port,
+            "mailbus.listener": self.settings.name,
+            "mailbus.session_id": self.session_id,
+        }
+        span = _tracer.start_span("smtp session", kind=SpanKind.SERVER, attributes=attributes)
+        self.span = span
+        # QUIT and hang-ups cancel this task: the normal end of a session, not an error.
+        with trace.use_span(
+            span, end_on_exit=True, record_exception=False, set_status_on_exception=False
+        ):
+            refusal = await self._connect_refusal()
+            if refusal is not None:
+                span.set_attribute("mailbus.reply", refusal)
+                await self.push(refusal)
+                self._close()
+                return
+            self._greeting_pending = True
+            await super()._handle_client()
+
+    async def _connect_refusal(self) -> str | None:
+        try:
+            refusal = await self.handler.on_connect(self)
+        except Exception as exc:
+            log.exception("session %s: at connect", self.session_id)
+            if self.span is not None:
+                self.span.record_exception(exc)
+            return replies.closing_reply(421, "4.3.0", "Internal error, try again later")
+        if refusal is None and self.sessions.draining:
+            return replies.SHUTTING_DOWN
+        return refusal
+
+    async def _read_proxy_header(self) -> bool:
+        """HAProxy's PROXY v1/v2 header: the client's address, as the load balancer saw it."""
+        try:
+            data = await asyncio.wait_for(get_proxy(self._reader), PROXY_HEADER_TIMEOUT_S)
+        except TimeoutError:
+            data = None
+        if not data:
+            log.warning("%s: no valid PROXY header; closing", self.peer[0])
+            return False
+        if data.src_addr is not None:  # None for the balancer's own health checks (LOCAL)
+            self._proxied_peer = (str(data.src_addr), int(data.src_port or 0))
+        return True
+
+    async def push(self, status: AnyStr) -> None:
+        if isinstance(status, bytes):  # AUTH challenges: 334, no enhanced code
+            await super().push(status)
+        elif self._greeting_pending:
+            self._greeting_pending = False
+            await super().push(status)
+        elif self._in_helo:
+            await super().push(status)
+        else:
+            # RFC 2034 section 3: every reply but the greeting and HELO/EHLO's has one.
+            await super().push(replies.enhance(status))
+
+    async def handle_exception(self, error: Exception) -> str:
+        # A bug or a lost NATS connection: the transaction is void and the client retries.
+        log.exception("session %s: %s", self.session_id, type(error).__name__)
+        if self.span is not None:
+            self.span.record_exception(error)
+        self.envelope = self._create_envelope()
+        return replies.INTERNAL_ERROR
+
+    async def smtp_HELO(self, hostname: str) -> None:
+        await self._helo_reply(super().smtp_HELO(hostname))
+
+    async def smtp_EHLO(self, hostname: str) -> None:
+        await self._helo_reply(super().smtp_EHLO(hostname))
+
+    async def _helo_reply(self, reply: Awaitable[None]) -> None:
+        self._in_helo = True
+        try:
+            await reply
+        finally:
+            self._in_helo = False
+
+    # --- what the handler needs to know of the session -------------------------------
+
+    @property
+    def peer(self) -> tuple[str, int]:
+        if self._proxied_peer is not None:
+            return self._proxied_peer
+        peer = self.session.peer if self.session else None
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            return str(peer[0]), int(peer[1])
+        return "", 0
+
+    @property
+    def ssl_object(self) -> ssl.SSLObject | None:
+        """Set after STARTTLS and on implicit-TLS ports alike (aiosmtpd's session.ssl is not)."""
+        if self.transport is None:
+            return None
+        obj: ssl.SSLObject | None = self.transport.get_extra_info("ssl_object")
+        return obj
+
+    @property
+    def tls_info(self) -> TlsInfo | None:
+        obj = self.ssl_object
+        if obj is None:
+            return None
+        cipher = obj.cipher()
+        return TlsInfo(version=obj.version() or "", cipher=cipher[0] if cipher else "")
+
+    @property
+    def auth_user(self) -> str | None:
+        if self.session is None or not self.session.authenticated:
+            return None
+        data = self.session.auth_data
+        return None if data is None else str(data)
+
+    def policy(self) -> PolicySession:
+        ip, port = self.peer
+        return PolicySession(
+            session_id=self.session_id,
+            client_ip=ip,
+            client_port=port,
+            listener=self.settings.name,
+            helo=(self.session.host_name or "") if self.session else "",
+            tls=self.ssl_object is not None,
+            auth_user=self.auth_user,
+        )
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[Span]:
+        """A child span of the session; a session inside a stage is not idle."""
+        self._busy += 1
+        try:
+            with _tracer.start_as_current_span(f"smtp {name}") as span:
+                yield span
+        finally:
+            self._busy -= 1
+
+    def refuse(self, decision: PolicyDecision) -> str:
+        """Policy's reply verbatim; `disconnect` also ends the session after it."""
+        if decision.action == "disconnect":
+            self._close_after_reply = True
+            return replies.closing_reply(decision.code, decision.status, decision.message)
+        return decision.smtp_reply
+
+    # --- drain -----------------------------------------------------------------------
+
+    def _command(self, name: str, method: Command) -> Command:
+        """Run one command, then end the session if policy or a drain asks for it."""
+
+        @functools.wraps(method)
+        async def run(arg: str | None) -> None:
+            if self.sessions.draining and name == "MAIL":
+                await self._shut_down()
+                return
+            self._busy += 1
+            try:
+                await method(arg)
+            finally:
+                self._busy -= 1
+            if self._close_after_reply:
+                self._close()
+            elif self.sessions.draining and self.idle:
+                await self._shut_down()
+
+        return run
+
+    @property
+    def idle(self) -> bool:
+        """Between transactions and not working on a command."""
+        return self._busy == 0 and not (self.envelope and self.envelope.mail_from)
+
+    def close_if_idle(self) -> None:
+        """At drain: an idle session ends now; a busy one after its transaction."""
+        if self.idle and self.span is not None and not self._greeting_pending:
+            if self.transport is not None and not self.transport.is_closing():
+                self._writer.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+            self._close()
+
+    async def _shut_down(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            await self.push(replies.SHUTTING_DOWN)
+        self._close()
+
+    def _close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def abort(self) -> None:
+        transport = self.transport
+        if isinstance(transport, asyncio.Transport):
+            transport.abort()
+        elif transport is not None:
+            transport.close()

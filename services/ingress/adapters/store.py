@@ -1,0 +1,71 @@
+"""Make an accepted message durable: body into the Object Store, then the event.
+
+The order matters: a MessageReceived whose body is missing would be a message
+nobody can deliver, while a body without its event is only garbage that the
+failure path removes.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from nats.js import JetStreamContext
+
+from libs.common import bus
+from libs.common.events import MessageReceived
+from libs.common.subjects import BODIES_BUCKET
+from libs.common.telemetry import tracer
+
+log = logging.getLogger(__name__)
+_tracer = tracer(__name__)
+
+PUBLISH_ATTEMPTS = 2
+
+
+class StoreError(Exception):
+    """The message is not durable; the client must be told to try again."""
+
+
+class MessageStore:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+
+    async def accept(self, body: bytes, event: MessageReceived) -> None:
+        """Return only once JetStream acknowledged both the body and the event."""
+        qid = event.queue_id
+        stored = False
+        try:
+            obs = await self._js.object_store(BODIES_BUCKET)
+            with _tracer.start_as_current_span("store body") as span:
+                span.set_attribute("mailbus.queue_id", qid)
+                span.set_attribute("mailbus.size", len(body))
+                stored = True  # from here a partial object may exist
+                await obs.put(qid, body)
+            with _tracer.start_as_current_span("publish MessageReceived") as span:
+                span.set_attribute("mailbus.queue_id", qid)
+                await self._publish(event)
+        except Exception as exc:
+            log.error("queue id %s not accepted: %s: %s", qid, type(exc).__name__, exc)
+            if stored:
+                await self._discard(qid)
+            raise StoreError(str(exc)) from exc
+
+    async def _publish(self, event: MessageReceived) -> None:
+        # A timed-out publish may still have been stored; sending it again under
+        # the same Nats-Msg-Id is deduplicated, and turns "unknown" into an answer.
+        for attempt in range(PUBLISH_ATTEMPTS):
+            try:
+                await bus.publish_event(self._js, event)
+                return
+            except Exception as exc:
+                if attempt + 1 == PUBLISH_ATTEMPTS:
+                    raise
+                log.warning("publish %s: %s; retrying", event.event_id, type(exc).__name__)
+
+    async def _discard(self, qid: str) -> None:
+        try:
+            obs = await self._js.object_store(BODIES_BUCKET)
+            await obs.delete(qid)
+        except Exception as exc:
+            # Left behind it is harmless: no event refers to it.
+            log.warning("could not remove body %s: %s: %s", qid, type(exc).__name__, exc)
