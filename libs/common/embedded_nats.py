@@ -69,13 +69,17 @@ class EmbeddedNats:
             self.port = free_port(self.host)
         conf = self.data_dir / "nats-server.conf"
         conf.write_text(self.config_text())
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        self.proc = subprocess.Popen(
-            [nats_server_binary(), "-c", str(conf)],
-            stdout=out,
-            stderr=out,
-            start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
-        )
+        out = open(self.log_file, "ab") if self.log_file else None
+        try:
+            self.proc = subprocess.Popen(
+                [nats_server_binary(), "-c", str(conf)],
+                stdout=out or subprocess.DEVNULL,
+                stderr=out or subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+            )
+        finally:
+            if out is not None:
+                out.close()  # the child holds its own descriptor
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
