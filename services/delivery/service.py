@@ -1,16 +1,69 @@
-"""Wiring of the delivery service: adapters around the pure core."""
+"""Wiring of the delivery service: the shared jobs consumer around the worker."""
 
 from __future__ import annotations
 
+import asyncio
+
+from nats.js import JetStreamContext
+
+from libs.common import subjects
+from libs.common.config import Config
 from libs.common.runtime import Context
+from services.delivery.adapters.consumer import ack_wait_from_env, subscribe
+from services.delivery.adapters.smtp_client import RelayTarget
+from services.delivery.adapters.worker import DeliveryWorker, WorkerSettings
+
+
+def relay_target(config: Config) -> RelayTarget:
+    delivery = config.delivery
+    relay = delivery.relay_host
+    auth = relay.auth
+    return RelayTarget(
+        # In mx mode no job goes to the relay (the queue routes by domain), so a
+        # missing relay_host.host never gets used.
+        host=relay.host or "",
+        port=relay.port,
+        helo=config.server.hostname,
+        tls=delivery.tls,
+        connect_timeout=delivery.connect_timeout.total_seconds(),
+        auth_method=auth.method if auth.enabled else None,
+        username=auth.username,
+        password=auth.effective_password,
+    )
 
 
 class DeliveryService:
-    def __init__(self, ctx: Context) -> None:
+    """`ack_wait` (seconds) defaults to MAILBUS_DELIVERY_ACK_WAIT, else 60 s."""
+
+    def __init__(self, ctx: Context, ack_wait: float | None = None) -> None:
         self.ctx = ctx
+        self._ack_wait = ack_wait if ack_wait is not None else ack_wait_from_env()
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
+        self._worker: DeliveryWorker | None = None
 
     async def start(self) -> None:
-        pass
+        config = self.ctx.config
+        slots = config.delivery.max_delivery_threads
+        bodies = await self.ctx.js.object_store(subjects.BODIES_BUCKET)
+        settings = WorkerSettings(
+            relay=relay_target(config),
+            slots=slots,
+            ack_wait=self._ack_wait,
+            instance=self.ctx.instance,
+        )
+        self._worker = DeliveryWorker(self.ctx.js, bodies, settings)
+        self._sub = await subscribe(self.ctx.js, slots, self._ack_wait)
+        self._task = asyncio.create_task(
+            self._worker.run(self._sub, self._stopping), name="delivery-fetch"
+        )
 
     async def stop(self) -> None:
-        pass
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        if self._worker is not None:
+            await self._worker.drain()
+        if self._sub is not None:
+            await self._sub.unsubscribe()

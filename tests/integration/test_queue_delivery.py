@@ -1,0 +1,601 @@
+"""Queue and delivery on a real nats-server, delivering to real aiosmtpd sinks on loopback.
+
+The test plays ingress: it stores a body and publishes MessageReceived, then
+watches the event log, the sink and the Object Store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import os
+import socket
+import ssl
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+from opentelemetry import trace
+from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+from libs.common import bus, subjects
+from libs.common.config import Config, load_config_text
+from libs.common.embedded_nats import EmbeddedNats
+from libs.common.events import (
+    AnyEvent,
+    Client,
+    DeliveryDeferred,
+    DeliveryFailed,
+    DeliverySucceeded,
+    MessageReceived,
+    Recipient,
+    parse_event,
+)
+from libs.common.runtime import Running, start_service
+from libs.common.telemetry import current_traceparent, setup_telemetry
+from services.delivery.service import DeliveryService
+from services.queue.service import QueueService
+
+REPO = Path(__file__).resolve().parents[2]
+ACK_WAIT_S = 2.0
+BODY = (
+    b"From: alice@example.test\r\n"
+    b"To: several@remote.test\r\n"
+    b"Subject: walking skeleton\r\n"
+    b"\r\n"
+    b"Hello.\r\n"
+    b".a line that starts with a dot\r\n"
+    b"..and one with two\r\n"
+    b"8-bit: \xc3\xa9t\xc3\xa9\r\n"
+    b"\r\n"
+)
+
+
+# --- the sink ----------------------------------------------------------------------------
+
+
+@dataclass
+class Sink:
+    """Records every transaction; answers RCPT from `replies` when the address is there."""
+
+    replies: dict[str, str] = field(default_factory=dict)
+    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
+    tls_seen: list[bool] = field(default_factory=list)
+    data_delay: float = 0.0  # a slow server: seconds spent before answering DATA
+    in_data: int = 0
+    max_in_data: int = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        reply = self.replies.get(address)
+        if reply is not None:
+            return reply
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.in_data += 1
+        self.max_in_data = max(self.max_in_data, self.in_data)
+        try:
+            await asyncio.sleep(self.data_delay)
+        finally:
+            self.in_data -= 1
+        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        self.tls_seen.append(session.ssl is not None)
+        return "250 2.0.0 queued"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def self_signed(tmp: Path) -> ssl.SSLContext:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sink.test")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=1))
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp / "sink.crt", tmp / "sink.key"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert_file, key_file)
+    return context
+
+
+@pytest.fixture
+def sink_factory() -> Iterator[Callable[..., tuple[Sink, int]]]:
+    controllers: list[Controller] = []
+
+    def make(
+        replies: dict[str, str] | None = None,
+        tls: ssl.SSLContext | None = None,
+        data_delay: float = 0.0,
+    ) -> tuple[Sink, int]:
+        sink = Sink(replies or {}, data_delay=data_delay)
+        port = free_port()
+        extra: dict[str, Any] = {"tls_context": tls, "require_starttls": False} if tls else {}
+        controller = Controller(sink, hostname="127.0.0.1", port=port, **extra)
+        controller.start()
+        controllers.append(controller)
+        return sink, port
+
+    yield make
+    for controller in controllers:
+        controller.stop()
+
+
+# --- helpers -----------------------------------------------------------------------------
+
+
+def config_text(port: int, tls: str = "opportunistic", threads: int = 4) -> str:
+    return f"""
+server:
+  hostname: mx.example.test
+  local_domains: [example.test]
+delivery:
+  mode: relay
+  relay_host:
+    host: 127.0.0.1
+    port: {port}
+  tls: {tls}
+  max_delivery_threads: {threads}
+  connect_timeout: 5s
+"""
+
+
+def make_config(port: int, tls: str = "opportunistic", threads: int = 4) -> Config:
+    return load_config_text(config_text(port, tls, threads))
+
+
+async def start_queue(config: Config, server: EmbeddedNats) -> Running:
+    return await start_service("queue", QueueService, config, [server.url])
+
+
+async def start_delivery(config: Config, server: EmbeddedNats) -> Running:
+    return await start_service(
+        "delivery", lambda ctx: DeliveryService(ctx, ack_wait=ACK_WAIT_S), config, [server.url]
+    )
+
+
+@pytest.fixture
+async def services() -> AsyncIterator[list[Running]]:
+    """Whatever a test starts goes here and is closed even when the test fails."""
+    running: list[Running] = []
+    yield running
+    for item in reversed(running):
+        try:
+            await item.close()
+        except Exception:  # already closed by the test
+            pass
+
+
+async def receive(js: JetStreamContext, qid: str, recipients: list[str]) -> None:
+    """What ingress does: the body into the Object Store, then MessageReceived."""
+    store = await js.object_store(subjects.BODIES_BUCKET)
+    await store.put(qid, BODY)
+    event = MessageReceived(
+        event_id=f"{qid}.received",
+        queue_id=qid,
+        mail_from="alice@example.test",
+        recipients=tuple(Recipient(address=a) for a in recipients),
+        size=len(BODY),
+        client=Client(ip="127.0.0.1"),
+        trace_parent=current_traceparent(),
+    )
+    ack = await bus.publish_event(js, event)
+    assert not ack.duplicate
+
+
+async def history(js: JetStreamContext, qid: str) -> list[AnyEvent]:
+    events: list[AnyEvent] = []
+    seq = 1
+    for _ in range(1000):
+        try:
+            raw = await js.get_msg(
+                subjects.EVENTS_STREAM,
+                seq=seq,
+                subject=subjects.message_events_filter(qid),
+                next=True,
+            )
+        except NotFoundError:
+            break
+        assert raw.seq is not None and raw.data is not None
+        events.append(parse_event(raw.data))
+        seq = raw.seq + 1
+    return events
+
+
+def types(events: list[AnyEvent]) -> list[str]:
+    return [e.type for e in events]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def count_of(js: JetStreamContext, qid: str, event_type: str) -> int:
+    return types(await history(js, qid)).count(event_type)
+
+
+async def body_exists(js: JetStreamContext, qid: str) -> bool:
+    store = await js.object_store(subjects.BODIES_BUCKET)
+    try:
+        await store.get_info(qid)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def jobs_waiting(js: JetStreamContext) -> int:
+    info = await js.stream_info(subjects.JOBS_STREAM)
+    return info.state.messages
+
+
+RESULTS = ("DeliverySucceeded", "DeliveryDeferred", "DeliveryFailed")
+DeliveryResult = DeliverySucceeded | DeliveryDeferred | DeliveryFailed
+
+
+async def results_by_recipient(js: JetStreamContext, qid: str) -> dict[str, DeliveryResult]:
+    return {
+        e.recipient: e
+        for e in await history(js, qid)
+        if isinstance(e, DeliverySucceeded | DeliveryDeferred | DeliveryFailed)
+    }
+
+
+async def results_count(js: JetStreamContext, qid: str) -> int:
+    return sum(t in RESULTS for t in types(await history(js, qid)))
+
+
+# --- tests -------------------------------------------------------------------------------
+
+
+async def test_three_recipients_delivered_and_completed(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    spans = InMemorySpanExporter()
+    setup_telemetry("test", processor=SimpleSpanProcessor(spans))
+    sink, port = sink_factory()
+    config = make_config(port)
+    services.append(await start_queue(config, nats_server))
+    services.append(await start_delivery(config, nats_server))
+    rcpts = ["one@remote.test", "two@remote.test", "three@elsewhere.test"]
+
+    with trace.get_tracer("test").start_as_current_span("smtp session") as session:
+        await receive(js, "QOK", rcpts)
+    trace_id = session.get_span_context().trace_id
+
+    await eventually(lambda: _positive(count_of(js, "QOK", "MessageCompleted")), "MessageCompleted")
+    await eventually(lambda: _not(body_exists(js, "QOK")), "body deleted")
+    await eventually(lambda: _zero(jobs_waiting(js)), "job acked")
+
+    # one SMTP transaction with all three recipients, the body byte for byte
+    assert sink.received == [("alice@example.test", rcpts, BODY)]
+    events = await history(js, "QOK")
+    assert sorted(types(events)) == sorted(
+        ["MessageReceived", "DeliveryScheduled", *["DeliverySucceeded"] * 3, "MessageCompleted"]
+    )
+    assert types(events)[-1] == "MessageCompleted"
+    done = events[-1]
+    assert done.type == "MessageCompleted" and set(done.delivered) == set(rcpts)
+    for e in events:
+        if e.type == "DeliverySucceeded":
+            assert (e.reply_code, e.status, e.remote_host) == (250, "2.0.0", "127.0.0.1")
+            assert e.tls_version is None  # the sink offers no STARTTLS
+
+    # one trace from the "SMTP session" through the queue to the SMTP client
+    names = {s.name: s for s in _finished(spans) if s.context.trace_id == trace_id}
+    assert {"queue MessageReceived", "smtp deliver", "queue DeliverySucceeded"} <= set(names)
+    client = names["smtp deliver"]
+    assert client.kind == trace.SpanKind.CLIENT
+    assert client.attributes is not None
+    assert client.attributes["mailbus.queue_id"] == "QOK"
+    assert client.attributes["server.address"] == "127.0.0.1"
+    assert client.attributes["smtp.reply_code"] == 250
+
+
+async def test_failed_and_deferred_recipients_do_not_complete(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    sink, port = sink_factory(
+        {
+            "nobody@remote.test": "550 5.1.1 no such user",
+            "later@remote.test": "451 temporary trouble",
+        }
+    )
+    config = make_config(port)
+    services.append(await start_queue(config, nats_server))
+    services.append(await start_delivery(config, nats_server))
+    await receive(js, "QMIX", ["good@remote.test", "nobody@remote.test", "later@remote.test"])
+
+    await eventually(lambda: _equals(results_count(js, "QMIX"), 3), "three results")
+    await eventually(lambda: _zero(jobs_waiting(js)), "job acked")
+    await asyncio.sleep(1.0)  # room for a wrong MessageCompleted to show up
+
+    events = await results_by_recipient(js, "QMIX")
+    good, nobody, later = (
+        events["good@remote.test"],
+        events["nobody@remote.test"],
+        events["later@remote.test"],
+    )
+    assert good.type == "DeliverySucceeded"
+    assert nobody.type == "DeliveryFailed"
+    assert (nobody.reply_code, nobody.status) == (550, "5.1.1")
+    assert "no such user" in nobody.reply_text
+    assert later.type == "DeliveryDeferred"
+    assert (later.reply_code, later.status) == (451, "4.3.0")
+    assert await count_of(js, "QMIX", "MessageCompleted") == 0
+    assert await body_exists(js, "QMIX")  # still needed for the retry
+    assert [r for _, r, _ in sink.received] == [["good@remote.test"]]
+
+
+async def test_local_recipients_are_deferred_not_dropped(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    sink, port = sink_factory()
+    config = make_config(port)
+    services.append(await start_queue(config, nats_server))
+    services.append(await start_delivery(config, nats_server))
+    await receive(js, "QLOC", ["far@remote.test", "bob@example.test"])
+
+    await eventually(lambda: _equals(results_count(js, "QLOC"), 2), "two results")
+    events = await results_by_recipient(js, "QLOC")
+    assert events["far@remote.test"].type == "DeliverySucceeded"
+    local = events["bob@example.test"]
+    assert local.type == "DeliveryDeferred"
+    assert local.status.startswith("4.") and "not implemented yet" in local.reply_text
+    scheduled = [e for e in await history(js, "QLOC") if e.type == "DeliveryScheduled"]
+    assert sorted(s.destination.key for s in scheduled) == ["local:example.test", "relay:"]
+    assert [r for _, r, _ in sink.received] == [["far@remote.test"]]
+
+
+@pytest.mark.parametrize(
+    ("sink_tls", "mode", "outcome", "tls_used"),
+    [
+        (True, "opportunistic", "DeliverySucceeded", True),
+        (True, "none", "DeliverySucceeded", False),
+        (True, "required", "DeliverySucceeded", True),
+        (False, "required", "DeliveryDeferred", False),
+    ],
+)
+async def test_tls_modes(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+    tmp_path: Path,
+    sink_tls: bool,
+    mode: str,
+    outcome: str,
+    tls_used: bool,
+) -> None:
+    sink, port = sink_factory(tls=self_signed(tmp_path) if sink_tls else None)
+    config = make_config(port, tls=mode)
+    services.append(await start_queue(config, nats_server))
+    services.append(await start_delivery(config, nats_server))
+    await receive(js, "QTLS", ["someone@remote.test"])
+
+    await eventually(lambda: _equals(results_count(js, "QTLS"), 1), "the result")
+    (result,) = (await results_by_recipient(js, "QTLS")).values()
+    assert result.type == outcome
+    assert sink.tls_seen == ([tls_used] if outcome == "DeliverySucceeded" else [])
+    if tls_used:
+        assert result.tls_version is not None and result.tls_version.startswith("TLS")
+    else:
+        assert result.tls_version is None
+    if outcome == "DeliveryDeferred":
+        assert result.status == "4.7.10" and "STARTTLS" in result.reply_text
+
+
+async def test_queue_restart_rebuilds_state_from_the_stream(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    sink, port = sink_factory()
+    config = make_config(port)
+    queue = await start_queue(config, nats_server)
+    services.append(queue)
+    await receive(js, "QRST", ["a@remote.test", "b@remote.test"])
+    await eventually(lambda: _equals(jobs_waiting(js), 1), "the job")
+    await queue.close()
+
+    # results arrive while no queue runs
+    services.append(await start_delivery(config, nats_server))
+    await eventually(lambda: _equals(results_count(js, "QRST"), 2), "results")
+    assert await count_of(js, "QRST", "MessageCompleted") == 0
+
+    # a new queue (empty cache) folds the history and completes the message
+    services.append(await start_queue(config, nats_server))
+    await eventually(
+        lambda: _positive(count_of(js, "QRST", "MessageCompleted")), "MessageCompleted"
+    )
+    await eventually(lambda: _not(body_exists(js, "QRST")), "body deleted")
+    await asyncio.sleep(0.5)
+    assert await count_of(js, "QRST", "MessageCompleted") == 1
+    assert await count_of(js, "QRST", "DeliveryScheduled") == 1
+    assert len(sink.received) == 1
+
+
+async def test_worker_crash_before_ack_redelivers_and_completes_once(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+    tmp_path: Path,
+) -> None:
+    sink, port = sink_factory()
+    config_file = tmp_path / "mailbus.yaml"
+    config_file.write_text(config_text(port))
+    config = make_config(port)
+    rcpts = ["x@remote.test", "y@remote.test", "z@remote.test"]
+
+    # the queue schedules the job, then stops, so the body outlives the first attempt
+    queue = await start_queue(config, nats_server)
+    services.append(queue)
+    await receive(js, "QCRASH", rcpts)
+    await eventually(lambda: _equals(jobs_waiting(js), 1), "the job")
+    await queue.close()
+
+    env = {
+        **os.environ,
+        "MAILBUS_FAULT": "delivery.exit_before_ack",
+        "MAILBUS_DELIVERY_ACK_WAIT": str(ACK_WAIT_S),
+        "OTEL_TRACES_EXPORTER": "none",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "services.delivery",
+        "--config",
+        str(config_file),
+        "--nats-url",
+        nats_server.url,
+        cwd=REPO,
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    rc, stderr = proc.returncode, err.decode()
+    assert rc == 137, stderr
+    assert len(sink.received) == 1  # delivered by the worker that then died
+    assert await results_count(js, "QCRASH") == 3
+    assert await jobs_waiting(js) == 1  # never acked
+
+    # a healthy worker gets the job once ack_wait runs out, and delivers it again
+    services.append(await start_delivery(config, nats_server))
+    await eventually(lambda: _equals(jobs_waiting(js), 0), "the job acked", within=30)
+    assert len(sink.received) == 2  # at least once: a duplicate, never a loss
+    assert all(r == rcpts and body == BODY for _, r, body in sink.received)
+    assert await results_count(js, "QCRASH") == 3  # the same result ids, deduplicated
+
+    services.append(await start_queue(config, nats_server))
+    await eventually(
+        lambda: _positive(count_of(js, "QCRASH", "MessageCompleted")), "MessageCompleted"
+    )
+    await eventually(lambda: _not(body_exists(js, "QCRASH")), "body deleted")
+    await asyncio.sleep(0.5)
+    assert await count_of(js, "QCRASH", "MessageCompleted") == 1
+
+
+async def test_max_delivery_threads_caps_all_workers_together(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    sink, port = sink_factory(data_delay=0.4)
+    config = make_config(port, threads=2)
+    services.append(await start_queue(config, nats_server))
+    for _ in range(3):  # 3 workers x 2 local slots, but 2 deliveries at a time in all
+        services.append(await start_delivery(config, nats_server))
+    qids = [f"QCAP{i}" for i in range(6)]
+    for qid in qids:
+        await receive(js, qid, [f"{qid.lower()}@remote.test"])
+
+    async def all_completed() -> bool:
+        counts = [await count_of(js, q, "MessageCompleted") for q in qids]
+        return all(c == 1 for c in counts)
+
+    await eventually(all_completed, "six completed messages", within=30)
+    assert len(sink.received) == 6
+    assert 1 <= sink.max_in_data <= 2
+
+
+async def test_stop_finishes_the_delivery_in_flight(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    sink, port = sink_factory(data_delay=1.5)
+    config = make_config(port)
+    services.append(await start_queue(config, nats_server))
+    delivery = await start_delivery(config, nats_server)
+    services.append(delivery)
+    await receive(js, "QSTOP", ["slow@remote.test"])
+
+    async def in_data() -> bool:
+        return sink.in_data > 0
+
+    await eventually(in_data, "the delivery to be in DATA")
+    await delivery.close()  # returns only once the job in flight is done
+    assert len(sink.received) == 1
+    assert await results_count(js, "QSTOP") == 1
+    assert await jobs_waiting(js) == 0  # acked, not left for redelivery
+
+
+# --- tiny async predicates -----------------------------------------------------------------
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value
+
+
+async def _positive(value: Awaitable[int]) -> bool:
+    return await value > 0
+
+
+async def _zero(value: Awaitable[int]) -> bool:
+    return await value == 0
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected
+
+
+def _finished(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
+    return list(exporter.get_finished_spans())
