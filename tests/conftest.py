@@ -11,6 +11,7 @@ from nats.js import JetStreamContext
 
 from libs.common import bus
 from libs.common.embedded_nats import EmbeddedNats
+from tests.support.sink import sink_factory  # noqa: F401  (a fixture shared by modules)
 
 
 @pytest.fixture

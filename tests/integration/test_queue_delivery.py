@@ -7,24 +7,13 @@ watches the event log, the sink and the Object Store.
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import os
-import socket
-import ssl
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
-from aiosmtpd.controller import Controller
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
@@ -34,19 +23,25 @@ from libs.common import bus, subjects
 from libs.common.config import Config, load_config_text
 from libs.common.embedded_nats import EmbeddedNats
 from libs.common.events import (
-    AnyEvent,
     Client,
-    DeliveryDeferred,
-    DeliveryFailed,
-    DeliverySucceeded,
     MessageReceived,
     Recipient,
-    parse_event,
 )
 from libs.common.runtime import Running, start_service
 from libs.common.telemetry import current_traceparent, setup_telemetry
 from services.delivery.service import DeliveryService
 from services.queue.service import QueueService
+from tests.support.sink import Sink, self_signed
+from tests.support.streams import (
+    body_exists,
+    count_of,
+    eventually,
+    history,
+    jobs_waiting,
+    results_by_recipient,
+    results_count,
+    types,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 ACK_WAIT_S = 2.0
@@ -61,98 +56,6 @@ BODY = (
     b"8-bit: \xc3\xa9t\xc3\xa9\r\n"
     b"\r\n"
 )
-
-
-# --- the sink ----------------------------------------------------------------------------
-
-
-@dataclass
-class Sink:
-    """Records every transaction; answers RCPT from `replies` when the address is there."""
-
-    replies: dict[str, str] = field(default_factory=dict)
-    received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-    tls_seen: list[bool] = field(default_factory=list)
-    data_delay: float = 0.0  # a slow server: seconds spent before answering DATA
-    in_data: int = 0
-    max_in_data: int = 0
-
-    async def handle_RCPT(
-        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
-    ) -> str:
-        reply = self.replies.get(address)
-        if reply is not None:
-            return reply
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.in_data += 1
-        self.max_in_data = max(self.max_in_data, self.in_data)
-        try:
-            await asyncio.sleep(self.data_delay)
-        finally:
-            self.in_data -= 1
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        self.tls_seen.append(session.ssl is not None)
-        return "250 2.0.0 queued"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def self_signed(tmp: Path) -> ssl.SSLContext:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "sink.test")])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp / "sink.crt", tmp / "sink.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    return context
-
-
-@pytest.fixture
-def sink_factory() -> Iterator[Callable[..., tuple[Sink, int]]]:
-    controllers: list[Controller] = []
-
-    def make(
-        replies: dict[str, str] | None = None,
-        tls: ssl.SSLContext | None = None,
-        data_delay: float = 0.0,
-    ) -> tuple[Sink, int]:
-        sink = Sink(replies or {}, data_delay=data_delay)
-        port = free_port()
-        extra: dict[str, Any] = {"tls_context": tls, "require_starttls": False} if tls else {}
-        controller = Controller(sink, hostname="127.0.0.1", port=port, **extra)
-        controller.start()
-        controllers.append(controller)
-        return sink, port
-
-    yield make
-    for controller in controllers:
-        controller.stop()
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -215,73 +118,6 @@ async def receive(js: JetStreamContext, qid: str, recipients: list[str]) -> None
     )
     ack = await bus.publish_event(js, event)
     assert not ack.duplicate
-
-
-async def history(js: JetStreamContext, qid: str) -> list[AnyEvent]:
-    events: list[AnyEvent] = []
-    seq = 1
-    for _ in range(1000):
-        try:
-            raw = await js.get_msg(
-                subjects.EVENTS_STREAM,
-                seq=seq,
-                subject=subjects.message_events_filter(qid),
-                next=True,
-            )
-        except NotFoundError:
-            break
-        assert raw.seq is not None and raw.data is not None
-        events.append(parse_event(raw.data))
-        seq = raw.seq + 1
-    return events
-
-
-def types(events: list[AnyEvent]) -> list[str]:
-    return [e.type for e in events]
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 20.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + within
-    while loop.time() < deadline:
-        if await check():
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-async def count_of(js: JetStreamContext, qid: str, event_type: str) -> int:
-    return types(await history(js, qid)).count(event_type)
-
-
-async def body_exists(js: JetStreamContext, qid: str) -> bool:
-    store = await js.object_store(subjects.BODIES_BUCKET)
-    try:
-        await store.get_info(qid)
-    except NotFoundError:
-        return False
-    return True
-
-
-async def jobs_waiting(js: JetStreamContext) -> int:
-    info = await js.stream_info(subjects.JOBS_STREAM)
-    return info.state.messages
-
-
-RESULTS = ("DeliverySucceeded", "DeliveryDeferred", "DeliveryFailed")
-DeliveryResult = DeliverySucceeded | DeliveryDeferred | DeliveryFailed
-
-
-async def results_by_recipient(js: JetStreamContext, qid: str) -> dict[str, DeliveryResult]:
-    return {
-        e.recipient: e
-        for e in await history(js, qid)
-        if isinstance(e, DeliverySucceeded | DeliveryDeferred | DeliveryFailed)
-    }
-
-
-async def results_count(js: JetStreamContext, qid: str) -> int:
-    return sum(t in RESULTS for t in types(await history(js, qid)))
 
 
 # --- tests -------------------------------------------------------------------------------

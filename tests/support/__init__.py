@@ -1,0 +1,1 @@
+"""Helpers shared by the integration tests: sinks, stream readers, polling."""

@@ -1,0 +1,85 @@
+"""Reading the event log, the Object Store and the job stream from tests."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from libs.common import subjects
+from libs.common.events import (
+    AnyEvent,
+    DeliveryDeferred,
+    DeliveryFailed,
+    DeliverySucceeded,
+    parse_event,
+)
+
+
+async def history(js: JetStreamContext, qid: str) -> list[AnyEvent]:
+    events: list[AnyEvent] = []
+    seq = 1
+    for _ in range(1000):
+        try:
+            raw = await js.get_msg(
+                subjects.EVENTS_STREAM,
+                seq=seq,
+                subject=subjects.message_events_filter(qid),
+                next=True,
+            )
+        except NotFoundError:
+            break
+        assert raw.seq is not None and raw.data is not None
+        events.append(parse_event(raw.data))
+        seq = raw.seq + 1
+    return events
+
+
+def types(events: list[AnyEvent]) -> list[str]:
+    return [e.type for e in events]
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 20.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while loop.time() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def count_of(js: JetStreamContext, qid: str, event_type: str) -> int:
+    return types(await history(js, qid)).count(event_type)
+
+
+async def body_exists(js: JetStreamContext, qid: str) -> bool:
+    store = await js.object_store(subjects.BODIES_BUCKET)
+    try:
+        await store.get_info(qid)
+    except NotFoundError:
+        return False
+    return True
+
+
+async def jobs_waiting(js: JetStreamContext) -> int:
+    info = await js.stream_info(subjects.JOBS_STREAM)
+    return info.state.messages
+
+
+RESULTS = ("DeliverySucceeded", "DeliveryDeferred", "DeliveryFailed")
+DeliveryResult = DeliverySucceeded | DeliveryDeferred | DeliveryFailed
+
+
+async def results_by_recipient(js: JetStreamContext, qid: str) -> dict[str, DeliveryResult]:
+    return {
+        e.recipient: e
+        for e in await history(js, qid)
+        if isinstance(e, DeliverySucceeded | DeliveryDeferred | DeliveryFailed)
+    }
+
+
+async def results_count(js: JetStreamContext, qid: str) -> int:
+    return sum(t in RESULTS for t in types(await history(js, qid)))
