@@ -108,14 +108,64 @@ class DeliveryFailed(_DeliveryResult):
     type: Literal["DeliveryFailed"] = "DeliveryFailed"
 
 
+class RecipientOutcome(_Model):
+    """What became of one recipient, as much as a delivery report needs (RFC 3464)."""
+
+    address: str
+    action: Literal["failed", "delayed", "delivered", "relayed", "expanded"]
+    status: str  # RFC 3463, e.g. 5.1.1; 4.4.7 for an expired recipient
+    remote_host: str = ""
+    diagnostic: str = ""  # the remote reply, e.g. "550 5.1.1 No such user"
+    last_attempt_at: datetime | None = None
+
+
 class MessageDelayed(Event):
+    """Emitted once by the queue when warn_after has passed with recipients still pending."""
+
     type: Literal["MessageDelayed"] = "MessageDelayed"
     recipients: tuple[str, ...]
+    outcomes: tuple[RecipientOutcome, ...] = ()
+    will_retry_until: datetime | None = None
 
 
 class MessageExpired(Event):
+    """bounce_after has passed: these recipients fail as expired (4.4.7)."""
+
     type: Literal["MessageExpired"] = "MessageExpired"
     recipients: tuple[str, ...]
+    outcomes: tuple[RecipientOutcome, ...] = ()
+
+
+class RecipientsFailed(Event):
+    """Emitted by the queue once per delivery attempt round for the recipients that
+    failed permanently in it, so one failure report covers them together."""
+
+    type: Literal["RecipientsFailed"] = "RecipientsFailed"
+    attempt: int
+    outcomes: tuple[RecipientOutcome, ...]
+
+
+class RecipientsDelivered(Event):
+    """Emitted by the queue per attempt round only for delivered recipients that asked
+    for NOTIFY=SUCCESS (action "delivered", or "relayed" to a server without DSN)."""
+
+    type: Literal["RecipientsDelivered"] = "RecipientsDelivered"
+    attempt: int
+    outcomes: tuple[RecipientOutcome, ...]
+
+
+class ReportSent(Event):
+    """The notifier's answer to a report-triggering event of this message.
+
+    The queue keeps the body (RET=FULL needs it) until every MessageDelayed,
+    MessageExpired, RecipientsFailed and RecipientsDelivered it emitted has one.
+    `report_queue_id` is None when no report was due (null sender, NOTIFY=NEVER).
+    """
+
+    type: Literal["ReportSent"] = "ReportSent"
+    trigger_event_id: str
+    kind: Literal["failure", "delay", "success", "expiry"]
+    report_queue_id: str | None = None
 
 
 class MessageCompleted(Event):
@@ -134,6 +184,9 @@ AnyEvent = Annotated[
     | DeliveryFailed
     | MessageDelayed
     | MessageExpired
+    | RecipientsFailed
+    | RecipientsDelivered
+    | ReportSent
     | MessageCompleted,
     Field(discriminator="type"),
 ]
@@ -146,6 +199,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     DeliveryFailed,
     MessageDelayed,
     MessageExpired,
+    RecipientsFailed,
+    RecipientsDelivered,
+    ReportSent,
     MessageCompleted,
 )
 
@@ -160,7 +216,7 @@ def encode(model: BaseModel) -> bytes:
     return model.model_dump_json().encode()
 
 
-def event_type(event: Event) -> str:
+def event_type(event: Event | AccessEvent) -> str:
     # Each class is named after its `type` literal, which the golden tests pin.
     return type(event).__name__
 
@@ -179,3 +235,39 @@ class DeliveryJob(_Model):
     envid: str | None = None
     ret: Literal["FULL", "HDRS"] | None = None
     trace_parent: str | None = None
+
+
+# --- access events: facts about sessions and logins, not about one message -----------
+
+
+class AccessEvent(_Model):
+    """Published to MAILBUS_ACCESS under `subjects.access_subject(type)`."""
+
+    event_id: str
+    version: int = 1
+    occurred_at: datetime = Field(default_factory=utcnow)
+
+
+class Pop3LoginSucceeded(AccessEvent):
+    """A user logged in over POP3; policy turns it into a POP3-before-SMTP grant.
+
+    `occurred_at` is the time of the login: the grant runs from then, not from
+    whenever policy happens to read the event.
+    """
+
+    type: Literal["Pop3LoginSucceeded"] = "Pop3LoginSucceeded"
+    client_ip: str
+    user: str
+    listener: str = ""
+    session_id: str = ""
+
+
+AnyAccessEvent = Annotated[Pop3LoginSucceeded, Field(discriminator="type")]
+
+ACCESS_EVENT_TYPES: tuple[type[AccessEvent], ...] = (Pop3LoginSucceeded,)
+
+_access_adapter: TypeAdapter[AnyAccessEvent] = TypeAdapter(AnyAccessEvent)
+
+
+def parse_access_event(data: bytes | str) -> AnyAccessEvent:
+    return _access_adapter.validate_json(data)
