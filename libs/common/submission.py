@@ -1,8 +1,9 @@
-"""Make an accepted message durable: body into the Object Store, then the event.
+"""Make a message durable: body into the Object Store, then MessageReceived.
 
-The order matters: a MessageReceived whose body is missing would be a message
-nobody can deliver, while a body without its event is only garbage that the
-failure path removes.
+Used by ingress for mail from clients and by the notifier for its reports, so
+both obey one rule. The order matters: a MessageReceived whose body is missing
+would be a message nobody can deliver, while a body without its event is only
+garbage that the failure path removes.
 """
 
 from __future__ import annotations

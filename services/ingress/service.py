@@ -8,10 +8,10 @@ import ssl
 
 from libs.common.policy_api import PolicyClient
 from libs.common.runtime import Context
+from libs.common.submission import MessageStore
 from libs.common.tlsutil import server_context
 from services.ingress.adapters.handler import IngressHandler
 from services.ingress.adapters.smtp import IngressSMTP, ListenerSettings, Sessions
-from services.ingress.adapters.store import MessageStore
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,8 @@ class IngressService:
         policy = PolicyClient(self.ctx.nc, timeout=config.policy.timeout.total_seconds())
         store = MessageStore(self.ctx.js)
         size = config.security.max_message_size
+        hidden_group = config.relay.hide_local_ip_group
+        hidden = config.ip_group(hidden_group) if hidden_group else None
         try:
             for entry in listeners:
                 settings = ListenerSettings(
@@ -47,6 +49,7 @@ class IngressService:
                     require_auth=entry.require_auth,
                     data_size_limit=size or None,
                     proxy_protocol=entry.proxy_protocol,
+                    hidden_clients=hidden,
                 )
                 handler = IngressHandler(settings, policy, store, self.sessions)
                 await self._listen(handler, entry.host, entry.port, tls_context)

@@ -19,10 +19,10 @@ from opentelemetry.trace import Span
 from libs.common.events import Client, MessageReceived, Recipient
 from libs.common.ids import new_queue_id
 from libs.common.policy_api import PolicyClient, PolicyDecision, PolicyQuery
+from libs.common.submission import MessageStore, StoreError
 from libs.common.telemetry import current_traceparent
 from services.ingress.adapters.auth import read_credentials
-from services.ingress.adapters.store import MessageStore, StoreError
-from services.ingress.core import replies
+from services.ingress.core import replies, smuggling
 from services.ingress.core.received import count_received, received_header, with_protocol
 
 if TYPE_CHECKING:
@@ -78,8 +78,9 @@ class IngressHandler:
             decision = await self._ask(query, span)
         if not decision.accepted:
             return server.refuse(decision)
-        # aiosmtpd tests mail_from for truth, so the null sender stays "<>" in the envelope.
-        envelope.mail_from = address
+        # Policy's canonical form ("" for the null sender, which stays "<>" because
+        # aiosmtpd tests mail_from for truth).
+        envelope.mail_from = decision.canonical or address
         envelope.mail_options.extend(mail_options)
         envelope.policy_rules = [decision.rule]
         return "250 2.1.0 Ok"
@@ -103,15 +104,28 @@ class IngressHandler:
             decision = await self._ask(query, span)
         if not decision.accepted:
             return server.refuse(decision)
-        envelope.rcpt_tos.append(address)
+        # Where the mail goes is policy's canonical address (an alias resolved to its
+        # account); the same mailbox named twice gets the message once.
+        canonical = decision.canonical or address
+        if canonical not in envelope.rcpt_tos:
+            envelope.rcpt_tos.append(canonical)
+            envelope.rcpt_sent.append(address)
+            envelope.policy_rules.append(decision.rule)
         envelope.rcpt_options.extend(rcpt_options)
-        envelope.policy_rules.append(decision.rule)
         return "250 2.1.5 Ok"
 
     async def handle_DATA(
         self, server: IngressSMTP, session: Session, envelope: IngressEnvelope
     ) -> str:
         content = envelope.original_content or b""
+        bare = smuggling.refusal(content)
+        if bare is not None:
+            log.warning(
+                "session %s: message from %s refused: bare line break (smuggling attempt?)",
+                server.session_id,
+                server.peer[0],
+            )
+            return bare
         query = PolicyQuery(
             stage="data",
             session=server.policy(),
@@ -172,9 +186,11 @@ class IngressHandler:
     def _received(
         self, server: IngressSMTP, session: Session, envelope: Envelope, qid: str
     ) -> bytes:
+        hidden = self.settings.hidden_clients
         return received_header(
             helo=session.host_name or "",
             client_ip=server.peer[0],
+            hide_client=hidden is not None and hidden.contains(server.peer[0]),
             hostname=self.settings.hostname,
             protocol=with_protocol(
                 extended=session.extended_smtp,
@@ -183,7 +199,7 @@ class IngressHandler:
                 utf8=envelope.smtp_utf8,
             ),
             queue_id=qid,
-            recipients=envelope.rcpt_tos,
+            recipients=envelope.rcpt_sent,
             now=self.clock(),
         )
 
@@ -202,7 +218,10 @@ class IngressHandler:
             event_id=f"{qid}.received",
             queue_id=qid,
             mail_from=_null_sender(envelope.mail_from or ""),
-            recipients=tuple(Recipient(address=a) for a in envelope.rcpt_tos),
+            recipients=tuple(
+                _recipient(a, sent)
+                for a, sent in zip(envelope.rcpt_tos, envelope.rcpt_sent, strict=True)
+            ),
             size=size,
             client=Client(ip=ip, port=port, helo=helo, listener=self.settings.name),
             tls=server.tls_info,
@@ -212,6 +231,13 @@ class IngressHandler:
             smtputf8=envelope.smtp_utf8,
             trace_parent=current_traceparent(),
         )
+
+
+def _recipient(address: str, sent: str) -> Recipient:
+    """RFC 3461 section 4.2: a rewritten recipient keeps the one the client gave as ORCPT."""
+    if address.lower() == sent.lower():
+        return Recipient(address=address)
+    return Recipient(address=address, orcpt=f"rfc822;{sent}")
 
 
 def _null_sender(address: str) -> str:
