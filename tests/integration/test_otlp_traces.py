@@ -1,0 +1,91 @@
+"""Traces for operators: `mailbus up` with OTEL_EXPORTER_OTLP_ENDPOINT set exports every
+service's spans over OTLP/HTTP, and one message's spans share one trace id."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import smtplib
+import sys
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from libs.common.embedded_nats import free_port
+from tests.support.otlp import OtlpReceiver
+from tests.support.sink import Sink
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    r = OtlpReceiver()
+    r.start()
+    yield r
+    r.stop()
+
+
+async def test_one_message_is_one_trace_across_service_processes(
+    tmp_path: Path, receiver: OtlpReceiver, sink_factory: Callable[..., tuple[Sink, int]]
+) -> None:
+    sink, sink_port = sink_factory()
+    smtp_port = free_port()
+    cfg = tmp_path / "mailbus.yaml"
+    cfg.write_text(
+        "server: {hostname: mx.otel.test, local_domains: [otel.test]}\n"
+        "listeners:\n"
+        f"  - {{name: smtp, protocol: smtp, address: '127.0.0.1:{smtp_port}', tls: none}}\n"
+        "ip_groups: {lan: [127.0.0.0/8]}\n"
+        "relay: {allowed_ip_group: lan}\n"
+        "security: {require_sender_domain_dns: false}\n"
+        "antispam: {spf: false}\n"
+        "delivery:\n"
+        f"  {{mode: relay, relay_host: {{host: 127.0.0.1, port: {sink_port}}}, tls: none}}\n"
+    )
+    env = dict(
+        os.environ,
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
+        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
+        OTEL_BSP_SCHEDULE_DELAY="100",
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libs.common.cli", "up", "--config", str(cfg),
+        "--data-dir", str(tmp_path / "var"),
+        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(90):
+            while b"ready:" not in (line := await proc.stdout.readline()):
+                assert line, "mailbus up exited early"
+        drain = asyncio.create_task(proc.stdout.read())
+
+        def send() -> None:
+            with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
+                client.sendmail("a@otel.test", ["b@remote.test"], b"Subject: t\r\n\r\nhi\r\n")
+
+        await asyncio.to_thread(send)
+        wanted = {"mailbus-ingress", "mailbus-policy", "mailbus-queue", "mailbus-delivery"}
+        async with asyncio.timeout(30):
+            while True:
+                spans = receiver.snapshot()
+                sessions = [s for s in spans if s.name == "smtp session"]
+                if sessions and len(sink.received) == 1:
+                    trace_id = sessions[0].trace_id
+                    services = {s.service for s in spans if s.trace_id == trace_id}
+                    if wanted <= services:
+                        break
+                await asyncio.sleep(0.2)
+        mine = [s for s in receiver.snapshot() if s.trace_id == trace_id]
+        assert any(s.name == "smtp deliver" for s in mine)
+        assert any(s.name.startswith("policy ") for s in mine)
+        assert any(s.name.startswith("queue ") for s in mine)
+    finally:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            async with asyncio.timeout(15):
+                await proc.wait()
+    drain.cancel()
