@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, MutableMapping
+from contextlib import AbstractContextManager
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -91,3 +92,33 @@ def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
 
 def current_traceparent() -> str | None:
     return inject_headers().get("traceparent")
+
+
+def messaging_attributes(
+    subject: str, operation: str, message_id: str | None = None
+) -> dict[str, str]:
+    """OpenTelemetry messaging semantic conventions for a NATS subject."""
+    attrs = {
+        "messaging.system": "nats",
+        "messaging.destination.name": subject,
+        "messaging.operation.type": operation,  # send | receive | process
+    }
+    if message_id:
+        attrs["messaging.message.id"] = message_id
+    return attrs
+
+
+def producer_span(
+    subject: str, message_id: str | None = None
+) -> AbstractContextManager[trace.Span]:
+    """A PRODUCER span named the semconv way ("send <destination>").
+
+    The subject's variable tokens (queue ids) would make span names unbounded, so
+    the name uses the subject's first three tokens; the full subject is an attribute.
+    """
+    stem = ".".join(subject.split(".")[:3])
+    return trace.get_tracer("mailbus.bus").start_as_current_span(
+        f"send {stem}",
+        kind=trace.SpanKind.PRODUCER,
+        attributes=messaging_attributes(subject, "send", message_id),
+    )
