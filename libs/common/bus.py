@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 # Long enough to cover a consumer's redelivery after a crash: the same event id
 # published again inside this window is dropped by the server, not duplicated.
 DUPLICATE_WINDOW_S = 2 * 3600.0
+ACCESS_EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 
 
 async def connect(servers: Sequence[str], name: str, credentials_file: str | None = None) -> NATS:
@@ -87,6 +88,17 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
             allow_msg_ttl=True,
             max_msgs_per_subject=1,
         ),
+        api.StreamConfig(
+            name=subjects.ACCESS_STREAM,
+            subjects=[subjects.ACCESS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=file,
+            num_replicas=replicas,
+            duplicate_window=DUPLICATE_WINDOW_S,
+            # An audit trail of logins, and what POP3-before-SMTP grants are made from;
+            # grants last minutes, so a week covers any consumer that was down.
+            max_age=ACCESS_EVENTS_MAX_AGE_S,
+        ),
     ]
 
 
@@ -98,7 +110,12 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
             # Exists with another config: bring it to ours (e.g. replicas changed).
             await js.update_stream(cfg)
     await ensure_object_store(js, replicas)
-    for bucket in (subjects.POLICY_COUNTERS_BUCKET, subjects.POP3_GRANTS_BUCKET):
+    # Buckets made by nats-py allow per-message TTLs; grants and failure counts use them.
+    for bucket in (
+        subjects.POLICY_COUNTERS_BUCKET,
+        subjects.POP3_GRANTS_BUCKET,
+        subjects.AUTH_FAILURES_BUCKET,
+    ):
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1

@@ -2,6 +2,7 @@
 
 mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
 mailbus config check FILE                   validate, print the effective config
+mailbus user hash                           print the argon2id hash of a password
 """
 
 from __future__ import annotations
@@ -33,6 +34,12 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
     return config_check(args.file)
 
 
+def _cmd_user_hash(args: argparse.Namespace) -> int:
+    from libs.common.userhash import user_hash_command
+
+    return user_hash_command()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mailbus", description="mailbus MTA")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -48,6 +55,13 @@ def build_parser() -> argparse.ArgumentParser:
     p_check = cfg_sub.add_parser("check", help="validate FILE and print the effective config")
     p_check.add_argument("file")
     p_check.set_defaults(func=_cmd_config_check)
+
+    p_user = sub.add_parser("user", help="local account tools")
+    user_sub = p_user.add_subparsers(dest="user_command", required=True)
+    p_hash = user_sub.add_parser(
+        "hash", help="read a password (no echo, or from stdin) and print its argon2id hash"
+    )
+    p_hash.set_defaults(func=_cmd_user_hash)
     return parser
 
 

@@ -13,9 +13,11 @@ from typing import Literal
 
 from nats.aio.client import Client as NATS
 from nats.errors import NoRespondersError, TimeoutError
+from nats.js import JetStreamContext, api
 from pydantic import BaseModel, ConfigDict
 
-from libs.common import subjects
+from libs.common import bus, subjects
+from libs.common.events import Pop3LoginSucceeded, event_type
 from libs.common.telemetry import inject_headers
 
 log = logging.getLogger(__name__)
@@ -113,3 +115,13 @@ class PolicyClient:
         except ValueError:
             log.error("policy %s: malformed answer %r", query.stage, msg.data[:200])
             return POLICY_UNAVAILABLE
+
+
+async def publish_pop3_login(js: JetStreamContext, event: Pop3LoginSucceeded) -> api.PubAck:
+    """Tell policy about a POP3 login (the POP3 listener's side of POP3-before-SMTP).
+
+    Give the event a deterministic id (e.g. from the POP3 session): a retried
+    publish is then dropped as a duplicate by JetStream.
+    """
+    subject = subjects.access_subject(event_type(event))
+    return await bus.publish_model(js, subject, event, msg_id=event.event_id)

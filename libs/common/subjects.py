@@ -62,12 +62,29 @@ BODIES_BUCKET = "mailbus-bodies"
 
 # KV buckets for state that must hold across replicas.
 POLICY_COUNTERS_BUCKET = "mailbus-policy-counters"
+# POP3-before-SMTP grants, keyed by token(client address); each key carries its own TTL.
 POP3_GRANTS_BUCKET = "mailbus-pop3-grants"
+# Failed SMTP AUTH logins per client address, keyed by token(client address); a key
+# expires one window after the last failure (per-key TTL), so no count lingers forever.
+AUTH_FAILURES_BUCKET = "mailbus-auth-failures"
+
+# Access events: logins and other session facts that belong to no message
+# (Pop3LoginSucceeded, ...), one subject per event type.
+ACCESS_STREAM = "MAILBUS_ACCESS"
+ACCESS_PREFIX = f"{PREFIX}.access"
+ACCESS_SUBJECTS = f"{ACCESS_PREFIX}.>"
+
+
+def access_subject(event_type: str) -> str:
+    return f"{ACCESS_PREFIX}.{event_type}"
+
 
 # Durable consumer names.
 QUEUE_CONSUMER = "queue"
 DELIVERY_CONSUMER = "delivery"
 NOTIFIER_CONSUMER = "notifier"
+# Shared by every policy replica: each POP3 login is turned into a grant once.
+POLICY_GRANTS_CONSUMER = "policy-pop3-grants"
 
 # Each service answers $SRV.PING/INFO under this name (nats.micro).
 SERVICES = ("ingress", "policy", "queue", "delivery", "notifier")
