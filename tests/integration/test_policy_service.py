@@ -29,6 +29,8 @@ ip_groups:
 relay:
   mode: restricted
   allowed_ip_group: local_network
+users:
+  - address: user@example.test
 """
 
 OUTSIDE = "192.0.2.99"
@@ -54,8 +56,8 @@ async def test_relay_control(
     try:
         caplog.set_level(logging.INFO, logger="services.policy")
         local = await client.ask(rcpt_query("User@Example.TEST.", OUTSIDE))
-        assert (local.action, local.rule, local.code) == ("accept", "local_domain", 250)
-        assert local.canonical == "User@example.test"
+        assert (local.action, local.rule, local.code) == ("accept", "local_user", 250)
+        assert local.canonical == "user@example.test"
 
         denied = await client.ask(rcpt_query("user@remote.test", OUTSIDE, "s-denied"))
         assert (denied.action, denied.rule) == ("reject", "relay_denied")
@@ -128,9 +130,9 @@ async def test_two_replicas_share_the_load(nats_server: EmbeddedNats, nc: NATS) 
     try:
         asks = 40
         decisions = await asyncio.gather(
-            *(client.ask(rcpt_query(f"u{i}@example.test", OUTSIDE)) for i in range(asks))
+            *(client.ask(rcpt_query("user@example.test", OUTSIDE, f"s{i}")) for i in range(asks))
         )
-        assert all(d.rule == "local_domain" for d in decisions)
+        assert all(d.rule == "local_user" for d in decisions)
         stats = await _stats(nc, expected=2)
         assert len(stats) == 2
         counts = [_rcpt_requests(s) for s in stats]

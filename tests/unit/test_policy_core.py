@@ -8,19 +8,29 @@ import pytest
 
 from libs.common.config import IpGroup
 from libs.common.policy_api import PolicyQuery, Session
-from services.policy.core import AddressError, PolicyRules, decide, parse_path, routing_trick
+from services.policy.core import (
+    Account,
+    AddressError,
+    PolicyRules,
+    decide,
+    parse_path,
+    routing_trick,
+)
 from services.policy.core.address import normalize_domain
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 
-
+ACCOUNTS = [Account("user@example.test"), Account("user@other.test")]
 RESTRICTED = PolicyRules.build(
     local_domains=["Example.TEST.", "other.test"],
     relay_mode="restricted",
     allowed_ip_group=IpGroup(["127.0.0.0/8", "10.0.0.0/8", "::1"]),
     allowed_ip_group_name="local_network",
+    accounts=ACCOUNTS,
 )
-NO_GROUP = PolicyRules.build(local_domains=["example.test"], allowed_ip_group=None)
+NO_GROUP = PolicyRules.build(
+    local_domains=["example.test"], allowed_ip_group=None, accounts=ACCOUNTS
+)
 NO_AUTH_RELAY = PolicyRules.build(local_domains=["example.test"], relay_for_authenticated=False)
 OPEN = PolicyRules.build(local_domains=["example.test"], relay_mode="open")
 
@@ -159,7 +169,7 @@ def test_normalize_domain(domain: str, normal: str) -> None:
         ("connect", {}, "connect_ok", 250, "2.0.0"),
         ("helo", {}, "helo_ok", 250, "2.0.0"),
         ("data", {"size": 100}, "data_ok", 250, "2.0.0"),
-        ("auth", {"mechanism": "PLAIN", "username": "a"}, "auth_unavailable", 535, "5.7.8"),
+        ("auth", {"mechanism": "PLAIN", "username": "a"}, "auth_tls", 538, "5.7.11"),
         ("mail", {"mail_from": "sender@remote.test"}, "mail_ok", 250, "2.1.0"),
         ("mail", {"mail_from": "<>"}, "mail_ok", 250, "2.1.0"),
         ("mail", {"mail_from": ""}, "mail_ok", 250, "2.1.0"),
@@ -183,9 +193,9 @@ def test_stage_rules(stage: str, kw: dict[str, object], rule: str, code: int, st
     ("rules", "rcpt", "ip", "auth_user", "rule", "reply"),
     [
         # Local domains: from anyone, whatever the case or a trailing root dot.
-        (RESTRICTED, "user@example.test", OUTSIDE, None, "local_domain", "250 2.1.5"),
-        (RESTRICTED, "USER@Example.TEST.", OUTSIDE, None, "local_domain", "250 2.1.5"),
-        (RESTRICTED, "<user@OTHER.test>", OUTSIDE, None, "local_domain", "250 2.1.5"),
+        (RESTRICTED, "user@example.test", OUTSIDE, None, "local_user", "250 2.1.5"),
+        (RESTRICTED, "USER@Example.TEST.", OUTSIDE, None, "local_user", "250 2.1.5"),
+        (RESTRICTED, "<user@OTHER.test>", OUTSIDE, None, "local_user", "250 2.1.5"),
         (RESTRICTED, "postmaster", OUTSIDE, None, "postmaster", "250 2.1.5"),
         # Remote domains: only from the allowed group (v4, v6, v4-mapped) or authenticated.
         (RESTRICTED, "user@remote.test", OUTSIDE, None, "relay_denied", "554 5.7.1"),
@@ -200,7 +210,7 @@ def test_stage_rules(stage: str, kw: dict[str, object], rule: str, code: int, st
         (RESTRICTED, "user@sub.example.test", OUTSIDE, None, "relay_denied", "554 5.7.1"),
         (RESTRICTED, "user@[192.0.2.1]", OUTSIDE, None, "relay_denied", "554 5.7.1"),
         (NO_GROUP, "user@remote.test", INSIDE, None, "relay_denied", "554 5.7.1"),
-        (NO_GROUP, "user@example.test", INSIDE, None, "local_domain", "250 2.1.5"),
+        (NO_GROUP, "user@example.test", INSIDE, None, "local_user", "250 2.1.5"),
         # Open relay: anyone, anywhere.
         (OPEN, "user@remote.test", OUTSIDE, None, "relay_open", "250 2.1.5"),
         # Routing tricks never become local acceptances, not even from the allowed group.
@@ -247,7 +257,9 @@ def test_relay_denied_reply_text() -> None:
 
 def test_accepted_recipient_is_canonical() -> None:
     decision = decide(query("rcpt", rcpt="<USER@Example.TEST.>"), RESTRICTED, NOW)
-    assert decision.canonical == "USER@example.test"
+    assert decision.canonical == "user@example.test"  # the account's own address
+    remote = decide(query("rcpt", ip=INSIDE, rcpt="<Bob@Remote.TEST.>"), RESTRICTED, NOW)
+    assert remote.canonical == "Bob@remote.test"  # a remote local part keeps its case
 
 
 @pytest.mark.parametrize("stage", ["connect", "helo", "auth", "mail", "rcpt", "data"])

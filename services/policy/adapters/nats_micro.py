@@ -2,14 +2,17 @@
 
 Endpoints use the micro service's default queue group, so every replica of
 policy subscribes and each request is answered by exactly one of them. The
-adapter only translates: JSON in, `decide`, JSON out, with a span that
-continues the SMTP session's trace.
+adapter translates (JSON in, `decide`, JSON out, with a span that continues
+the SMTP session's trace) and gathers the facts only I/O can give: the
+password check, the client's POP3 grant; and it counts failed logins.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from nats.micro.request import Handler, Request
@@ -20,7 +23,9 @@ from pydantic import ValidationError
 from libs.common import subjects
 from libs.common.policy_api import PolicyDecision, PolicyQuery
 from libs.common.telemetry import context_from_headers, tracer
-from services.policy.core import PolicyRules, decide
+from services.policy.adapters.passwords import PasswordChecker
+from services.policy.adapters.stores import FailedLoginCounter, GrantStore
+from services.policy.core import NO_FACTS, Facts, PolicyRules, decide, wants_pop3_grant
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -32,12 +37,34 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+GRANTS_UNAVAILABLE = PolicyDecision(
+    action="defer",
+    code=451,
+    status="4.3.0",
+    message="Relay permission cannot be checked now, try again later",
+    rule="pop3_grants_unavailable",
+)
+
+
+@dataclass
+class Lookups:
+    """Where the facts come from; None leaves that fact at its default (grants nothing)."""
+
+    passwords: PasswordChecker | None = None
+    grants: GrantStore | None = None
+    failures: FailedLoginCounter | None = None
+
+
 class PolicyEndpoints:
     """Answers every policy stage with the rules it was built with."""
 
-    def __init__(self, rules: PolicyRules, clock: Clock = utc_now) -> None:
+    def __init__(
+        self, rules: PolicyRules, clock: Clock = utc_now, lookups: Lookups | None = None
+    ) -> None:
         self._rules = rules
         self._clock = clock
+        self._lookups = lookups or Lookups()
+        self._in_flight: set[asyncio.Task[None]] = set()
 
     async def register(self, micro: MicroService) -> None:
         for stage in subjects.POLICY_STAGES:
@@ -49,7 +76,19 @@ class PolicyEndpoints:
         async def handle(request: Request) -> None:
             await self.answer(stage, request)
 
-        return handle
+        async def handle_apart(request: Request) -> None:
+            # A subscription runs its callback one message at a time: a password check
+            # awaited here would make every other login on this replica wait behind it.
+            task = asyncio.create_task(self.answer(stage, request))
+            self._in_flight.add(task)
+            task.add_done_callback(self._in_flight.discard)
+
+        return handle_apart if stage == "auth" else handle
+
+    async def drain(self) -> None:
+        """Let the answers still being computed go out."""
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
 
     async def answer(self, stage: str, request: Request) -> None:
         parent = context_from_headers(request.headers)
@@ -63,13 +102,59 @@ class PolicyEndpoints:
                 log.warning("policy %s: malformed request: %s", stage, query)
                 await request.respond_error("400", query)
                 return
-            decision = decide(query, self._rules, self._clock())
+            decision = await self._decide(query)
             span.set_attribute("mailbus.policy.rule", decision.rule)
             span.set_attribute("mailbus.policy.code", decision.code)
             span.set_attribute("mailbus.session.id", query.session.session_id)
             if not decision.accepted:
                 self._log_refusal(query, decision)
             await request.respond(decision.model_dump_json().encode())
+
+    async def _decide(self, query: PolicyQuery) -> PolicyDecision:
+        if query.stage == "auth":
+            return await self._authenticate(query)
+        decision = decide(query, self._rules, self._clock())
+        grants = self._lookups.grants
+        if grants is None or not wants_pop3_grant(decision, self._rules):
+            return decision
+        try:
+            grant = await grants.get(query.session.client_ip)
+        except Exception as exc:
+            log.warning("pop3 grants unreadable: %s: %s", type(exc).__name__, exc)
+            return GRANTS_UNAVAILABLE
+        return decide(query, self._rules, self._clock(), Facts(pop3_grant=grant))
+
+    async def _authenticate(self, query: PolicyQuery) -> PolicyDecision:
+        facts = NO_FACTS
+        account = self._rules.directory.login(query.username or "")
+        checker = self._lookups.passwords
+        if checker is not None and query.session.tls:
+            # Unknown accounts are checked too (against a dummy): same time, nothing learnt.
+            stored = account.password_hash if account is not None else None
+            facts = Facts(password_ok=await checker.verify(stored, query.password or ""))
+        decision = decide(query, self._rules, self._clock(), facts)
+        if decision.rule == "auth_failed":
+            await self._count_failure(query)
+        return decision
+
+    async def _count_failure(self, query: PolicyQuery) -> None:
+        failures = self._lookups.failures
+        if failures is None:
+            return
+        try:
+            counted = await failures.add(query.session.client_ip, self._clock())
+        except Exception as exc:
+            # Counting serves the limits; it must not turn a refusal into no answer.
+            log.warning("failed login not counted: %s: %s", type(exc).__name__, exc)
+            return
+        if counted is not None:
+            log.info(
+                "failed login from %s as %r (%d from there since %s)",
+                query.session.client_ip,
+                query.username,
+                counted.count,
+                counted.first_at.isoformat(timespec="seconds"),
+            )
 
     @staticmethod
     def _parse(stage: str, data: bytes) -> PolicyQuery | str:

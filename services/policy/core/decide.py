@@ -1,42 +1,77 @@
 """Every accept/refuse decision, one function per SMTP stage, each naming its rule.
 
 `decide` is total: whatever the query, it returns a PolicyDecision and never
-raises, so the adapter has nothing to translate but the wire format.
+raises, so the adapter has nothing to translate but the wire format. What
+only I/O can learn (a password check, a stored grant) comes in as `Facts`,
+gathered by the adapter; the decision itself stays here.
 """
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime
 
 from libs.common.policy_api import PolicyDecision, PolicyQuery
 from services.policy.core.address import AddressError, Mailbox, parse_path, routing_trick
+from services.policy.core.clients import canonical_ip
+from services.policy.core.directory import mailbox_key
+from services.policy.core.grants import Pop3Grant
 from services.policy.core.rules import PolicyRules
 
-StageRule = Callable[[PolicyQuery, PolicyRules, datetime], PolicyDecision]
+
+@dataclass(frozen=True)
+class Facts:
+    """What the adapter found out for this query; the defaults grant nothing."""
+
+    password_ok: bool = False  # auth: the password matched the account's hash
+    pop3_grant: Pop3Grant | None = None  # rcpt: the stored grant of the client address
+
+
+NO_FACTS = Facts()
+
+StageRule = Callable[[PolicyQuery, PolicyRules, datetime, Facts], PolicyDecision]
 
 RELAY_DENIED_MESSAGE = "Relay access denied"
+AUTH_MECHANISMS = ("PLAIN", "LOGIN")
 
 
 def reject(code: int, status: str, message: str, rule: str) -> PolicyDecision:
     return PolicyDecision(action="reject", code=code, status=status, message=message, rule=rule)
 
 
-def _connect(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecision:
+def _connect(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     return PolicyDecision.accept("connect_ok")
 
 
-def _helo(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecision:
+def _helo(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     return PolicyDecision.accept("helo_ok")
 
 
-def _auth(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecision:
-    # No user directory yet: refusing is the only answer that cannot open the relay.
-    return reject(535, "5.7.8", "Authentication credentials invalid", "auth_unavailable")
+def _auth(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
+    if (query.mechanism or "").upper() not in AUTH_MECHANISMS:
+        return reject(504, "5.5.4", "Unrecognized authentication type", "auth_mechanism")
+    if not query.session.tls:
+        # Ingress never offers AUTH in plain text; this holds even if a listener forgot.
+        return reject(
+            538, "5.7.11", "Encryption required for requested authentication mechanism", "auth_tls"
+        )
+    if query.session.auth_user:
+        return reject(503, "5.5.1", "Already authenticated", "auth_twice")
+    account = rules.directory.login(query.username or "")
+    if account is None or account.password_hash is None or not facts.password_ok:
+        return reject(535, "5.7.8", "Authentication credentials invalid", "auth_failed")
+    return PolicyDecision(
+        action="accept",
+        code=235,
+        status="2.7.0",
+        message="Authentication successful",
+        rule="auth_ok",
+        canonical=account.address,
+    )
 
 
-def _mail(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecision:
+def _mail(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     if query.mail_from is None:
         return reject(501, "5.5.4", "Syntax: MAIL FROM:<address>", "mail_missing")
     try:
@@ -56,7 +91,7 @@ def _mail(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecisi
     )
 
 
-def _rcpt(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecision:
+def _rcpt(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     if query.rcpt is None:
         return reject(501, "5.5.4", "Syntax: RCPT TO:<address>", "rcpt_missing")
     try:
@@ -68,43 +103,83 @@ def _rcpt(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecisi
     trick = routing_trick(rcpt)
     if trick is not None:
         return reject(553, "5.1.3", trick.message, trick.rule)
-    rule = _relay_rule(rcpt, query, rules)
+    if is_local(rcpt, rules):
+        return _local_rcpt(rcpt, rules)
+    rule = _relay_rule(query, rules, now, facts)
     if rule is None:
         return reject(554, "5.7.1", RELAY_DENIED_MESSAGE, "relay_denied")
-    return PolicyDecision(
-        action="accept", code=250, status="2.1.5", message="Ok", rule=rule, canonical=rcpt.address
+    return _accept_rcpt(rule, rcpt.address)
+
+
+def is_local(rcpt: Mailbox, rules: PolicyRules) -> bool:
+    """Bare <postmaster>, or a local domain by name: an address literal is never local."""
+    return not rcpt.domain or (not rcpt.literal and rules.is_local_domain(rcpt.domain))
+
+
+def _local_rcpt(rcpt: Mailbox, rules: PolicyRules) -> PolicyDecision:
+    """Local recipients exist or are refused, whatever the relay mode."""
+    found = rules.directory.recipient(rcpt) if rcpt.domain else None
+    if found is not None:
+        own = mailbox_key(rcpt) in rules.directory.accounts
+        return _accept_rcpt("local_user" if own else "local_alias", found)
+    if rcpt.local.lower() == "postmaster":
+        # RFC 5321 section 4.5.1: postmaster of every local domain must be accepted.
+        return _accept_rcpt("postmaster", _postmaster(rules) or rcpt.address)
+    return reject(
+        550,
+        "5.1.1",
+        f"<{rcpt.address}>: Recipient address rejected: User unknown",
+        "unknown_recipient",
     )
 
 
-def _relay_rule(rcpt: Mailbox, query: PolicyQuery, rules: PolicyRules) -> str | None:
-    """The rule that lets this recipient through, or None when relaying is denied."""
+def _postmaster(rules: PolicyRules) -> str:
+    """server.postmaster, resolved to its account when it is a local user or alias."""
+    try:
+        target = parse_path(rules.postmaster) if rules.postmaster else None
+    except AddressError:
+        return rules.postmaster
+    if target is None:
+        return ""
+    if target.domain and rules.is_local_domain(target.domain):
+        return rules.directory.recipient(target) or target.address
+    return target.address
+
+
+def _accept_rcpt(rule: str, canonical: str) -> PolicyDecision:
+    return PolicyDecision(
+        action="accept", code=250, status="2.1.5", message="Ok", rule=rule, canonical=canonical
+    )
+
+
+def _relay_rule(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> str | None:
+    """The rule that lets a non-local recipient through, or None when relaying is denied."""
     if rules.relay_mode == "open":
         return "relay_open"
-    if not rcpt.domain:
-        return "postmaster"
-    if not rcpt.literal and rules.is_local_domain(rcpt.domain):
-        return "local_domain"
     group = rules.allowed_ip_group
-    client_ip = _client_ip(query.session.client_ip)
+    client_ip = canonical_ip(query.session.client_ip)
     if group is not None and client_ip is not None and group.contains(client_ip):
         return "allowed_ip_group"
     if rules.relay_for_authenticated and query.session.auth_user:
         return "authenticated"
+    grant = facts.pop3_grant
+    if (
+        rules.pop3_grant is not None
+        and grant is not None
+        and client_ip is not None
+        and grant.client_ip == client_ip
+        and grant.valid_at(now)
+    ):
+        return "pop3_before_smtp"
     return None
 
 
-def _client_ip(text: str) -> str | None:
-    """The client's address in canonical form; an IPv4-mapped IPv6 address counts as IPv4."""
-    try:
-        ip = ipaddress.ip_address(text.strip().strip("[]").split("%")[0])
-    except ValueError:
-        return None
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        return str(ip.ipv4_mapped)
-    return str(ip)
+def wants_pop3_grant(decision: PolicyDecision, rules: PolicyRules) -> bool:
+    """Only a relay refusal can be turned around by a grant: look one up for nothing else."""
+    return decision.rule == "relay_denied" and rules.pop3_grant is not None
 
 
-def _data(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecision:
+def _data(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     return PolicyDecision.accept("data_ok")
 
 
@@ -118,6 +193,8 @@ STAGES: dict[str, StageRule] = {
 }
 
 
-def decide(query: PolicyQuery, rules: PolicyRules, now: datetime) -> PolicyDecision:
-    """Answer one policy query; `now` is the clock later rules (rates, grants) read."""
-    return STAGES[query.stage](query, rules, now)
+def decide(
+    query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts = NO_FACTS
+) -> PolicyDecision:
+    """Answer one policy query; `now` is the clock grants (and later rates) are read with."""
+    return STAGES[query.stage](query, rules, now, facts)

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Literal, Protocol
 
 from services.policy.core.address import normalize_domain
+from services.policy.core.directory import Account, Directory
 
 RelayMode = Literal["open", "restricted"]
 
@@ -28,6 +30,11 @@ class PolicyRules:
     allowed_ip_group: IpMatcher | None = None
     # SMTP-authenticated sessions may relay (relay.smtp_auth).
     relay_for_authenticated: bool = True
+    # How long a POP3 login lets its address relay; None: POP3-before-SMTP is off.
+    pop3_grant: timedelta | None = None
+    directory: Directory = field(default_factory=Directory)
+    # Where mail for postmaster@<local domain> and <postmaster> goes (server.postmaster).
+    postmaster: str = ""
     # The group's name is only for messages and logs.
     allowed_ip_group_name: str | None = field(default=None, compare=False)
 
@@ -39,6 +46,9 @@ class PolicyRules:
         allowed_ip_group: IpMatcher | None = None,
         relay_for_authenticated: bool = True,
         allowed_ip_group_name: str | None = None,
+        pop3_grant: timedelta | None = None,
+        accounts: Iterable[Account] = (),
+        postmaster: str = "",
     ) -> PolicyRules:
         """Normalize the local domains once so that every comparison is exact."""
         return cls(
@@ -46,6 +56,9 @@ class PolicyRules:
             relay_mode=relay_mode,
             allowed_ip_group=allowed_ip_group,
             relay_for_authenticated=relay_for_authenticated,
+            pop3_grant=pop3_grant,
+            directory=Directory.build(accounts),
+            postmaster=postmaster,
             allowed_ip_group_name=allowed_ip_group_name,
         )
 

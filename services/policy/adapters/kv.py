@@ -1,0 +1,48 @@
+"""Compare-and-set on a KV key with a per-key TTL, the one write grants and counters need.
+
+nats-py's `KeyValue.update` takes no TTL and `create` only works for absent
+keys, so this publishes to the bucket's subject itself with the two headers
+that make it a KV update: the expected last revision of the key and Nats-TTL
+(the bucket streams nats-py creates allow per-message TTLs).
+"""
+
+from __future__ import annotations
+
+from nats.js import JetStreamContext, api
+from nats.js.errors import APIError, KeyNotFoundError
+from nats.js.kv import KeyValue
+
+# JSStreamWrongLastSequenceErrF and its constant variant: someone wrote first.
+_WRONG_LAST_SEQUENCE = (10071, 10164)
+MIN_TTL_S = 1
+
+
+class Bucket:
+    def __init__(self, js: JetStreamContext, name: str) -> None:
+        self._js = js
+        self.name = name
+        self._kv: KeyValue | None = None
+
+    async def get(self, key: str) -> KeyValue.Entry | None:
+        if self._kv is None:
+            self._kv = await self._js.key_value(self.name)
+        try:
+            return await self._kv.get(key)
+        except KeyNotFoundError:
+            return None
+
+    async def swap(self, key: str, value: bytes, last_revision: int, ttl_s: float) -> bool:
+        """Write if the key is still at `last_revision` (0: absent); False when it moved on."""
+        headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last_revision)}
+        try:
+            await self._js.publish(
+                f"$KV.{self.name}.{key}",
+                value,
+                headers=headers,
+                msg_ttl=max(MIN_TTL_S, ttl_s),
+            )
+        except APIError as exc:
+            if exc.err_code in _WRONG_LAST_SEQUENCE:
+                return False
+            raise
+        return True

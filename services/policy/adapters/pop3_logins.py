@@ -1,0 +1,121 @@
+"""POP3 logins in, POP3-before-SMTP grants out.
+
+Every policy replica binds the same durable pull consumer, so each login is
+turned into a grant by one of them; the grant goes to the shared KV bucket and
+the event is acked only after the KV write was acknowledged. Recording is
+idempotent (a grant is only ever extended), so a redelivery does no harm.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from nats.aio.msg import Msg
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext, api
+from pydantic import ValidationError
+
+from libs.common import subjects
+from libs.common.events import Pop3LoginSucceeded, parse_access_event
+from services.policy.adapters.stores import GrantStore
+from services.policy.core import grant_for_login
+
+log = logging.getLogger(__name__)
+
+BATCH = 64
+FETCH_WAIT_S = 1.0
+ACK_WAIT_S = 30.0
+RETRY_DELAY_S = 1.0
+LOGIN_SUBJECT = subjects.access_subject("Pop3LoginSucceeded")
+
+
+class Pop3LoginConsumer:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        grants: GrantStore,
+        duration: timedelta,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self._js = js
+        self._grants = grants
+        self._duration = duration
+        self._clock = clock
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._fetching = False
+
+    async def start(self) -> None:
+        sub = await self._js.pull_subscribe(
+            LOGIN_SUBJECT,
+            durable=subjects.POLICY_GRANTS_CONSUMER,
+            stream=subjects.ACCESS_STREAM,
+            config=api.ConsumerConfig(
+                ack_policy=api.AckPolicy.EXPLICIT,
+                ack_wait=ACK_WAIT_S,
+                deliver_policy=api.DeliverPolicy.ALL,
+                filter_subject=LOGIN_SUBJECT,
+            ),
+        )
+        self._task = asyncio.create_task(self._run(sub), name="pop3-logins")
+
+    async def stop(self) -> None:
+        """Finish the batch in hand; a fetch that is only waiting is cancelled."""
+        self._stopping = True
+        task = self._task
+        if task is None:
+            return
+        if self._fetching:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping:
+            self._fetching = True
+            try:
+                msgs = await sub.fetch(BATCH, timeout=FETCH_WAIT_S)
+            except NatsTimeoutError:
+                continue
+            except Exception as exc:  # NATS reconnecting: keep trying, gently
+                log.warning("pop3 logins: fetch failed: %s: %s", type(exc).__name__, exc)
+                await asyncio.sleep(RETRY_DELAY_S)
+                continue
+            finally:
+                self._fetching = False
+            for msg in msgs:
+                await self._handle(msg)
+
+    async def _handle(self, msg: Msg) -> None:
+        try:
+            event = parse_access_event(msg.data)
+        except ValidationError as exc:
+            log.error("pop3 logins: unreadable event dropped: %s", exc.errors()[:1])
+            await msg.term()
+            return
+        if not isinstance(event, Pop3LoginSucceeded):
+            await msg.ack()
+            return
+        grant = grant_for_login(event.client_ip, event.user, event.occurred_at, self._duration)
+        if grant is None:
+            log.error("pop3 login %s: client %r is no IP address", event.event_id, event.client_ip)
+            await msg.term()
+            return
+        try:
+            written = await self._grants.record(grant, self._clock())
+        except Exception as exc:
+            log.warning("pop3 login %s: grant not stored (%s); retrying", event.event_id, exc)
+            await msg.nak(delay=RETRY_DELAY_S)
+            return
+        if written:
+            log.info(
+                "pop3-before-smtp: %s may relay until %s (login of %s)",
+                grant.client_ip,
+                grant.expires_at.isoformat(),
+                grant.user,
+            )
+        await msg.ack()

@@ -1,0 +1,105 @@
+"""The shared state policy keeps in KV: POP3-before-SMTP grants and failed-login counts.
+
+Both are keyed by `subjects.token(canonical client address)` and written with
+compare-and-set, so any number of replicas can write at once without losing
+an update, and read by every replica, so they hold cluster-wide and across
+restarts.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from nats.js import JetStreamContext
+
+from libs.common import subjects
+from services.policy.adapters.kv import Bucket
+from services.policy.core import GrantFormatError, Pop3Grant, canonical_ip, later
+from services.policy.core.failures import FAILURE_WINDOW, FailedLogins, first_failure
+
+log = logging.getLogger(__name__)
+
+# A grant's key outlives its expiry by this much: the core's `now < expires_at`
+# decides, never the NATS server's timer, whatever the clocks say.
+GRANT_TTL_MARGIN = timedelta(seconds=60)
+CAS_ATTEMPTS = 8
+
+
+class ContentionError(Exception):
+    """Too many concurrent writers on one key; the caller retries later."""
+
+
+def client_key(client_ip: str) -> str | None:
+    ip = canonical_ip(client_ip)
+    return None if ip is None else subjects.token(ip)
+
+
+class GrantStore:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._bucket = Bucket(js, subjects.POP3_GRANTS_BUCKET)
+
+    async def get(self, client_ip: str) -> Pop3Grant | None:
+        key = client_key(client_ip)
+        if key is None:
+            return None
+        entry = await self._bucket.get(key)
+        if entry is None or entry.value is None:
+            return None
+        try:
+            return Pop3Grant.decode(entry.value)
+        except GrantFormatError as exc:
+            log.warning("grant for %s ignored: %s", client_ip, exc)
+            return None
+
+    async def record(self, grant: Pop3Grant, now: datetime) -> bool:
+        """Store the grant unless a longer one is there or it is long past; True if written."""
+        ttl = (grant.expires_at + GRANT_TTL_MARGIN - now).total_seconds()
+        key = client_key(grant.client_ip)
+        if key is None or ttl < 1:
+            return False
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self._bucket.get(key)
+            current = None
+            if entry is not None and entry.value is not None:
+                try:
+                    current = Pop3Grant.decode(entry.value)
+                except GrantFormatError:
+                    current = None  # overwritten by a readable one
+            if not later(grant, current):
+                return False
+            revision = entry.revision if entry is not None and entry.revision else 0
+            if await self._bucket.swap(key, grant.encode(), revision, ttl):
+                return True
+        raise ContentionError(f"grant for {grant.client_ip}: {CAS_ATTEMPTS} concurrent writes")
+
+
+class FailedLoginCounter:
+    def __init__(self, js: JetStreamContext, window: timedelta = FAILURE_WINDOW) -> None:
+        self._bucket = Bucket(js, subjects.AUTH_FAILURES_BUCKET)
+        self._window = window
+
+    async def get(self, client_ip: str) -> FailedLogins | None:
+        key = client_key(client_ip)
+        entry = await self._bucket.get(key) if key is not None else None
+        if entry is None or entry.value is None:
+            return None
+        return FailedLogins.decode(entry.value)
+
+    async def add(self, client_ip: str, now: datetime) -> FailedLogins | None:
+        """Count one failure; None when the client address is no IP address."""
+        key = client_key(client_ip)
+        if key is None:
+            return None
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self._bucket.get(key)
+            previous = None
+            if entry is not None and entry.value is not None:
+                previous = FailedLogins.decode(entry.value)
+            counted = previous.after_failure(now) if previous else first_failure(now)
+            revision = entry.revision if entry is not None and entry.revision else 0
+            if await self._bucket.swap(
+                key, counted.encode(), revision, self._window.total_seconds()
+            ):
+                return counted
+        raise ContentionError(f"failed logins of {client_ip}: {CAS_ATTEMPTS} concurrent writes")
