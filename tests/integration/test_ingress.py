@@ -34,6 +34,10 @@ server:
   local_domains: [example.test]
 ip_groups:
   local_network: [10.0.0.0/8]
+users:
+  - {address: bob@example.test}
+  - {address: carol@example.test}
+  - {address: dave@example.test}
 listeners:
   - {name: plain, address: "127.0.0.1:0", tls: none}
   - {name: smtp, address: "127.0.0.1:0", tls: starttls}
@@ -342,7 +346,7 @@ async def test_real_policy_service_relays_its_refusal(
     qid = queue_id(replies[3])
     [(event, _)] = await received_events(js)
     assert event.queue_id == qid
-    assert "relay_denied" not in event.policy_rules and "local_domain" in event.policy_rules
+    assert "relay_denied" not in event.policy_rules and "local_user" in event.policy_rules
 
 
 async def test_stop_lets_the_open_transaction_finish(

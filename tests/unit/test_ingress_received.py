@@ -118,3 +118,23 @@ def test_received_header(kwargs: dict[str, object], expected: bytes) -> None:
 )
 def test_count_received(message: bytes, count: int) -> None:
     assert count_received(message) == count
+
+
+def test_hidden_client_leaves_out_the_from_clause() -> None:
+    from datetime import UTC, datetime
+
+    header = received_header(
+        helo="laptop.corp.internal",
+        client_ip="10.1.2.3",
+        hostname="mx.example.test",
+        protocol="ESMTPSA",
+        queue_id="Q1",
+        recipients=["bob@remote.test"],
+        now=datetime(2025, 1, 1, tzinfo=UTC),
+        client_name="laptop.corp.internal",
+        hide_client=True,
+    )
+    assert header == (
+        b"Received: by mx.example.test (mailbus) with ESMTPSA id Q1\r\n"
+        b"\tfor <bob@remote.test>; Wed, 01 Jan 2025 00:00:00 +0000\r\n"
+    )

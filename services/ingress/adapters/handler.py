@@ -13,7 +13,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from aiosmtpd.smtp import Envelope, Session
+from aiosmtpd.smtp import Session
 from opentelemetry.trace import Span
 
 from libs.common.events import Client, MessageReceived, Recipient
@@ -184,7 +184,7 @@ class IngressHandler:
         return decision
 
     def _received(
-        self, server: IngressSMTP, session: Session, envelope: Envelope, qid: str
+        self, server: IngressSMTP, session: Session, envelope: IngressEnvelope, qid: str
     ) -> bytes:
         hidden = self.settings.hidden_clients
         return received_header(

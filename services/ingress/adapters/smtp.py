@@ -15,7 +15,7 @@ import secrets
 import ssl
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AnyStr
+from typing import TYPE_CHECKING, AnyStr, Protocol
 
 from aiosmtpd.proxy_protocol import get_proxy
 from aiosmtpd.smtp import SMTP, Envelope
@@ -27,6 +27,7 @@ from libs.common.policy_api import PolicyDecision
 from libs.common.policy_api import Session as PolicySession
 from libs.common.telemetry import tracer
 from services.ingress.core import replies
+from services.ingress.core.paths import split_path
 
 if TYPE_CHECKING:
     from services.ingress.adapters.handler import IngressHandler
@@ -41,6 +42,12 @@ PROXY_HEADER_TIMEOUT_S = 10.0
 Command = Callable[[str | None], Awaitable[None]]
 
 
+class IpMatcher(Protocol):
+    """config's IpGroup, or anything else that knows its addresses."""
+
+    def contains(self, ip: str) -> bool: ...
+
+
 @dataclass(frozen=True)
 class ListenerSettings:
     name: str
@@ -49,6 +56,8 @@ class ListenerSettings:
     require_auth: bool = False
     data_size_limit: int | None = None
     proxy_protocol: bool = False
+    # relay.hide_local_ip_group: Received headers leave these clients out.
+    hidden_clients: IpMatcher | None = None
 
 
 @dataclass
@@ -98,6 +107,8 @@ class IngressEnvelope(Envelope):
     def __init__(self) -> None:
         super().__init__()
         self.policy_rules: list[str] = []
+        # The recipients as the client wrote them, parallel to rcpt_tos (canonical).
+        self.rcpt_sent: list[str] = []
 
 
 class IngressSMTP(SMTP):
@@ -137,6 +148,10 @@ class IngressSMTP(SMTP):
 
     def _create_envelope(self) -> IngressEnvelope:
         return IngressEnvelope()
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        # The path as sent, for policy's RFC 5321 parser; see core/paths.py.
+        return split_path(arg)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.sessions.add(self)

@@ -46,18 +46,25 @@ def received_header(
     recipients: list[str] | tuple[str, ...],
     now: datetime,
     client_name: str | None = None,
+    hide_client: bool = False,
 ) -> bytes:
     """One complete header field, folded, ending in CRLF.
 
     `for` names the recipient only when there is exactly one: listing several
     would disclose Bcc recipients to all of them (RFC 5321 section 7.2).
+    `hide_client` (relay.hide_local_ip_group) leaves out the whole `from`
+    clause: the HELO name of an internal host names it as well as its address.
     """
-    name = _clean(client_name) if client_name else _clean(client_ip)
-    helo_text = _clean(helo) or "unknown"
-    lines = [
-        f"Received: from {helo_text} ({name} {address_literal(client_ip)})",
-        f"\tby {_clean(hostname)} (mailbus) with {protocol} id {queue_id}",
-    ]
+    by = f"by {_clean(hostname)} (mailbus) with {protocol} id {queue_id}"
+    if hide_client:
+        lines = [f"Received: {by}"]
+    else:
+        name = _clean(client_name) if client_name else _clean(client_ip)
+        helo_text = _clean(helo) or "unknown"
+        lines = [
+            f"Received: from {helo_text} ({name} {address_literal(client_ip)})",
+            f"\t{by}",
+        ]
     stamp = format_datetime(now)
     if len(recipients) == 1:
         lines.append(f"\tfor <{_clean(recipients[0])}>; {stamp}")
