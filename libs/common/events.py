@@ -174,6 +174,32 @@ class MessageCompleted(Event):
     type: Literal["MessageCompleted"] = "MessageCompleted"
     delivered: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
+    # Recipients that failed because bounce_after passed (also listed in `failed`). Only
+    # a null-sender message carries them here: it gets no MessageExpired (no report).
+    expired: tuple[str, ...] = ()
+
+
+class MessageHeld(Event):
+    """An operator put the message on hold (`mailbus queue hold`): no new attempts."""
+
+    type: Literal["MessageHeld"] = "MessageHeld"
+    operator: str = ""
+
+
+class MessageReleased(Event):
+    """An operator released a held message; deferred recipients are attempted at once."""
+
+    type: Literal["MessageReleased"] = "MessageReleased"
+    operator: str = ""
+
+
+class MessageDeleted(Event):
+    """An operator removed the message from the queue; no report is sent for it."""
+
+    type: Literal["MessageDeleted"] = "MessageDeleted"
+    operator: str = ""
+    # Recipients that were still undelivered when the message was deleted.
+    recipients: tuple[str, ...] = ()
 
 
 AnyEvent = Annotated[
@@ -187,7 +213,10 @@ AnyEvent = Annotated[
     | RecipientsFailed
     | RecipientsDelivered
     | ReportSent
-    | MessageCompleted,
+    | MessageCompleted
+    | MessageHeld
+    | MessageReleased
+    | MessageDeleted,
     Field(discriminator="type"),
 ]
 
@@ -203,6 +232,9 @@ EVENT_TYPES: tuple[type[Event], ...] = (
     RecipientsDelivered,
     ReportSent,
     MessageCompleted,
+    MessageHeld,
+    MessageReleased,
+    MessageDeleted,
 )
 
 _adapter: TypeAdapter[AnyEvent] = TypeAdapter(AnyEvent)

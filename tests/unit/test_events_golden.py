@@ -112,6 +112,15 @@ SAMPLES: list[ev.Event] = [
         delivered=("bob@remote.test",),
         failed=(),
     ),
+    ev.MessageHeld(event_id="Q1.held.1", queue_id="Q1", occurred_at=AT, operator="root"),
+    ev.MessageReleased(event_id="Q1.released.1", queue_id="Q1", occurred_at=AT, operator="root"),
+    ev.MessageDeleted(
+        event_id="Q1.deleted",
+        queue_id="Q1",
+        occurred_at=AT,
+        operator="root",
+        recipients=("bob@remote.test",),
+    ),
 ]
 
 
