@@ -61,6 +61,9 @@ class MessageReceived(Event):
     smtputf8: bool = False
     # W3C traceparent of the SMTP session, so retries days later can link to it.
     trace_parent: str | None = None
+    # Set on the notifier's delivery reports: the queue id of the message reported on.
+    # Reports carry mail_from "" too; this tells one of ours from any null-sender mail.
+    report_of: str | None = None
 
 
 class Destination(_Model):
