@@ -8,6 +8,8 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from libs.common import languages
+
 from .base import Section
 from .fieldtypes import (
     Address,
@@ -34,6 +36,13 @@ def _language(value: str) -> str:
     if not _LANGUAGE.fullmatch(tag):
         raise ValueError(f"{value!r} is not a language tag like 'en' or 'pt-br'")
     return tag
+
+
+def _report_language(value: str) -> str:
+    if languages.match(value) is None:
+        available = ", ".join(languages.AVAILABLE)
+        raise ValueError(f"no report catalog for {value!r}; available: {available}")
+    return value
 
 
 def _prefix(value: str) -> str:
@@ -180,10 +189,12 @@ class QueueSection(Section):
         description="Age at which retrying stops: the sender gets a failure report for the "
         "recipients still pending and the message leaves the queue.",
     )
-    report_language: Annotated[str, AfterValidator(_language)] = Field(
-        default="en",
-        description="Language tag of the failure, delay and other reports mailbus writes "
-        "(en, cs, de, fr, es, ...; whatever the report catalog has).",
+    report_language: Annotated[str, AfterValidator(_language), AfterValidator(_report_language)] = (
+        Field(
+            default="en",
+            description="Language tag of the failure, delay and other reports mailbus writes "
+            "(en, cs, de, fr, es, ...; whatever the report catalog has).",
+        )
     )
 
     @model_validator(mode="after")
