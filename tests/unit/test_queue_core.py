@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -21,10 +21,12 @@ from libs.common.events import (
     Recipient,
 )
 from services.queue.core import (
+    ClearTimers,
     DeleteBody,
     MessageState,
     Output,
     Routing,
+    SetTimer,
     apply,
     apply_outputs,
     decide,
@@ -229,10 +231,10 @@ def test_apply_is_idempotent_for_every_event() -> None:
     assert once.completed and once.all_final
 
 
-def test_apply_ignores_other_messages_and_unhandled_types() -> None:
+def test_apply_ignores_other_messages() -> None:
     state = fold([received("a@r.test")])
     assert apply(state, received("x@r.test", qid="Q2")) == state
-    assert apply(state, MessageDelayed(event_id="d", queue_id=QID, recipients=())) == state
+    assert apply(state, MessageDelayed(event_id="d", queue_id="Q2", recipients=())) == state
 
 
 def test_result_records_reply() -> None:
@@ -247,7 +249,7 @@ def test_result_records_reply() -> None:
         "Q1.a1.d0",
         1,
     )
-    assert rcpt.final and rcpt.next_attempt_at is None
+    assert rcpt.final and rcpt.last_attempt_at == NOW
 
 
 # --- decide ----------------------------------------------------------------------------
@@ -286,8 +288,13 @@ def test_received_schedules_one_job_per_destination(
     outputs = decide(MessageState(), received(*recipients), NOW, routing)
     events = events_of(outputs)
     jobs = jobs_of(outputs)
-    # every DeliveryScheduled comes before any job
-    assert outputs == [*events, *jobs]
+    # every DeliveryScheduled comes before any job, then the warning and expiry timers
+    assert outputs == [
+        *events,
+        *jobs,
+        SetTimer(QID, "warn", NOW + timedelta(hours=4)),
+        SetTimer(QID, "expire", NOW + timedelta(days=5)),
+    ]
     assert [(e.job_id, e.destination, e.recipients) for e in events] == expected_jobs  # type: ignore[attr-defined]
     assert [e.event_id for e in events] == [f"{j}.scheduled" for j, _, _ in expected_jobs]
     assert [(j.job_id, j.destination, tuple(r.address for r in j.recipients)) for j in jobs] == (
@@ -312,6 +319,7 @@ def test_received_without_recipients_completes_at_once() -> None:
     outputs = decide(MessageState(), received(), NOW, RELAY)
     assert outputs == [
         MessageCompleted(event_id="Q1.completed", queue_id=QID, occurred_at=NOW),
+        ClearTimers(QID),
         DeleteBody(QID),
     ]
 
@@ -358,7 +366,9 @@ def test_completion(
         assert len(done) == 1
         assert done[0].event_id == "Q1.completed"
         assert (done[0].delivered, done[0].failed) == (delivered, failed)
-        assert outputs[-1] == DeleteBody(QID)
+        assert ClearTimers(QID) in outputs
+        # a failure report is due: the body stays until the notifier has answered
+        assert (outputs[-1] == DeleteBody(QID)) is (not failed)
     else:
         assert done == [] and DeleteBody(QID) not in outputs
 

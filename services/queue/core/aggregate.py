@@ -10,8 +10,13 @@ Transitions per recipient (one place, as data):
     pending   --DeliveryScheduled-->  scheduled(job_id, attempt)
     scheduled --DeliverySucceeded-->  delivered   (final)
     scheduled --DeliveryFailed----->  failed      (final)
-    scheduled --DeliveryDeferred--->  deferred    (waits for a retry: next_attempt_at)
+    scheduled --DeliveryDeferred--->  deferred    (retried retry_interval after last_attempt_at)
     deferred  --DeliveryScheduled-->  scheduled(new job_id, attempt + 1)
+    pending, deferred, scheduled --MessageExpired-->  failed (4.4.7, final)
+
+and per message: MessageHeld / MessageReleased toggle `held`, MessageCompleted
+and MessageDeleted end it (`done`); the report-triggering events and their
+ReportSent answers decide when the body may go.
 
 The first result of a job for a recipient wins: it is also what JetStream keeps,
 because result event ids are derived from (job_id, recipient index).
@@ -32,13 +37,22 @@ from libs.common.events import (
     Destination,
     Event,
     MessageCompleted,
+    MessageDelayed,
+    MessageDeleted,
+    MessageExpired,
+    MessageHeld,
     MessageReceived,
+    MessageReleased,
+    RecipientsDelivered,
+    RecipientsFailed,
+    ReportSent,
 )
 
 RecipientStatus = Literal["pending", "scheduled", "delivered", "deferred", "failed"]
 FINAL: frozenset[RecipientStatus] = frozenset({"delivered", "failed"})
 
 DeliveryResult = DeliverySucceeded | DeliveryDeferred | DeliveryFailed
+ReportTrigger = MessageDelayed | MessageExpired | RecipientsFailed | RecipientsDelivered
 
 # Which recipient status each result type leads to, from "scheduled".
 RESULT_STATUS: dict[str, RecipientStatus] = {
@@ -51,6 +65,8 @@ ACCEPTS_RESULT: frozenset[RecipientStatus] = frozenset({"scheduled"})
 # Statuses a new DeliveryScheduled may move a recipient out of.
 SCHEDULABLE: frozenset[RecipientStatus] = frozenset({"pending", "deferred"})
 
+EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
+
 
 @dataclass(frozen=True)
 class RecipientState:
@@ -61,12 +77,21 @@ class RecipientState:
     reply_code: int = 0
     reply_status: str = ""
     reply_text: str = ""
-    # When the next attempt of a deferred recipient is due (set by the retry timer, later).
-    next_attempt_at: datetime | None = None
+    remote_host: str = ""
+    # Time of the last result; a deferred recipient is due retry_interval after it.
+    last_attempt_at: datetime | None = None
+    expired: bool = False
 
     @property
     def final(self) -> bool:
         return self.status in FINAL
+
+    @property
+    def diagnostic(self) -> str:
+        """The remote reply as a report shows it ("550 5.1.1 No such user")."""
+        if self.reply_code:
+            return f"{self.reply_code} {self.reply_text}".strip()
+        return self.reply_text
 
 
 @dataclass(frozen=True)
@@ -84,14 +109,42 @@ class MessageState:
     recipients: tuple[RecipientState, ...] = ()
     jobs: tuple[JobRecord, ...] = ()
     completed: bool = False
+    deleted: bool = False
+    held: bool = False
+    delayed: bool = False  # MessageDelayed is in the log
+    # Ids of the report-triggering events in the log, and of those answered by ReportSent.
+    reports: tuple[str, ...] = ()
+    answered: frozenset[str] = frozenset()
+    # Recipients already covered by a report-triggering event.
+    reported_failed: frozenset[str] = frozenset()
+    reported_delivered: frozenset[str] = frozenset()
+    # Operator commands already applied (hold and release may come and go several times).
+    commands: frozenset[str] = frozenset()
 
     @property
     def known(self) -> bool:
         return self.received is not None
 
     @property
+    def done(self) -> bool:
+        """The message has left the queue (completed or deleted)."""
+        return self.completed or self.deleted
+
+    @property
     def all_final(self) -> bool:
         return self.known and all(r.final for r in self.recipients)
+
+    @property
+    def reports_answered(self) -> bool:
+        return all(r in self.answered for r in self.reports)
+
+    @property
+    def arrival(self) -> datetime | None:
+        return self.received.occurred_at if self.received is not None else None
+
+    @property
+    def in_flight(self) -> bool:
+        return any(r.status == "scheduled" for r in self.recipients)
 
     def recipient(self, address: str) -> RecipientState | None:
         return next((r for r in self.recipients if r.address == address), None)
@@ -101,6 +154,9 @@ class MessageState:
 
     def addresses(self, status: RecipientStatus) -> tuple[str, ...]:
         return tuple(r.address for r in self.recipients if r.status == status)
+
+    def with_status(self, status: RecipientStatus) -> tuple[RecipientState, ...]:
+        return tuple(r for r in self.recipients if r.status == status)
 
     @property
     def max_attempt(self) -> int:
@@ -131,9 +187,7 @@ def _scheduled(state: MessageState, event: DeliveryScheduled) -> MessageState:
     record = JobRecord(event.job_id, event.attempt, event.destination, tuple(event.recipients))
     targets = set(event.recipients)
     recipients = tuple(
-        replace(
-            r, status="scheduled", job_id=event.job_id, attempt=event.attempt, next_attempt_at=None
-        )
+        replace(r, status="scheduled", job_id=event.job_id, attempt=event.attempt)
         if r.address in targets and r.status in SCHEDULABLE
         else r
         for r in state.recipients
@@ -151,11 +205,58 @@ def _result(state: MessageState, event: DeliveryResult) -> MessageState:
         reply_code=event.reply_code,
         reply_status=event.status,
         reply_text=event.reply_text,
+        remote_host=event.remote_host,
+        last_attempt_at=event.occurred_at,
     )
+    return _replace_recipients(state, {updated.address: updated})
+
+
+def _replace_recipients(state: MessageState, updated: dict[str, RecipientState]) -> MessageState:
+    return replace(state, recipients=tuple(updated.get(r.address, r) for r in state.recipients))
+
+
+def mark_expired(state: MessageState, addresses: Iterable[str]) -> MessageState:
+    wanted = set(addresses)
+    updated = {
+        r.address: replace(r, status="failed", reply_status=EXPIRED_STATUS, expired=True)
+        for r in state.recipients
+        if r.address in wanted and not r.final
+    }
+    state = _replace_recipients(state, updated)
+    return replace(state, reported_failed=state.reported_failed | wanted)
+
+
+def _report(state: MessageState, event: ReportTrigger) -> MessageState:
+    if event.event_id in state.reports:
+        return state
+    state = replace(state, reports=(*state.reports, event.event_id))
+    if isinstance(event, MessageDelayed):
+        return replace(state, delayed=True)
+    if isinstance(event, MessageExpired):
+        return mark_expired(state, event.recipients)
+    addresses = frozenset(o.address for o in event.outcomes)
+    if isinstance(event, RecipientsFailed):
+        return replace(state, reported_failed=state.reported_failed | addresses)
+    return replace(state, reported_delivered=state.reported_delivered | addresses)
+
+
+def _command(state: MessageState, event: MessageHeld | MessageReleased) -> MessageState:
+    if event.event_id in state.commands or state.done:
+        return state
     return replace(
         state,
-        recipients=tuple(updated if r is current else r for r in state.recipients),
+        held=isinstance(event, MessageHeld),
+        commands=state.commands | {event.event_id},
     )
+
+
+def _completed(state: MessageState, event: MessageCompleted) -> MessageState:
+    if state.completed:
+        return state
+    if event.expired:
+        # A null-sender message expires without MessageExpired; its completion says who.
+        state = mark_expired(state, event.expired)
+    return replace(state, completed=True)
 
 
 def apply(state: MessageState, event: Event) -> MessageState:
@@ -169,9 +270,17 @@ def apply(state: MessageState, event: Event) -> MessageState:
         return _scheduled(state, event)
     if isinstance(event, DeliverySucceeded | DeliveryDeferred | DeliveryFailed):
         return _result(state, event)
+    if isinstance(event, MessageDelayed | MessageExpired | RecipientsFailed | RecipientsDelivered):
+        return _report(state, event)
+    if isinstance(event, ReportSent):
+        return replace(state, answered=state.answered | {event.trigger_event_id})
+    if isinstance(event, MessageHeld | MessageReleased):
+        return _command(state, event)
+    if isinstance(event, MessageDeleted):
+        return state if state.deleted else replace(state, deleted=True, held=False)
     if isinstance(event, MessageCompleted):
-        return state if state.completed else replace(state, completed=True)
-    # MessageDelayed, MessageExpired and future types do not change delivery state yet.
+        return _completed(state, event)
+    # Event types this version does not know cannot change delivery state.
     return state
 
 

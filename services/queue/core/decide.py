@@ -1,14 +1,18 @@
-"""What the queue does about one input event: a pure function of state, input and time.
+"""What the queue does about one input: a pure function of state, input and time.
 
-Every output has an id derived only from the queue id and the plan (never from
-the clock or a random source), so running `decide` again on a redelivered
-input yields the same ids and JetStream's Nats-Msg-Id dedup drops the copies.
+Inputs are the message's events (MessageReceived, delivery results, ReportSent,
+the operator's MessageHeld / MessageReleased / MessageDeleted) and fired timers.
+Every output has an id derived only from the queue id and the state (never from
+the clock or a random source), so running `decide` again on a redelivered input
+yields the same ids and JetStream's Nats-Msg-Id dedup drops the copies.
 
 Outputs, in the order the adapter must carry them out:
-  1. events (`DeliveryScheduled`, `MessageCompleted`) to publish and see acked,
-  2. `DeliveryJob` commands to publish and see acked (after their DeliveryScheduled,
-     so a result can never reach the stream before the job it answers),
-  3. `DeleteBody`, once the MessageCompleted it follows is durable.
+  1. events to publish and see acked, in order (reports before MessageCompleted),
+  2. `DeliveryJob` commands (after their DeliveryScheduled, so a result can never
+     reach the stream before the job it answers),
+  3. `SetTimer` schedules, then `ClearTimers`,
+  4. `DeleteBody`, once the message is done and every report it triggered has
+     its ReportSent (a RET=FULL report needs the body).
 """
 
 from __future__ import annotations
@@ -26,11 +30,19 @@ from libs.common.events import (
     Destination,
     Event,
     MessageCompleted,
+    MessageDelayed,
+    MessageDeleted,
+    MessageExpired,
     MessageReceived,
+    MessageReleased,
     Recipient,
+    RecipientsDelivered,
+    RecipientsFailed,
 )
-from services.queue.core.aggregate import MessageState, apply
+from services.queue.core.aggregate import MessageState, RecipientState, apply, mark_expired
+from services.queue.core.reports import delay_warning, expiry, round_reports
 from services.queue.core.routing import Routing, group_by_destination
+from services.queue.core.timers import ClearTimers, SetTimer, TimerFired, Timing, is_due
 
 
 @dataclass(frozen=True)
@@ -40,7 +52,26 @@ class DeleteBody:
     queue_id: str
 
 
-Output = DeliveryScheduled | MessageCompleted | DeliveryJob | DeleteBody
+OutEvent = (
+    DeliveryScheduled
+    | MessageCompleted
+    | MessageDelayed
+    | MessageExpired
+    | RecipientsFailed
+    | RecipientsDelivered
+)
+Output = OutEvent | DeliveryJob | SetTimer | ClearTimers | DeleteBody
+Trigger = Event | TimerFired
+
+OUT_EVENT_TYPES = (
+    DeliveryScheduled,
+    MessageCompleted,
+    MessageDelayed,
+    MessageExpired,
+    RecipientsFailed,
+    RecipientsDelivered,
+)
+DEFAULT_TIMING = Timing()
 
 
 def job_id(queue_id: str, attempt: int, index: int) -> str:
@@ -53,6 +84,12 @@ def scheduled_event_id(job: str) -> str:
 
 def completed_event_id(queue_id: str) -> str:
     return f"{queue_id}.completed"
+
+
+def next_attempt_at(rcpt: RecipientState, timing: Timing) -> datetime | None:
+    if rcpt.status != "deferred" or rcpt.last_attempt_at is None:
+        return None
+    return rcpt.last_attempt_at + timing.retry_interval
 
 
 def _schedule(
@@ -94,22 +131,44 @@ def _schedule(
     return event, job
 
 
-def initial_plan(state: MessageState, now: datetime, routing: Routing) -> list[Output]:
-    """Attempt 1 for every recipient, one job per destination."""
+def plan_round(
+    state: MessageState,
+    attempt: int,
+    addresses: Sequence[str],
+    now: datetime,
+    routing: Routing,
+) -> list[Output]:
+    """One job per destination for `addresses`, all with this attempt number."""
     received = state.received
-    if received is None:
+    if received is None or not addresses:
         return []
-    addresses = [r.address for r in state.recipients]
     events: list[Output] = []
     jobs: list[Output] = []
     for index, (dest, members) in enumerate(group_by_destination(addresses, routing)):
-        event, job = _schedule(received, 1, index, dest, members, now)
+        event, job = _schedule(received, attempt, index, dest, members, now)
         events.append(event)
         jobs.append(job)
     return events + jobs
 
 
+def initial_plan(state: MessageState, now: datetime, routing: Routing) -> list[Output]:
+    """Attempt 1 for every recipient, one job per destination."""
+    return plan_round(state, 1, [r.address for r in state.recipients], now, routing)
+
+
+def _apply_all(state: MessageState, outputs: Sequence[Output]) -> MessageState:
+    for out in outputs:
+        if isinstance(out, OUT_EVENT_TYPES):
+            state = apply(state, out)
+    return state
+
+
+def _cleanup(state: MessageState) -> list[Output]:
+    return [DeleteBody(state.queue_id)] if state.reports_answered else []
+
+
 def _completion(state: MessageState, now: datetime) -> list[Output]:
+    """MessageCompleted once every recipient is final; the body waits for the reports."""
     done: list[Output] = []
     if not state.completed:
         done.append(
@@ -119,34 +178,127 @@ def _completion(state: MessageState, now: datetime) -> list[Output]:
                 occurred_at=now,
                 delivered=state.addresses("delivered"),
                 failed=state.addresses("failed"),
+                expired=tuple(r.address for r in state.recipients if r.expired),
             )
         )
-    done.append(DeleteBody(state.queue_id))
-    return done
+    done.append(ClearTimers(state.queue_id))
+    return done + _cleanup(state)
 
 
-def decide(state: MessageState, trigger: Event, now: datetime, routing: Routing) -> list[Output]:
+def _expire(state: MessageState, now: datetime) -> list[Output]:
+    """bounce_after has passed: every recipient not final fails with 4.4.7."""
+    out: list[Output] = []
+    expired = expiry(state, now)
+    if expired is not None:
+        out.append(expired)
+        state = apply(state, expired)
+    else:
+        # No report for a null sender: the completion alone records who expired.
+        state = mark_expired(state, [r.address for r in state.recipients if not r.final])
+    return out + _completion(state, now)
+
+
+def _expiry_due(state: MessageState, now: datetime, timing: Timing) -> bool:
+    return state.arrival is not None and is_due(state.arrival + timing.bounce_after, now)
+
+
+def _retry_timer(state: MessageState, timing: Timing) -> list[Output]:
+    times = [t for r in state.recipients if (t := next_attempt_at(r, timing)) is not None]
+    if state.held or not times:
+        return []
+    return [SetTimer(state.queue_id, "retry", min(times))]
+
+
+def _retry(
+    state: MessageState, now: datetime, routing: Routing, timing: Timing, forced: bool
+) -> list[Output]:
+    """A new attempt round for the deferred recipients that are due (all, if forced)."""
+    horizon = now + timing.retry_grace
+    due: list[str] = []
+    for rcpt in state.with_status("deferred"):
+        at = next_attempt_at(rcpt, timing)
+        if forced or at is None or at <= horizon:
+            due.append(rcpt.address)
+    out = plan_round(state, state.max_attempt + 1, due, now, routing)
+    return out + _retry_timer(_apply_all(state, out), timing)
+
+
+def _progress(state: MessageState, now: datetime, routing: Routing, timing: Timing) -> list[Output]:
+    """After a result or a release: report finished rounds, then complete, expire or wait."""
+    out: list[Output] = list(round_reports(state, now))
+    state = _apply_all(state, out)
+    if state.all_final:
+        return out + _completion(state, now)
+    if state.held:
+        return out
+    if not state.in_flight and _expiry_due(state, now, timing):
+        return out + _expire(state, now)
+    return out + _retry_timer(state, timing)
+
+
+def _on_timer(
+    state: MessageState, fire: TimerFired, now: datetime, routing: Routing, timing: Timing
+) -> list[Output]:
+    if state.done or state.arrival is None:
+        return []  # a stale fire: its message has left the queue
+    if fire.kind == "warn":
+        if not is_due(state.arrival + timing.warn_after, now):
+            return []
+        warning = delay_warning(state, now, timing)
+        return [warning] if warning is not None else []
+    if state.held:
+        return []  # no attempt and no expiry while held; release decides again
+    if _expiry_due(state, now, timing):
+        # With recipients in flight, their results will expire the message.
+        return [] if state.in_flight else _expire(state, now)
+    if fire.kind == "retry":
+        return _retry(state, now, routing, timing, fire.forced)
+    return []  # an expire timer that is early by our clock, or was moved
+
+
+def decide(
+    state: MessageState,
+    trigger: Trigger,
+    now: datetime,
+    routing: Routing,
+    timing: Timing = DEFAULT_TIMING,
+) -> list[Output]:
     """`state` may or may not already include `trigger`: applying it again is a no-op."""
-    before_completed = state.completed
+    if isinstance(trigger, TimerFired):
+        return _on_timer(state, trigger, now, routing, timing) if state.known else []
+    before = state
     state = apply(state, trigger)
     if not state.known:
         return []
     if isinstance(trigger, MessageReceived):
-        if before_completed:
+        if before.done:
             return []
         if not state.recipients:
             return _completion(state, now)
+        assert state.arrival is not None
         # The same plan every time: a redelivered MessageReceived re-emits the same ids.
-        return initial_plan(state, now, routing)
+        return [
+            *initial_plan(state, now, routing),
+            SetTimer(state.queue_id, "warn", state.arrival + timing.warn_after),
+            SetTimer(state.queue_id, "expire", state.arrival + timing.bounce_after),
+        ]
+    if isinstance(trigger, MessageDeleted):
+        return [ClearTimers(state.queue_id), *_cleanup(state)]
+    if state.done:
+        # Late inputs (results, answers) of a finished message: the body may go now.
+        return _cleanup(state)
     if isinstance(trigger, DeliverySucceeded | DeliveryDeferred | DeliveryFailed):
-        if state.all_final:
-            return _completion(state, now)
+        return _progress(state, now, routing, timing)
+    if isinstance(trigger, MessageReleased) and not state.held:
+        # Also when the state was rebuilt with the release in it: attempting the
+        # deferred recipients again is harmless, forgetting to would leave them waiting.
+        if _expiry_due(state, now, timing) and not state.in_flight:
+            return _expire(state, now)
+        return _retry(state, now, routing, timing, forced=True)
+    # MessageHeld, ReportSent before the end, and anything else: the state is enough.
     return []
 
 
 def apply_outputs(state: MessageState, outputs: Sequence[Output]) -> MessageState:
     """The state once the events among `outputs` are in the stream (for the cache)."""
-    for out in outputs:
-        if isinstance(out, DeliveryScheduled | MessageCompleted):
-            state = apply(state, out)
-    return state
+    return _apply_all(state, outputs)

@@ -1,0 +1,149 @@
+"""The report-triggering events the queue emits for the notifier.
+
+Each has a deterministic id, and each recipient is reported once: the state
+remembers who is already covered, so a redelivered input or a rebuilt state
+derives nothing new. None of them exists for a null-sender message: RFC 3461
+never reports on a report, and the queue must not wait for answers that the
+notifier will not send.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from libs.common.events import (
+    MessageDelayed,
+    MessageExpired,
+    RecipientOutcome,
+    RecipientsDelivered,
+    RecipientsFailed,
+)
+from services.queue.core.aggregate import EXPIRED_STATUS, MessageState, RecipientState
+from services.queue.core.timers import Timing
+
+ReportEvent = MessageDelayed | MessageExpired | RecipientsFailed | RecipientsDelivered
+
+
+def delayed_event_id(queue_id: str) -> str:
+    return f"{queue_id}.delayed"
+
+
+def expired_event_id(queue_id: str) -> str:
+    return f"{queue_id}.expired"
+
+
+def round_event_id(state: MessageState, attempt: int, what: str) -> str:
+    """`<qid>.a<n>.failed` first; should a round be reported in parts (a crash in the
+    middle of scheduling it), the later parts get `.2`, `.3`, ..."""
+    base = f"{state.queue_id}.a{attempt}.{what}"
+    earlier = sum(1 for r in state.reports if r == base or r.startswith(base + "."))
+    return base if earlier == 0 else f"{base}.{earlier + 1}"
+
+
+def reports_wanted(state: MessageState) -> bool:
+    return state.received is not None and state.received.mail_from != ""
+
+
+def _outcome(rcpt: RecipientState, action: str, status: str) -> RecipientOutcome:
+    return RecipientOutcome.model_validate(
+        {
+            "address": rcpt.address,
+            "action": action,
+            "status": status,
+            "remote_host": rcpt.remote_host,
+            "diagnostic": rcpt.diagnostic,
+            "last_attempt_at": rcpt.last_attempt_at,
+        }
+    )
+
+
+def _round_done(state: MessageState, attempt: int) -> bool:
+    return not any(r.status == "scheduled" and r.attempt == attempt for r in state.recipients)
+
+
+def _wants_success(state: MessageState, address: str) -> bool:
+    assert state.received is not None
+    return any(
+        r.address == address and "SUCCESS" in (n.upper() for n in r.notify)
+        for r in state.received.recipients
+    )
+
+
+def _delivered_action(state: MessageState, rcpt: RecipientState) -> str:
+    job = state.job(rcpt.job_id or "")
+    # Handed to another MTA that was not asked for DSNs: RFC 3461 calls it "relayed".
+    return "delivered" if job is not None and job.destination.kind == "local" else "relayed"
+
+
+def round_reports(state: MessageState, now: datetime) -> list[ReportEvent]:
+    """RecipientsFailed / RecipientsDelivered for every finished round with news."""
+    if not reports_wanted(state):
+        return []
+    out: list[ReportEvent] = []
+    attempts = sorted({r.attempt for r in state.recipients if r.final and r.attempt > 0})
+    for attempt in attempts:
+        if not _round_done(state, attempt):
+            continue
+        failed = [
+            r
+            for r in state.with_status("failed")
+            if r.attempt == attempt and not r.expired and r.address not in state.reported_failed
+        ]
+        if failed:
+            out.append(
+                RecipientsFailed(
+                    event_id=round_event_id(state, attempt, "failed"),
+                    queue_id=state.queue_id,
+                    occurred_at=now,
+                    attempt=attempt,
+                    outcomes=tuple(_outcome(r, "failed", r.reply_status) for r in failed),
+                )
+            )
+        delivered = [
+            r
+            for r in state.with_status("delivered")
+            if r.attempt == attempt
+            and r.address not in state.reported_delivered
+            and _wants_success(state, r.address)
+        ]
+        if delivered:
+            out.append(
+                RecipientsDelivered(
+                    event_id=round_event_id(state, attempt, "delivered"),
+                    queue_id=state.queue_id,
+                    occurred_at=now,
+                    attempt=attempt,
+                    outcomes=tuple(
+                        _outcome(r, _delivered_action(state, r), r.reply_status or "2.0.0")
+                        for r in delivered
+                    ),
+                )
+            )
+    return out
+
+
+def delay_warning(state: MessageState, now: datetime, timing: Timing) -> MessageDelayed | None:
+    waiting = [r for r in state.recipients if not r.final]
+    if state.delayed or not waiting or not reports_wanted(state) or state.arrival is None:
+        return None
+    return MessageDelayed(
+        event_id=delayed_event_id(state.queue_id),
+        queue_id=state.queue_id,
+        occurred_at=now,
+        recipients=tuple(r.address for r in waiting),
+        outcomes=tuple(_outcome(r, "delayed", r.reply_status or "4.0.0") for r in waiting),
+        will_retry_until=state.arrival + timing.bounce_after,
+    )
+
+
+def expiry(state: MessageState, now: datetime) -> MessageExpired | None:
+    waiting = [r for r in state.recipients if not r.final]
+    if not waiting or not reports_wanted(state):
+        return None
+    return MessageExpired(
+        event_id=expired_event_id(state.queue_id),
+        queue_id=state.queue_id,
+        occurred_at=now,
+        recipients=tuple(r.address for r in waiting),
+        outcomes=tuple(_outcome(r, "failed", EXPIRED_STATUS) for r in waiting),
+    )
