@@ -56,6 +56,34 @@ def job_subject(destination: str) -> str:
 TIMERS_STREAM = "MAILBUS_TIMERS"
 TIMERS_PREFIX = f"{PREFIX}.timer"
 TIMERS_SUBJECTS = f"{TIMERS_PREFIX}.>"
+# The queue publishes one schedule per message and kind on `.sched.`; the server
+# publishes it to `.fire.` when due, into the same stream.
+TIMER_FIRES = f"{TIMERS_PREFIX}.fire.>"
+
+
+def timer_schedule_subject(queue_id: str, kind: str) -> str:
+    return f"{TIMERS_PREFIX}.sched.{queue_id}.{kind}"
+
+
+def timer_fire_subject(queue_id: str, kind: str) -> str:
+    return f"{TIMERS_PREFIX}.fire.{queue_id}.{kind}"
+
+
+def message_timers_filter(queue_id: str) -> str:
+    """Every schedule and fired timer of one message (to purge them when it leaves)."""
+    return f"{TIMERS_PREFIX}.*.{queue_id}.*"
+
+
+# Request/reply: `mailbus queue ...` asks the queue service (a nats.micro endpoint group).
+QUEUE_API_PREFIX = f"{PREFIX}.queue.v1"
+QUEUE_API_OPS = ("list", "show", "retry", "hold", "release", "delete")
+
+
+def queue_api_subject(op: str) -> str:
+    if op not in QUEUE_API_OPS:
+        raise ValueError(f"unknown queue operation {op!r}")
+    return f"{QUEUE_API_PREFIX}.{op}"
+
 
 # Object store of message bodies, keyed by queue id.
 BODIES_BUCKET = "mailbus-bodies"
@@ -81,6 +109,8 @@ def access_subject(event_type: str) -> str:
 
 # Durable consumer names.
 QUEUE_CONSUMER = "queue"
+# The queue's fired timers (MAILBUS_TIMERS, mailbus.timer.fire.>).
+QUEUE_TIMERS_CONSUMER = "queue-timers"
 DELIVERY_CONSUMER = "delivery"
 NOTIFIER_CONSUMER = "notifier"
 # Shared by every policy replica: each POP3 login is turned into a grant once.

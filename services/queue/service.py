@@ -1,4 +1,5 @@
-"""Wiring of the queue service: the events consumer around the pure core."""
+"""Wiring of the queue service: two consumers (events, fired timers) around the pure core,
+the in-memory index rebuilt from the log at start, and the operator's endpoints."""
 
 from __future__ import annotations
 
@@ -8,34 +9,69 @@ import logging
 from nats.js import JetStreamContext
 
 from libs.common import subjects
+from libs.common.config import Config
 from libs.common.runtime import Context
-from services.queue.adapters.consumer import fetch_loop, subscribe
+from services.queue.adapters import consumer, timers
+from services.queue.adapters.api import QueueApi
+from services.queue.adapters.index import QueueIndex, read_all_states
 from services.queue.adapters.processor import QueueProcessor
-from services.queue.core import Routing
+from services.queue.core import Routing, Timing
 
 log = logging.getLogger(__name__)
+
+
+def timing_of(config: Config) -> Timing:
+    queue = config.queue
+    return Timing(
+        retry_interval=queue.retry_interval,
+        warn_after=queue.warn_after,
+        bounce_after=queue.bounce_after,
+    )
 
 
 class QueueService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
         self._stopping = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._sub: JetStreamContext.PullSubscription | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+        self._subs: list[JetStreamContext.PullSubscription] = []
+        self.processor: QueueProcessor | None = None
 
     async def start(self) -> None:
         config = self.ctx.config
+        js = self.ctx.js
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
-        bodies = await self.ctx.js.object_store(subjects.BODIES_BUCKET)
-        processor = QueueProcessor(self.ctx.js, bodies, routing)
-        self._sub = await subscribe(self.ctx.js)
-        self._task = asyncio.create_task(
-            fetch_loop(self._sub, processor.handle, self._stopping), name="queue-fetch"
-        )
+        timing = timing_of(config)
+        bodies = await js.object_store(subjects.BODIES_BUCKET)
+        index = QueueIndex(timing)
+        processor = QueueProcessor(js, bodies, routing, timing, index)
+        self.processor = processor
+        # Before the consumers start, so every later input lands on a complete index.
+        states = await read_all_states(js)
+        for state in states.values():
+            index.update(state)
+        processor.seed(states.values())
+        log.info("queue: %d messages in the queue at start", len(index))
+        await QueueApi(js, processor).register(self.ctx.micro)
+        events_sub = await consumer.subscribe(js)
+        timers_sub = await timers.subscribe(js)
+        self._subs = [events_sub, timers_sub]
+        self._tasks = [
+            asyncio.create_task(
+                consumer.fetch_loop(events_sub, processor.handle, self._stopping),
+                name="queue-events",
+            ),
+            asyncio.create_task(
+                consumer.fetch_loop(
+                    timers_sub, processor.handle_timer, self._stopping, what="queue timers"
+                ),
+                name="queue-timers",
+            ),
+        ]
 
     async def stop(self) -> None:
         self._stopping.set()
-        if self._task is not None:
-            await self._task
-        if self._sub is not None:
-            await self._sub.unsubscribe()
+        if self._tasks:
+            await asyncio.gather(*self._tasks)
+        for sub in self._subs:
+            await sub.unsubscribe()

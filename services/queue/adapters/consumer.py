@@ -13,8 +13,18 @@ from libs.common import subjects
 
 log = logging.getLogger(__name__)
 
-# The inputs of the queue: a new message and the three delivery results.
-INPUT_TYPES = ("MessageReceived", "DeliverySucceeded", "DeliveryDeferred", "DeliveryFailed")
+# The inputs of the queue: a new message, the delivery results, the notifier's answers
+# and the operator's commands. What the queue publishes itself is not read back.
+INPUT_TYPES = (
+    "MessageReceived",
+    "DeliverySucceeded",
+    "DeliveryDeferred",
+    "DeliveryFailed",
+    "ReportSent",
+    "MessageHeld",
+    "MessageReleased",
+    "MessageDeleted",
+)
 
 FETCH_BATCH = 64
 FETCH_TIMEOUT_S = 1.0  # also the longest a stop() waits for an idle fetch
@@ -26,7 +36,7 @@ def consumer_config() -> api.ConsumerConfig:
     return api.ConsumerConfig(
         name=subjects.QUEUE_CONSUMER,
         durable_name=subjects.QUEUE_CONSUMER,
-        description="queue: new messages and delivery results",
+        description="queue: new messages, delivery results, report answers, operator commands",
         filter_subjects=[subjects.events_of_type(t) for t in INPUT_TYPES],
         deliver_policy=api.DeliverPolicy.ALL,
         ack_policy=api.AckPolicy.EXPLICIT,
@@ -47,6 +57,7 @@ async def fetch_loop(
     sub: JetStreamContext.PullSubscription,
     handle: Callable[[Msg], Awaitable[None]],
     stopping: asyncio.Event,
+    what: str = "queue",
 ) -> None:
     """Fetch a batch, handle it (handlers serialize per queue id), repeat until stopped.
 
@@ -60,11 +71,11 @@ async def fetch_loop(
         except Exception as exc:  # NATS reconnecting, consumer being recreated, ...
             if stopping.is_set():
                 break
-            log.warning("queue: fetch failed: %s", exc)
+            log.warning("%s: fetch failed: %s", what, exc)
             await asyncio.sleep(FETCH_TIMEOUT_S)
             continue
         outcomes = await asyncio.gather(*(handle(m) for m in msgs), return_exceptions=True)
         for outcome in outcomes:
             # Only an ack or nak that could not reach NATS gets here: redelivery covers it.
             if isinstance(outcome, Exception):
-                log.warning("queue: input not settled: %s", outcome)
+                log.warning("%s: input not settled: %s", what, outcome)

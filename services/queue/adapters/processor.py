@@ -1,41 +1,49 @@
-"""Turn one input message from MAILBUS_EVENTS into the core's outputs, durably.
+"""Turn one input (an event from MAILBUS_EVENTS or a fired timer) into the core's outputs.
 
 For each input: state (cache, or folded from the stream), `decide`, publish the
-outputs and wait for every PubAck, delete the body once MessageCompleted is
-durable, and only then ack the input. Any failure before the ack naks the input
-and forgets the cached state, so the retry starts again from the stream.
+outputs and wait for every PubAck, set timers, delete the body once allowed,
+and only then ack the input. Any failure before the ack naks the input and
+forgets the cached state, so the retry starts again from the stream.
+
+A fired timer starts a new trace linked to the message's SMTP session: a retry
+days later is not a child of that session, but it is one click away from it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Iterable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 from nats.js.object_store import ObjectStore
+from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.trace import Link
 from pydantic import ValidationError
 
 from libs.common import bus, subjects
-from libs.common.events import (
-    AnyEvent,
-    DeliveryJob,
-    DeliveryScheduled,
-    MessageCompleted,
-    event_type,
-    parse_event,
-)
-from libs.common.telemetry import context_from_headers, tracer
+from libs.common.events import DeliveryJob, event_type, parse_event
+from libs.common.telemetry import context_from_headers, context_from_traceparent, tracer
 from services.queue.adapters.history import load_history
+from services.queue.adapters.index import QueueIndex
 from services.queue.adapters.locks import KeyedLocks
+from services.queue.adapters.timers import clear_timers, set_timer
 from services.queue.core import (
+    ClearTimers,
     DeleteBody,
     MessageState,
     Output,
     Routing,
+    SetTimer,
+    TimerFired,
+    Timing,
+    Trigger,
     apply,
     apply_outputs,
     decide,
@@ -55,42 +63,110 @@ class QueueProcessor:
         js: JetStreamContext,
         bodies: ObjectStore,
         routing: Routing,
+        timing: Timing,
+        index: QueueIndex | None = None,
         max_cached: int = 10_000,
     ) -> None:
         self._js = js
         self._bodies = bodies
         self._routing = routing
+        self._timing = timing
+        self.index = index if index is not None else QueueIndex(timing)
         self._max_cached = max_cached
         self._cache: OrderedDict[str, MessageState] = OrderedDict()
         self._locks = KeyedLocks()
+        # Operator requests waiting for their input to be processed, by input id.
+        self._waiters: dict[str, asyncio.Future[None]] = {}
 
     def forget(self, queue_id: str) -> None:
         self._cache.pop(queue_id, None)
 
+    def seed(self, states: Iterable[MessageState]) -> None:
+        """Start with a warm cache (the states read at start-up for the index)."""
+        for state in states:
+            self._remember(state.queue_id, state)
+
+    def waiter(self, input_id: str) -> asyncio.Future[None]:
+        """A future resolved once the input with this id has been processed and acked."""
+        future = self._waiters.get(input_id)
+        if future is None:
+            if len(self._waiters) > 1_000:  # requests that timed out and went away
+                self._waiters = {k: f for k, f in self._waiters.items() if not f.done()}
+            future = asyncio.get_running_loop().create_future()
+            self._waiters[input_id] = future
+        return future
+
+    def _settled(self, input_id: str) -> None:
+        future = self._waiters.pop(input_id, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
     async def handle(self, msg: Msg) -> None:
+        """An event from MAILBUS_EVENTS."""
         try:
             event = parse_event(msg.data)
         except ValidationError as exc:
             log.error("queue: dropping unreadable input on %s: %s", msg.subject, exc)
             await msg.term()
             return
-        async with self._locks.hold(event.queue_id):
-            with _tracer.start_as_current_span(
-                f"queue {event_type(event)}",
-                context=context_from_headers(msg.headers),
-                kind=trace.SpanKind.CONSUMER,
-                attributes={"mailbus.queue_id": event.queue_id, "mailbus.event_id": event.event_id},
-            ) as span:
+        await self._handle(msg, event, event.queue_id, event.event_id)
+
+    async def handle_timer(self, msg: Msg) -> None:
+        """A fired timer from MAILBUS_TIMERS."""
+        try:
+            fire = TimerFired.model_validate_json(msg.data)
+        except ValidationError as exc:
+            log.error("queue: dropping unreadable timer on %s: %s", msg.subject, exc)
+            await msg.term()
+            return
+        await self._handle(msg, fire, fire.queue_id, fire.request_id)
+
+    async def _handle(self, msg: Msg, trigger: Trigger, qid: str, input_id: str) -> None:
+        async with self._locks.hold(qid):
+            state: MessageState | None = None
+            try:
+                state = await self._state(qid)
+            except Exception:
+                log.exception("queue %s: cannot read its history; retrying", qid)
+                await msg.nak(delay=RETRY_DELAY_S)
+                return
+            with self._span(msg, trigger, state) as span:
                 try:
-                    await self._process(event)
+                    await self._process(qid, trigger, state)
                 except Exception as exc:
-                    self.forget(event.queue_id)
+                    self.forget(qid)
                     span.record_exception(exc)
                     span.set_status(trace.StatusCode.ERROR)
-                    log.exception("queue %s: %s failed; retrying", event.queue_id, event.event_id)
+                    log.exception("queue %s: %s failed; retrying", qid, _describe(trigger))
                     await msg.nak(delay=RETRY_DELAY_S)
                     return
                 await msg.ack()
+        if input_id:
+            self._settled(input_id)
+
+    def _span(
+        self, msg: Msg, trigger: Trigger, state: MessageState
+    ) -> AbstractContextManager[trace.Span]:
+        attributes: dict[str, str] = {"mailbus.queue_id": state.queue_id or _qid(trigger)}
+        if isinstance(trigger, TimerFired):
+            received = state.received
+            origin = context_from_traceparent(received.trace_parent if received else None)
+            session = trace.get_current_span(origin).get_span_context()
+            attributes["mailbus.timer"] = trigger.kind
+            return _tracer.start_as_current_span(
+                f"queue timer {trigger.kind}",
+                context=otel_context.Context(),  # a new trace, linked to the session
+                kind=trace.SpanKind.CONSUMER,
+                links=[Link(session)] if session.is_valid else [],
+                attributes=attributes,
+            )
+        attributes["mailbus.event_id"] = trigger.event_id
+        return _tracer.start_as_current_span(
+            f"queue {event_type(trigger)}",
+            context=context_from_headers(msg.headers),
+            kind=trace.SpanKind.CONSUMER,
+            attributes=attributes,
+        )
 
     async def _state(self, queue_id: str) -> MessageState:
         cached = self._cache.get(queue_id)
@@ -98,21 +174,28 @@ class QueueProcessor:
             return cached
         return fold(await load_history(self._js, queue_id))
 
-    async def _process(self, event: AnyEvent) -> None:
-        qid = event.queue_id
-        state = await self._state(qid)
-        outputs = decide(state, event, datetime.now(UTC), self._routing)
-        after = apply(state, event)
+    async def _process(self, qid: str, trigger: Trigger, state: MessageState) -> None:
+        outputs = decide(state, trigger, datetime.now(UTC), self._routing, self._timing)
+        after = state if isinstance(trigger, TimerFired) else apply(state, trigger)
         if not after.known:
             # Its MessageReceived is not in the stream: nothing can be delivered or completed.
-            log.warning("queue %s: %s for an unknown message; ignored", qid, event.event_id)
+            log.warning("queue %s: %s for an unknown message; ignored", qid, _describe(trigger))
             return
         for output in outputs:
             await self._carry_out(output)
         self._remember(qid, apply_outputs(after, outputs))
 
     async def _carry_out(self, output: Output) -> None:
-        if isinstance(output, DeliveryScheduled | MessageCompleted):
+        if isinstance(output, DeliveryJob):
+            subject = subjects.job_subject(output.destination.key)
+            await bus.publish_model(self._js, subject, output, msg_id=output.job_id)
+        elif isinstance(output, SetTimer):
+            await set_timer(self._js, output)
+        elif isinstance(output, ClearTimers):
+            await clear_timers(self._js, output.queue_id)
+        elif isinstance(output, DeleteBody):
+            await self._delete_body(output.queue_id)
+        else:
             ack = await bus.publish_event(self._js, output)
             log.debug(
                 "queue %s: %s seq=%s dup=%s",
@@ -121,11 +204,6 @@ class QueueProcessor:
                 ack.seq,
                 ack.duplicate,
             )
-        elif isinstance(output, DeliveryJob):
-            subject = subjects.job_subject(output.destination.key)
-            await bus.publish_model(self._js, subject, output, msg_id=output.job_id)
-        elif isinstance(output, DeleteBody):
-            await self._delete_body(output.queue_id)
 
     async def _delete_body(self, queue_id: str) -> None:
         try:
@@ -134,7 +212,8 @@ class QueueProcessor:
             pass  # already deleted (a redelivered input) or never stored
 
     def _remember(self, queue_id: str, state: MessageState) -> None:
-        if state.completed:
+        self.index.update(state)
+        if state.done and state.reports_answered:
             # Late inputs for a finished message are rare; they rebuild from the stream.
             self._cache.pop(queue_id, None)
             return
@@ -142,3 +221,13 @@ class QueueProcessor:
         self._cache.move_to_end(queue_id)
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
+
+
+def _qid(trigger: Trigger) -> str:
+    return trigger.queue_id
+
+
+def _describe(trigger: Trigger) -> str:
+    if isinstance(trigger, TimerFired):
+        return f"{trigger.kind} timer due {trigger.due.isoformat()}"
+    return trigger.event_id

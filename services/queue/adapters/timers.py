@@ -1,0 +1,85 @@
+"""Durable timers on JetStream message schedules (nats-server 2.12+, ADR-51).
+
+What the server does, as checked against 2.15 (tests/integration/test_queue_timers.py
+relies on it):
+
+- a message on `mailbus.timer.sched.<qid>.<kind>` with the headers
+  `Nats-Schedule: @at <RFC 3339 UTC>` and `Nats-Schedule-Target: <subject>` is a
+  schedule; one per subject (publishing again replaces it), kept on disk;
+- when due (at once if the time is past) the server publishes the payload and
+  our own headers to the target inside the same stream, adds `Nats-Scheduler`
+  and `Nats-Schedule-Next: purge`, and removes the schedule;
+- the fired message stays in MAILBUS_TIMERS (one per subject) until we purge
+  the message's timers when it leaves the queue.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+from nats.js import JetStreamContext, api
+
+from libs.common import subjects
+from services.queue.core import SetTimer, TimerFired
+
+log = logging.getLogger(__name__)
+
+SCHEDULE = "Nats-Schedule"
+SCHEDULE_TARGET = "Nats-Schedule-Target"
+MSG_ID = "Nats-Msg-Id"
+
+ACK_WAIT_S = 30.0
+MAX_ACK_PENDING = 1_000
+
+
+def rfc3339(when: datetime) -> str:
+    return when.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def schedule_msg_id(timer: SetTimer) -> str:
+    # The same timer set again (a redelivered input) is deduplicated; a moved timer
+    # has a new due time, hence a new id, and replaces the old schedule.
+    return f"{timer.queue_id}.{timer.kind}.{rfc3339(timer.due)}"
+
+
+async def set_timer(js: JetStreamContext, timer: SetTimer) -> None:
+    headers = {
+        SCHEDULE: f"@at {rfc3339(timer.due)}",
+        SCHEDULE_TARGET: subjects.timer_fire_subject(timer.queue_id, timer.kind),
+        MSG_ID: schedule_msg_id(timer),
+    }
+    subject = subjects.timer_schedule_subject(timer.queue_id, timer.kind)
+    await js.publish(subject, timer.fire.model_dump_json().encode(), headers=headers)
+
+
+async def fire_now(js: JetStreamContext, fire: TimerFired) -> None:
+    """An operator's `retry`: a fired timer without a schedule."""
+    subject = subjects.timer_fire_subject(fire.queue_id, fire.kind)
+    await js.publish(
+        subject, fire.model_dump_json().encode(), headers={MSG_ID: fire.request_id or subject}
+    )
+
+
+async def clear_timers(js: JetStreamContext, queue_id: str) -> None:
+    await js.purge_stream(subjects.TIMERS_STREAM, subject=subjects.message_timers_filter(queue_id))
+
+
+def consumer_config() -> api.ConsumerConfig:
+    return api.ConsumerConfig(
+        name=subjects.QUEUE_TIMERS_CONSUMER,
+        durable_name=subjects.QUEUE_TIMERS_CONSUMER,
+        description="queue: fired retry, delay-warning and expiry timers",
+        filter_subject=subjects.TIMER_FIRES,
+        deliver_policy=api.DeliverPolicy.ALL,
+        ack_policy=api.AckPolicy.EXPLICIT,
+        ack_wait=ACK_WAIT_S,
+        max_ack_pending=MAX_ACK_PENDING,
+    )
+
+
+async def subscribe(js: JetStreamContext) -> JetStreamContext.PullSubscription:
+    await js.add_consumer(subjects.TIMERS_STREAM, consumer_config())
+    return await js.pull_subscribe_bind(
+        durable=subjects.QUEUE_TIMERS_CONSUMER, stream=subjects.TIMERS_STREAM
+    )
