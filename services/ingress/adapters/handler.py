@@ -225,7 +225,7 @@ class IngressHandler:
             size=size,
             client=Client(ip=ip, port=port, helo=helo, listener=self.settings.name),
             tls=server.tls_info,
-            auth_user=server.auth_user,
+            auth_user=server.authenticated_as,
             # In stage order, each rule once: why this message was let in.
             policy_rules=tuple(dict.fromkeys([*envelope.policy_rules, data_rule])),
             smtputf8=envelope.smtp_utf8,

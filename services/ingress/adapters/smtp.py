@@ -13,6 +13,7 @@ import functools
 import logging
 import secrets
 import ssl
+import warnings
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AnyStr, Protocol
@@ -114,22 +115,26 @@ class IngressEnvelope(Envelope):
 class IngressSMTP(SMTP):
     def __init__(self, handler: IngressHandler, tls_context: ssl.SSLContext | None) -> None:
         s = handler.settings
-        super().__init__(
-            handler,
-            hostname=s.hostname,
-            ident=IDENT,
-            enable_SMTPUTF8=True,
-            data_size_limit=s.data_size_limit,
-            tls_context=tls_context if s.tls == "starttls" else None,
-            # Only a submission port may insist on TLS: an MX that demands it
-            # loses mail from MTAs that cannot do it (RFC 3207 section 4).
-            require_starttls=s.tls == "starttls" and s.require_auth,
-            auth_required=s.require_auth,
-            # On an implicit-TLS port every byte is already encrypted.
-            auth_require_tls=s.tls != "implicit",
-            timeout=SESSION_TIMEOUT_S,
-            loop=asyncio.get_running_loop(),
-        )
+        with warnings.catch_warnings():
+            # aiosmtpd warns of auth_required without auth_require_tls; on an implicit-TLS
+            # listener the whole session is encrypted, so the warning does not apply.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            super().__init__(
+                handler,
+                hostname=s.hostname,
+                ident=IDENT,
+                enable_SMTPUTF8=True,
+                data_size_limit=s.data_size_limit,
+                tls_context=tls_context if s.tls == "starttls" else None,
+                # Only a submission port may insist on TLS: an MX that demands it
+                # loses mail from MTAs that cannot do it (RFC 3207 section 4).
+                require_starttls=s.tls == "starttls" and s.require_auth,
+                auth_required=s.require_auth,
+                # On an implicit-TLS port every byte is already encrypted.
+                auth_require_tls=s.tls != "implicit",
+                timeout=SESSION_TIMEOUT_S,
+                loop=asyncio.get_running_loop(),
+            )
         self.handler = handler
         self.settings = s
         self.sessions = handler.sessions
@@ -273,7 +278,7 @@ class IngressSMTP(SMTP):
         return TlsInfo(version=obj.version() or "", cipher=cipher[0] if cipher else "")
 
     @property
-    def auth_user(self) -> str | None:
+    def authenticated_as(self) -> str | None:
         if self.session is None or not self.session.authenticated:
             return None
         data = self.session.auth_data
@@ -288,7 +293,7 @@ class IngressSMTP(SMTP):
             listener=self.settings.name,
             helo=(self.session.host_name or "") if self.session else "",
             tls=self.ssl_object is not None,
-            auth_user=self.auth_user,
+            auth_user=self.authenticated_as,
         )
 
     @contextlib.contextmanager

@@ -46,6 +46,7 @@ class Pop3LoginConsumer:
         self._duration = duration
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
         self._stopping = False
         self._fetching = False
 
@@ -61,18 +62,22 @@ class Pop3LoginConsumer:
                 filter_subject=LOGIN_SUBJECT,
             ),
         )
+        self._sub = sub
         self._task = asyncio.create_task(self._run(sub), name="pop3-logins")
 
     async def stop(self) -> None:
         """Finish the batch in hand; a fetch that is only waiting is cancelled."""
         self._stopping = True
-        task = self._task
-        if task is None:
+        task, sub = self._task, self._sub
+        if task is None or sub is None:
             return
         if self._fetching:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
+        # A pull subscription left behind would hold the connection's drain until it
+        # times out; the durable consumer itself stays on the server for the next start.
+        await sub.unsubscribe()
 
     async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
         while not self._stopping:
