@@ -8,17 +8,27 @@ import logging
 import time
 
 import pytest
+from argon2 import PasswordHasher
 from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from libs.common import subjects
 from libs.common.config import Config, load_config_text
 from libs.common.embedded_nats import EmbeddedNats
-from libs.common.policy_api import PolicyClient, PolicyDecision, PolicyQuery, Session
+from libs.common.events import Pop3LoginSucceeded
+from libs.common.policy_api import (
+    PolicyClient,
+    PolicyDecision,
+    PolicyQuery,
+    Session,
+    publish_pop3_login,
+)
 from libs.common.runtime import Running, start_service
 from libs.common.telemetry import setup_telemetry, tracer
 from services.policy.service import PolicyService
+from tests.support.streams import eventually
 
 CONFIG = """
 server:
@@ -213,3 +223,86 @@ async def test_fails_closed_when_policy_is_down(nats_server: EmbeddedNats, nc: N
 
 async def _never_answer(msg: object) -> None:
     return None
+
+
+GRANTS_CONFIG = """
+server: {hostname: mx.example.test, local_domains: [example.test]}
+relay:
+  mode: restricted
+  pop3_before_smtp: {enabled: true, minutes: 30}
+"""
+
+
+async def _rule_for(client: PolicyClient, ip: str) -> str:
+    return (await client.ask(rcpt_query("user@remote.test", ip))).rule
+
+
+async def test_pop3_grants_are_shared_and_outlive_the_replica(
+    nats_server: EmbeddedNats, nc: NATS, js: JetStreamContext
+) -> None:
+    client = PolicyClient(nc, timeout=5.0)
+    first = await start_policy(nats_server, GRANTS_CONFIG)
+    try:
+        assert await _rule_for(client, "192.0.2.50") == "relay_denied"
+        login = Pop3LoginSucceeded(event_id="l1", client_ip="192.0.2.50", user="u@example.test")
+        await publish_pop3_login(js, login)
+
+        async def granted() -> bool:
+            return await _rule_for(client, "192.0.2.50") == "pop3_before_smtp"
+
+        await eventually(granted, "the grant of 192.0.2.50")
+    finally:
+        await first.close()
+
+    # A login while no policy runs waits in the stream for the durable consumer.
+    later = Pop3LoginSucceeded(event_id="l2", client_ip="::ffff:192.0.2.51", user="u@example.test")
+    await publish_pop3_login(js, later)
+    second = await start_policy(nats_server, GRANTS_CONFIG)
+    try:
+        # A fresh replica reads the grant the first one stored.
+        assert await _rule_for(client, "192.0.2.50") == "pop3_before_smtp"
+
+        async def granted_too() -> bool:
+            return await _rule_for(client, "192.0.2.51") == "pop3_before_smtp"
+
+        await eventually(granted_too, "the grant of 192.0.2.51")
+        assert await _rule_for(client, "192.0.2.52") == "relay_denied"
+    finally:
+        await second.close()
+
+
+async def test_password_checks_do_not_hold_up_other_answers(
+    nats_server: EmbeddedNats, nc: NATS
+) -> None:
+    # Full-cost hashes (64 MiB, t=3): each check takes a while on purpose.
+    encoded = PasswordHasher().hash("pw")
+    config = (
+        GRANTS_CONFIG + f"users: [{{address: user@example.test, password_hash: '{encoded}'}}]\n"
+    )
+    running = await start_policy(nats_server, config)
+    client = PolicyClient(nc, timeout=10.0)
+    session = Session(session_id="s", client_ip=OUTSIDE, tls=True)
+    try:
+        logins = [
+            asyncio.create_task(
+                client.ask(
+                    PolicyQuery(
+                        stage="auth",
+                        session=session,
+                        mechanism="PLAIN",
+                        username="user@example.test",
+                        password="pw" if i % 2 else "wrong",
+                    )
+                )
+            )
+            for i in range(4)
+        ]
+        await asyncio.sleep(0.01)  # the logins are on their way first
+        rcpt = await client.ask(rcpt_query("user@remote.test", OUTSIDE))
+        assert rcpt.rule == "relay_denied"
+        assert not all(task.done() for task in logins)  # answered while checks still ran
+        decisions = await asyncio.gather(*logins)
+        assert [d.rule for d in decisions] == ["auth_failed", "auth_ok"] * 2
+        assert decisions[1].canonical == "user@example.test"
+    finally:
+        await running.close()
