@@ -76,10 +76,19 @@ class PolicyEndpoints:
         async def handle(request: Request) -> None:
             await self.answer(stage, request)
 
+        async def answer_or_fail(request: Request) -> None:
+            try:
+                await self.answer(stage, request)
+            except Exception as exc:
+                # Out of nats.micro's reach here, so answer the error ourselves:
+                # ingress then fails closed at once instead of after its timeout.
+                log.exception("policy %s: %s", stage, type(exc).__name__)
+                await request.respond_error("500", f"{type(exc).__name__}")
+
         async def handle_apart(request: Request) -> None:
             # A subscription runs its callback one message at a time: a password check
             # awaited here would make every other login on this replica wait behind it.
-            task = asyncio.create_task(self.answer(stage, request))
+            task = asyncio.create_task(answer_or_fail(request))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 

@@ -93,7 +93,10 @@ class Pop3LoginConsumer:
             finally:
                 self._fetching = False
             for msg in msgs:
-                await self._handle(msg)
+                try:
+                    await self._handle(msg)
+                except Exception as exc:  # e.g. the ack itself failed: it comes back
+                    log.warning("pop3 logins: %s: %s", type(exc).__name__, exc)
 
     async def _handle(self, msg: Msg) -> None:
         try:
