@@ -18,7 +18,7 @@ from pydantic import BaseModel
 
 from libs.common import subjects
 from libs.common.events import Event, encode, event_type
-from libs.common.telemetry import inject_headers
+from libs.common.telemetry import inject_headers, producer_span
 
 log = logging.getLogger(__name__)
 
@@ -135,12 +135,14 @@ async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> None:
 async def publish_event(
     js: JetStreamContext, event: Event, headers: dict[str, str] | None = None
 ) -> api.PubAck:
-    """Publish with the event id as Nats-Msg-Id and the current trace context."""
-    hdrs = inject_headers(headers)
-    hdrs["Nats-Msg-Id"] = event.event_id
-    hdrs["Mailbus-Event"] = event_type(event)
+    """Publish with the event id as Nats-Msg-Id, inside a PRODUCER span whose
+    context travels in the headers, so the consumer's span continues this trace."""
     subject = subjects.event_subject(event.queue_id, event_type(event))
-    return await js.publish(subject, encode(event), headers=hdrs)
+    with producer_span(subject, event.event_id):
+        hdrs = inject_headers(headers)
+        hdrs["Nats-Msg-Id"] = event.event_id
+        hdrs["Mailbus-Event"] = event_type(event)
+        return await js.publish(subject, encode(event), headers=hdrs)
 
 
 async def publish_model(
@@ -150,9 +152,10 @@ async def publish_model(
     msg_id: str,
     headers: dict[str, str] | None = None,
 ) -> api.PubAck:
-    hdrs = inject_headers(headers)
-    hdrs["Nats-Msg-Id"] = msg_id
-    return await js.publish(subject, encode(model), headers=hdrs)
+    with producer_span(subject, msg_id):
+        hdrs = inject_headers(headers)
+        hdrs["Nats-Msg-Id"] = msg_id
+        return await js.publish(subject, encode(model), headers=hdrs)
 
 
 async def wait_for_jetstream(nc: NATS, limit_s: float = 10.0) -> JetStreamContext:
