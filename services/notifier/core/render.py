@@ -13,9 +13,11 @@ fields, and the original message (message/rfc822) or its header
 from __future__ import annotations
 
 import hashlib
+import io
 from dataclasses import dataclass
 from datetime import datetime
 from email import policy as email_policy
+from email.generator import BytesGenerator
 from email.headerregistry import Address
 from email.message import EmailMessage, Message, MIMEPart
 from email.parser import BytesParser
@@ -40,6 +42,12 @@ Attached = Literal["full", "headers", "none"]
 # refold_source="none": the original's header lines are copied, never re-folded.
 _POLICY: EmailPolicy[EmailMessage] = email_policy.SMTP.clone(refold_source="none")
 _POLICY_UTF8: EmailPolicy[EmailMessage] = email_policy.SMTPUTF8.clone(refold_source="none")
+
+
+class _Generator(BytesGenerator):
+    # The stdlib writes message/delivery-status as its blocks of fields but knows no
+    # message/global-delivery-status (RFC 6533), which has the same shape in UTF-8.
+    _handle_message_global_delivery_status = BytesGenerator._handle_message_delivery_status  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -111,7 +119,9 @@ def render(inp: ReportInput, tr: Translator) -> bytes:
     report.set_boundary(_boundary(inp.report_queue_id, original))
     if original is not None and attached != "none" and not original.isascii():
         report["Content-Transfer-Encoding"] = "8bit"
-    return report.as_bytes(policy=policy)
+    out = io.BytesIO()
+    _Generator(out, policy=policy).flatten(report)
+    return out.getvalue()
 
 
 def _text_part(text: str, language: str, policy: EmailPolicy[EmailMessage]) -> MIMEPart:
@@ -124,24 +134,19 @@ def _text_part(text: str, language: str, policy: EmailPolicy[EmailMessage]) -> M
 
 def _status_part(inp: ReportInput, policy: EmailPolicy[EmailMessage], utf8: bool) -> MIMEPart:
     received = inp.received
-    blocks: list[Message | str] = [
-        _block(
-            dsn.message_fields(
-                inp.hostname, received.queue_id, received.occurred_at, received.envid
-            ),
-            policy,
-        )
+    groups = [
+        dsn.message_fields(inp.hostname, received.queue_id, received.occurred_at, received.envid)
     ]
-    blocks += [
-        _block(dsn.recipient_fields(r, inp.trigger.will_retry_until), policy)
-        for r in inp.plan.recipients
-    ]
-    part = MIMEPart(policy=policy)
+    groups += [dsn.recipient_fields(r, inp.trigger.will_retry_until) for r in inp.plan.recipients]
     global_status = utf8 and dsn.needs_global(inp.plan.recipients)
+    part = MIMEPart(policy=policy)
     part["Content-Type"] = (
         "message/global-delivery-status" if global_status else "message/delivery-status"
     )
     part["Content-Description"] = "Delivery report"
+    if global_status:
+        part["Content-Transfer-Encoding"] = "8bit"
+    blocks: list[Message | str] = [_block(group, policy) for group in groups]
     part.set_payload(blocks)
     return part
 
