@@ -1,5 +1,10 @@
-"""notifier: RFC 3464 delivery reports (failure, delay, success) in the sender's language.
+"""notifier: RFC 3464 delivery reports (failure, delay, expiry, success) in the sender's language.
 
-Not built yet (its issue comes after delivery): the process runs and answers health
-requests so the topology and `mailbus up` are complete; it consumes nothing.
+Consumes RecipientsFailed, MessageDelayed, MessageExpired and RecipientsDelivered
+from MAILBUS_EVENTS (durable consumer "notifier"). For each it reads the
+message's MessageReceived and body, decides whether a report is due (null
+sender, NOTIFY, reports of reports), submits the report as a new message with
+a null sender through the normal queue (body into the Object Store, then
+MessageReceived with `report_of`), and publishes ReportSent into the original
+message's events before acking. Answers no requests.
 """

@@ -1,16 +1,46 @@
-"""Wiring of the notifier service: adapters around the pure core."""
+"""Wiring of the notifier service: the trigger consumer around the pure core."""
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
+from nats.js import JetStreamContext
+
+from libs.common import languages
 from libs.common.runtime import Context
+from services.notifier.adapters.catalogs import load_catalogs
+from services.notifier.adapters.consumer import fetch_loop, subscribe
+from services.notifier.adapters.processor import NotifierProcessor
+
+log = logging.getLogger(__name__)
 
 
 class NotifierService:
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._sub: JetStreamContext.PullSubscription | None = None
 
     async def start(self) -> None:
-        pass
+        config = self.ctx.config
+        language = languages.match(config.queue.report_language) or languages.DEFAULT
+        processor = NotifierProcessor(
+            self.ctx.js,
+            load_catalogs(),
+            hostname=config.server.hostname,
+            postmaster=config.server.postmaster_address,
+            language=language,
+        )
+        self._sub = await subscribe(self.ctx.js)
+        self._task = asyncio.create_task(
+            fetch_loop(self._sub, processor.handle, self._stopping), name="notifier-fetch"
+        )
 
     async def stop(self) -> None:
-        pass
+        self._stopping.set()
+        if self._task is not None:
+            await self._task
+        if self._sub is not None:
+            await self._sub.unsubscribe()
