@@ -99,6 +99,26 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
             # grants last minutes, so a week covers any consumer that was down.
             max_age=ACCESS_EVENTS_MAX_AGE_S,
         ),
+        api.StreamConfig(
+            name=subjects.MAILBOXES_STREAM,
+            subjects=[subjects.MAILBOXES_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=file,
+            num_replicas=replicas,
+            # Delivery appends under a deterministic id, so a redelivered job stores once.
+            duplicate_window=DUPLICATE_WINDOW_S,
+            deny_delete=False,  # POP3 deletes entries by sequence at QUIT
+        ),
+        api.StreamConfig(
+            name=subjects.MAILBOX_LOCKS_STREAM,
+            subjects=[subjects.MAILBOX_LOCKS_SUBJECTS],
+            retention=api.RetentionPolicy.LIMITS,
+            storage=file,
+            num_replicas=replicas,
+            max_msgs_per_subject=1,
+            allow_msg_ttl=True,
+            deny_delete=False,
+        ),
     ]
 
 
@@ -110,6 +130,12 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
             # Exists with another config: bring it to ours (e.g. replicas changed).
             await js.update_stream(cfg)
     await ensure_object_store(js, replicas)
+    await js.create_object_store(
+        subjects.MAILBOX_BODIES_BUCKET,
+        config=api.ObjectStoreConfig(
+            bucket=subjects.MAILBOX_BODIES_BUCKET, storage=api.StorageType.FILE, replicas=replicas
+        ),
+    )
     # Buckets made by nats-py allow per-message TTLs; grants and failure counts use them.
     for bucket in (
         subjects.POLICY_COUNTERS_BUCKET,

@@ -107,6 +107,32 @@ def access_subject(event_type: str) -> str:
     return f"{ACCESS_PREFIX}.{event_type}"
 
 
+# Local mailboxes (mailboxes.store: jetstream). One subject per mailbox holds its
+# index entries, small JSON records in arrival order; the messages themselves are
+# objects in MAILBOX_BODIES_BUCKET, since a message may exceed the NATS payload limit.
+MAILBOXES_STREAM = "MAILBUS_MAILBOXES"
+MAILBOXES_PREFIX = f"{PREFIX}.mbox"
+MAILBOXES_SUBJECTS = f"{MAILBOXES_PREFIX}.>"
+MAILBOX_BODIES_BUCKET = "mailbus-mailbox-bodies"
+
+
+def mailbox_subject(address: str) -> str:
+    """Keyed by the lower-cased account address, as the policy directory compares them."""
+    return f"{MAILBOXES_PREFIX}.{token(address.lower())}"
+
+
+# POP3 sessions lock their mailbox: one message per mailbox subject, written with an
+# expected last sequence (so only one session can take it) and a TTL (so a crashed
+# ingress frees it), deleted by sequence at the end of the session.
+MAILBOX_LOCKS_STREAM = "MAILBUS_MAILBOX_LOCKS"
+MAILBOX_LOCKS_PREFIX = f"{PREFIX}.mboxlock"
+MAILBOX_LOCKS_SUBJECTS = f"{MAILBOX_LOCKS_PREFIX}.>"
+
+
+def mailbox_lock_subject(address: str) -> str:
+    return f"{MAILBOX_LOCKS_PREFIX}.{token(address.lower())}"
+
+
 # Durable consumer names.
 QUEUE_CONSUMER = "queue"
 # The queue's fired timers (MAILBUS_TIMERS, mailbus.timer.fire.>).
