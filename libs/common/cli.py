@@ -3,6 +3,7 @@
 mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
 mailbus config check FILE                   validate, print the effective config
 mailbus user hash                           print the argon2id hash of a password
+mailbus queue list|show|retry|hold|release|delete   the delivery queue (libs.common.queuectl)
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
         "hash", help="read a password (no echo, or from stdin) and print its argon2id hash"
     )
     p_hash.set_defaults(func=_cmd_user_hash)
+
+    from libs.common.queuectl import add_parser as add_queue_parser
+
+    add_queue_parser(sub)
     return parser
 
 
