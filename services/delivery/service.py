@@ -10,6 +10,7 @@ from libs.common import subjects
 from libs.common.config import Config
 from libs.common.runtime import Context
 from services.delivery.adapters.consumer import ack_wait_from_env, subscribe
+from services.delivery.adapters.local_store import LocalDelivery, local_settings
 from services.delivery.adapters.smtp_client import RelayTarget
 from services.delivery.adapters.worker import DeliveryWorker, WorkerSettings
 
@@ -53,7 +54,8 @@ class DeliveryService:
             ack_wait=self._ack_wait,
             instance=self.ctx.instance,
         )
-        self._worker = DeliveryWorker(self.ctx.js, bodies, settings)
+        local = LocalDelivery(self.ctx.js, local_settings(config))
+        self._worker = DeliveryWorker(self.ctx.js, bodies, settings, local=local)
         self._sub = await subscribe(self.ctx.js, slots, self._ack_wait)
         self._task = asyncio.create_task(
             self._worker.run(self._sub, self._stopping), name="delivery-fetch"

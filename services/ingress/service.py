@@ -1,4 +1,4 @@
-"""Wiring of the ingress service: one asyncio server per `protocol: smtp` listener."""
+"""Wiring of the ingress service: one asyncio server per `protocol: smtp` and `pop3` listener."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from libs.common.runtime import Context
 from libs.common.submission import MessageStore
 from libs.common.tlsutil import server_context
 from services.ingress.adapters.handler import IngressHandler
+from services.ingress.adapters.pop3 import Pop3Server, Pop3Settings
 from services.ingress.adapters.smtp import IngressSMTP, ListenerSettings, Sessions
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,7 @@ class IngressService:
         self.ctx = ctx
         self.sessions = Sessions()
         self._servers: list[asyncio.Server] = []
+        self._pop3: list[Pop3Server] = []
         # Where each listener is bound, by name: with port 0 the system chose it.
         self.addresses: dict[str, tuple[str, int]] = {}
 
@@ -30,7 +32,7 @@ class IngressService:
         config = self.ctx.config
         listeners = [entry for entry in config.listeners if entry.protocol == "smtp"]
         tls_context: ssl.SSLContext | None = None
-        if any(entry.tls != "none" for entry in listeners):
+        if any(entry.tls != "none" for entry in config.listeners):
             # Made once, so every listener and session presents the same certificate.
             tls_context = server_context(
                 config.server.hostname, config.tls.cert_file, config.tls.key_file
@@ -53,6 +55,21 @@ class IngressService:
                 )
                 handler = IngressHandler(settings, policy, store, self.sessions)
                 await self._listen(handler, entry.host, entry.port, tls_context)
+            for entry in config.pop3_listeners:
+                pop3 = Pop3Server(
+                    Pop3Settings(entry.name, config.server.hostname, entry.tls),
+                    policy,
+                    self.ctx.js,
+                    tls_context,
+                )
+                self._pop3.append(pop3)
+                self.addresses[entry.name] = await pop3.start(entry.host, entry.port)
+                log.info(
+                    "listener %s (pop3) on %s:%d, tls %s",
+                    entry.name,
+                    *self.addresses[entry.name],
+                    entry.tls,
+                )
         except BaseException:
             await self._close_servers()
             raise
@@ -86,6 +103,7 @@ class IngressService:
                 session.abort()
             # An acceptance in flight must settle before NATS is drained under it.
             await self.sessions.wait_empty(DRAIN_TIMEOUT_S)
+        await asyncio.gather(*(pop3.stop(DRAIN_TIMEOUT_S) for pop3 in self._pop3))
         await self._close_servers()
 
     async def _close_servers(self) -> None:
@@ -93,3 +111,6 @@ class IngressService:
             server.close()
             await server.wait_closed()
         self._servers.clear()
+        for pop3 in self._pop3:
+            await pop3.stop(0)
+        self._pop3.clear()

@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from libs.common import bus
 from libs.common.events import DeliveryJob
 from libs.common.telemetry import context_from_headers, tracer
+from services.delivery.adapters.local_store import LocalDelivery
 from services.delivery.adapters.smtp_client import Attempt, RelayTarget, deliver
 from services.delivery.core import Transcript, replies_for, result_events, unsupported
 
@@ -54,8 +55,10 @@ class DeliveryWorker:
         bodies: ObjectStore,
         settings: WorkerSettings,
         fault: str | None = None,
+        local: LocalDelivery | None = None,
     ) -> None:
         self._js = js
+        self._local = local
         self._bodies = bodies
         self._settings = settings
         self._fault = fault if fault is not None else os.environ.get(FAULT_ENV, "")
@@ -137,7 +140,9 @@ class DeliveryWorker:
             },
         ) as span:
             stand_in = unsupported(job.destination)
-            if stand_in is not None:
+            local = self._local if job.destination.kind == "local" else None
+            local_replies = None
+            if stand_in is not None and local is None:
                 attempt = Attempt(Transcript(broken=stand_in))
                 remote_host = ""
             else:
@@ -149,13 +154,17 @@ class DeliveryWorker:
                     span.set_attribute("mailbus.body_missing", True)
                     await msg.term()
                     return
-                remote_host = relay.host
-                span.set_attribute("server.address", relay.host)
-                span.set_attribute("server.port", relay.port)
-                attempt = await deliver(
-                    relay, job.mail_from, [r.address for r in job.recipients], body, job.size
-                )
-            replies = replies_for(attempt.transcript, len(job.recipients))
+                if local is not None:
+                    attempt, remote_host = Attempt(Transcript()), local.remote_host
+                    local_replies = await local.deliver(job, body)
+                else:
+                    remote_host = relay.host
+                    span.set_attribute("server.address", relay.host)
+                    span.set_attribute("server.port", relay.port)
+                    attempt = await deliver(
+                        relay, job.mail_from, [r.address for r in job.recipients], body, job.size
+                    )
+            replies = local_replies or replies_for(attempt.transcript, len(job.recipients))
             events = result_events(
                 job,
                 replies,
