@@ -202,7 +202,7 @@ def test_tls_step(mode: str, offered: bool, step: str) -> None:
     ("destination", "supported"),
     [
         (Destination(kind="relay"), True),
-        (Destination(kind="mx", domain="r.test"), False),
+        (Destination(kind="mx", domain="r.test"), True),
         (Destination(kind="local", domain="example.test"), False),
     ],
 )

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Literal
 
 from libs.common.events import Destination
-from services.delivery.core.replies import ENCRYPTION_NEEDED, NOT_IMPLEMENTED, Reply
+from services.delivery.core.replies import ENCRYPTION_NEEDED, NOT_IMPLEMENTED, TLS_FAILED, Reply
 
 TlsMode = Literal["opportunistic", "required", "none"]
 TlsStep = Literal["starttls", "plain", "defer"]
 
-# Destination kinds this worker can deliver to today.
-SUPPORTED_KINDS = frozenset({"relay"})
+# Destination kinds this worker can deliver to today (local mailboxes come later).
+SUPPORTED_KINDS = frozenset({"relay", "mx"})
 
 
 def tls_step(mode: str, offered: bool) -> TlsStep:
@@ -21,6 +21,12 @@ def tls_step(mode: str, offered: bool) -> TlsStep:
     if offered:
         return "starttls"
     return "defer" if mode == "required" else "plain"
+
+
+def retry_in_plain_text(mode: str, broken: Reply | None) -> bool:
+    """Opportunistic TLS whose handshake failed gets one more connection without TLS:
+    a server with a broken TLS set-up still gets its mail, as with Postfix's "may"."""
+    return mode == "opportunistic" and broken is not None and broken.status == TLS_FAILED
 
 
 def tls_missing(host: str) -> Reply:

@@ -33,6 +33,8 @@ CONNECT_FAILED = "4.4.1"  # no answer from host
 CONNECTION_LOST = "4.4.2"  # bad connection
 ROUTING_FAILED = "4.4.0"
 ENCRYPTION_NEEDED = "4.7.10"  # RFC 5248 registry: TLS required but not available
+TLS_FAILED = "4.7.5"  # cryptographic failure (the TLS handshake)
+AUTH_FAILED = "4.7.0"  # our login at the relay host was refused: an operator's fix
 NOT_IMPLEMENTED = "4.3.0"
 PROTOCOL_ERROR = "4.5.0"
 
@@ -50,6 +52,10 @@ class Reply:
 
     @property
     def outcome(self) -> Outcome:
+        if self.code == 0:
+            # No server said it: a stand-in fails only when we know for sure (a
+            # domain that does not exist, a null MX); anything else is retried.
+            return "failed" if (self.status or "").startswith("5.") else "deferred"
         return classify(self.code)
 
     @property
