@@ -27,6 +27,7 @@ from libs.common.events import (
     MessageReceived,
     Recipient,
 )
+from libs.common.mailbox import MailboxStore
 from libs.common.runtime import Running, start_service
 from libs.common.telemetry import current_traceparent, setup_telemetry
 from services.delivery.service import DeliveryService
@@ -208,7 +209,7 @@ async def test_failed_and_deferred_recipients_do_not_complete(
     assert [r for _, r, _ in sink.received] == [["good@remote.test"]]
 
 
-async def test_local_recipients_are_deferred_not_dropped(
+async def test_local_recipients_go_to_their_mailbox(
     nats_server: EmbeddedNats,
     js: JetStreamContext,
     sink_factory: Callable[..., tuple[Sink, int]],
@@ -224,8 +225,13 @@ async def test_local_recipients_are_deferred_not_dropped(
     events = await results_by_recipient(js, "QLOC")
     assert events["far@remote.test"].type == "DeliverySucceeded"
     local = events["bob@example.test"]
-    assert local.type == "DeliveryDeferred"
-    assert local.status.startswith("4.") and "not implemented yet" in local.reply_text
+    assert (local.type, local.status, local.remote_host) == (
+        "DeliverySucceeded",
+        "2.0.0",
+        "mailbox",
+    )
+    (entry,) = await MailboxStore(js).entries("bob@example.test")
+    assert (await MailboxStore(js).read("bob@example.test", entry)).endswith(BODY)
     scheduled = [e for e in await history(js, "QLOC") if e.type == "DeliveryScheduled"]
     assert sorted(s.destination.key for s in scheduled) == ["local:example.test", "relay:"]
     assert [r for _, r, _ in sink.received] == [["far@remote.test"]]

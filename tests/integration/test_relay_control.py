@@ -2,8 +2,10 @@
 
 Policy, ingress, queue and delivery run in this process against a real
 nats-server, one stack per relay mode for the whole module; relayed mail
-reaches a real aiosmtpd sink. Clients bind to different loopback addresses to
-be inside or outside `relay.allowed_ip_group`:
+reaches a real aiosmtpd sink. POP3-before-SMTP grants come from real POP3
+logins (STLS, USER/PASS) on the ingress's POP3 listener; an expired grant is
+one seen through policy's clock moved past its end. Clients bind to different
+loopback addresses to be inside or outside `relay.allowed_ip_group`:
 
     127.0.0.2-.7  inside (127.0.0.6 also in hide_local_ip_group)
     127.0.1.x     outside
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import poplib
 import smtplib
 import socket
 import ssl
@@ -20,6 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytest_asyncio
@@ -32,9 +36,8 @@ from nats.js.errors import KeyNotFoundError
 from libs.common import bus, subjects
 from libs.common.config import Config, load_config_text
 from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import MessageReceived, Pop3LoginSucceeded, parse_event
-from libs.common.policy_api import publish_pop3_login
-from libs.common.runtime import Running, start_service
+from libs.common.events import MessageReceived, parse_event
+from libs.common.runtime import Running, ServiceFactory, start_service
 from services.delivery.service import DeliveryService
 from services.ingress.service import IngressService
 from services.policy.core.failures import FailedLogins
@@ -75,6 +78,7 @@ listeners:
   - {{name: smtp, address: "127.0.0.1:0", tls: starttls}}
   - {{name: submission, address: "127.0.0.1:0", tls: starttls, require_auth: true}}
   - {{name: smtps, address: "127.0.0.1:0", tls: implicit, require_auth: true}}
+  - {{name: pop3, protocol: pop3, address: "127.0.0.1:0", tls: starttls}}
 ip_groups:
   inside: [127.0.0.2-127.0.0.7]
   hidden: [{HIDDEN}]
@@ -89,7 +93,7 @@ relay:
   smtp_auth: true
   pop3_before_smtp: {{enabled: true, minutes: {GRANT_MINUTES}}}
   hide_local_ip_group: hidden
-security: {{require_sender_domain_dns: false}}
+security: {{require_sender_domain_dns: false, max_failed_commands: 0}}  # many refusals per session
 antispam: {{spf: false}}
 policy: {{timeout: 5s}}
 delivery:
@@ -100,11 +104,22 @@ delivery:
 
 
 @dataclass
+class Clock:
+    """Policy's clock; moved past a grant's end, the grant has expired."""
+
+    offset: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@dataclass
 class Stack:
     config: Config
     nc: NATS
     js: JetStreamContext
     sink: Sink
+    clock: Clock = field(default_factory=Clock)
     running: dict[str, Running] = field(default_factory=dict)
 
     def address(self, listener: str) -> tuple[str, int]:
@@ -113,11 +128,26 @@ class Stack:
         return ingress.addresses[listener]
 
 
-async def grant(js: JetStreamContext, ip: str, login_at: datetime) -> None:
-    event = Pop3LoginSucceeded(
-        event_id=f"test-login-{ip}", occurred_at=login_at, client_ip=ip, user="alice@example.test"
-    )
-    await publish_pop3_login(js, event)
+class POP3From(poplib.POP3):
+    """poplib's client, bound to a chosen loopback address."""
+
+    def __init__(self, addr: tuple[str, int], source: str) -> None:
+        self.source = source
+        super().__init__(*addr, timeout=10)
+
+    def _create_socket(self, timeout: Any) -> socket.socket:
+        return socket.create_connection(
+            (self.host, self.port), timeout, source_address=(self.source, 0)
+        )
+
+
+def pop3_login(addr: tuple[str, int], source: str) -> None:
+    """A real POP3 login, the way a mail client checks for mail before it sends."""
+    client = POP3From(addr, source)
+    client.stls(unverified())
+    client.user("alice@example.test")
+    client.pass_(PASSWORD)
+    client.quit()
 
 
 async def grants_stored(js: JetStreamContext, ips: list[str]) -> bool:
@@ -142,8 +172,9 @@ async def start_stack(mode: str, tmp: Path, services: tuple[str, ...]) -> AsyncI
     js = await bus.wait_for_jetstream(nc)
     await bus.ensure_topology(js)
     stack = Stack(config, nc, js, sink)
-    factories = {
-        "policy": PolicyService,
+    clock = stack.clock
+    factories: dict[str, ServiceFactory] = {
+        "policy": lambda ctx: PolicyService(ctx, clock=clock),
         "queue": QueueService,
         "delivery": DeliveryService,
         "ingress": IngressService,
@@ -151,11 +182,9 @@ async def start_stack(mode: str, tmp: Path, services: tuple[str, ...]) -> AsyncI
     try:
         for name in services:
             stack.running[name] = await start_service(name, factories[name], config, [server.url])
-        now = datetime.now(UTC)
-        expired_login = now - timedelta(minutes=GRANT_MINUTES, seconds=5)
         for (_, kind), ip in CLIENTS.items():
             if kind != "none":
-                await grant(js, ip, now if kind == "valid" else expired_login)
+                await asyncio.to_thread(pop3_login, stack.address("pop3"), ip)
         granted = [ip for (_, kind), ip in CLIENTS.items() if kind != "none"]
         await eventually(lambda: grants_stored(js, granted), "the grants to be stored")
         yield stack
@@ -225,7 +254,12 @@ def case_id(case: tuple[bool, bool, str]) -> str:
 async def check_matrix(stack: Stack, mode: str, case: tuple[bool, bool, str]) -> None:
     inside, authed, kind = case
     source = CLIENTS[(inside, kind)]
-    replies = await asyncio.to_thread(rcpt_replies, stack.address("smtp"), source, authed)
+    if kind == "expired":
+        stack.clock.offset = timedelta(minutes=GRANT_MINUTES, seconds=5)
+    try:
+        replies = await asyncio.to_thread(rcpt_replies, stack.address("smtp"), source, authed)
+    finally:
+        stack.clock.offset = timedelta(0)
     for (rcpt_kind, rcpt), reply in zip(RECIPIENTS.items(), replies, strict=True):
         want, _rule = expected(mode, inside, authed, kind, rcpt_kind)
         assert reply.startswith(want), (rcpt, reply, want)
