@@ -141,12 +141,23 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
         subjects.POLICY_COUNTERS_BUCKET,
         subjects.POP3_GRANTS_BUCKET,
         subjects.AUTH_FAILURES_BUCKET,
+        subjects.BLOCKS_BUCKET,
     ):
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1
             )
         )
+    # Connection leases live seconds and are rewritten every few: memory is enough, and
+    # after a NATS restart the live ingress instances write them again within one refresh.
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=subjects.CONNECTIONS_BUCKET,
+            storage=api.StorageType.MEMORY,
+            replicas=replicas,
+            history=1,
+        )
+    )
 
 
 async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> None:

@@ -297,9 +297,39 @@ class Pop3LoginSucceeded(AccessEvent):
     session_id: str = ""
 
 
-AnyAccessEvent = Annotated[Pop3LoginSucceeded, Field(discriminator="type")]
+class ClientBlocked(AccessEvent):
+    """Policy blocked a client address (e.g. a directory harvest); the history of blocks.
 
-ACCESS_EVENT_TYPES: tuple[type[AccessEvent], ...] = (Pop3LoginSucceeded,)
+    The live block is a key in the blocks bucket; this event is what stays after it
+    expired or was lifted. `start` is when the block began, `end` when it runs out.
+    """
+
+    type: Literal["ClientBlocked"] = "ClientBlocked"
+    client_ip: str
+    reason: str
+    rule: str
+    start: datetime
+    end: datetime
+
+
+class ClientUnblocked(AccessEvent):
+    """An operator lifted a block before its end (`mailbus blocks remove`)."""
+
+    type: Literal["ClientUnblocked"] = "ClientUnblocked"
+    client_ip: str
+    block_start: datetime | None = None  # the block that was lifted, if one was found
+    operator: str = ""
+
+
+AnyAccessEvent = Annotated[
+    Pop3LoginSucceeded | ClientBlocked | ClientUnblocked, Field(discriminator="type")
+]
+
+ACCESS_EVENT_TYPES: tuple[type[AccessEvent], ...] = (
+    Pop3LoginSucceeded,
+    ClientBlocked,
+    ClientUnblocked,
+)
 
 _access_adapter: TypeAdapter[AnyAccessEvent] = TypeAdapter(AnyAccessEvent)
 

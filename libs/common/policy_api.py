@@ -8,6 +8,7 @@ say why. When policy does not answer in time the client fails closed with
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 from typing import Literal
 
@@ -55,6 +56,19 @@ class PolicyQuery(_Model):
     password: str | None = None
 
 
+class SessionLimits(_Model):
+    """Limits ingress enforces inside one session, as policy set them at connect.
+
+    Policy decides the values (the exempt group gets none); ingress applies them
+    because only it sees every byte and every failed command. 0 means no limit.
+    """
+
+    max_message_size: int = 0
+    max_failed_commands: int = 0
+    # The client is in security.exempt_ip_group: its connections need not be counted.
+    exempt: bool = False
+
+
 class PolicyDecision(_Model):
     action: Action
     code: int
@@ -63,6 +77,8 @@ class PolicyDecision(_Model):
     rule: str
     # Set by policy when it has rewritten something, e.g. the canonical local user.
     canonical: str | None = None
+    # Set on an accepted connect: what ingress enforces for the rest of the session.
+    limits: SessionLimits | None = None
 
     @property
     def accepted(self) -> bool:
@@ -75,6 +91,22 @@ class PolicyDecision(_Model):
     @classmethod
     def accept(cls, rule: str, message: str = "Ok", code: int = 250) -> PolicyDecision:
         return cls(action="accept", code=code, status="2.0.0", message=message, rule=rule)
+
+
+def canonical_ip(text: str) -> str | None:
+    """The client address as grants, counters, leases and groups key it.
+
+    Compressed form, brackets and zone dropped; an IPv4-mapped IPv6 address
+    counts as IPv4. Without this, `::ffff:192.0.2.1` and `192.0.2.1` would hold
+    separate counts for the same client.
+    """
+    try:
+        ip = ipaddress.ip_address(text.strip().strip("[]").split("%")[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 POLICY_UNAVAILABLE = PolicyDecision(

@@ -95,6 +95,54 @@ POP3_GRANTS_BUCKET = "mailbus-pop3-grants"
 # Failed SMTP AUTH logins per client address, keyed by token(client address); a key
 # expires one window after the last failure (per-key TTL), so no count lingers forever.
 AUTH_FAILURES_BUCKET = "mailbus-auth-failures"
+# Open SMTP connections: one key per connection, `<token(ip)>.<token(instance)>.<session>`,
+# written by the ingress instance holding it with a short per-key TTL and refreshed
+# while it lasts, so a crashed instance's connections vanish by themselves. Policy
+# counts the keys under one address (`connection_leases_filter`).
+CONNECTIONS_BUCKET = "mailbus-connections"
+# Clients blocked by a limit (directory harvest), keyed by token(client address);
+# a key expires a little after its block ends.
+BLOCKS_BUCKET = "mailbus-blocks"
+
+
+def connection_lease_key(client_ip: str, instance: str, session_id: str) -> str:
+    """`client_ip` canonical (policy_api.canonical_ip); `session_id` a valid key token."""
+    return f"{token(client_ip)}.{token(instance)}.{session_id}"
+
+
+def connection_leases_filter(client_ip: str) -> str:
+    """Every lease of one client address, as a subject filter on the bucket's stream."""
+    return f"$KV.{CONNECTIONS_BUCKET}.{token(client_ip)}.>"
+
+
+def kv_stream(bucket: str) -> str:
+    return f"KV_{bucket}"
+
+
+def kv_subject(bucket: str, key: str) -> str:
+    return f"$KV.{bucket}.{key}"
+
+
+# Keys of POLICY_COUNTERS_BUCKET: accepted messages and unknown local recipients per
+# client address, each a sliding window of per-slot counts.
+def message_count_key(client_ip: str) -> str:
+    return f"messages.{token(client_ip)}"
+
+
+def unknown_recipients_key(client_ip: str) -> str:
+    return f"unknown-rcpts.{token(client_ip)}"
+
+
+# Request/reply: `mailbus blocks list|remove` asks policy (nats.micro endpoints).
+BLOCKS_API_PREFIX = f"{PREFIX}.blocks.v1"
+BLOCKS_API_OPS = ("list", "remove")
+
+
+def blocks_api_subject(op: str) -> str:
+    if op not in BLOCKS_API_OPS:
+        raise ValueError(f"unknown blocks operation {op!r}")
+    return f"{BLOCKS_API_PREFIX}.{op}"
+
 
 # Access events: logins and other session facts that belong to no message
 # (Pop3LoginSucceeded, ...), one subject per event type.

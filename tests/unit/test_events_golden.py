@@ -133,6 +133,22 @@ ACCESS_SAMPLES: list[ev.AccessEvent] = [
         listener="pop3",
         session_id="s1",
     ),
+    ev.ClientBlocked(
+        event_id="block.MTkyLjAuMi44.20261128T033000",
+        occurred_at=AT,
+        client_ip="192.0.2.8",
+        reason="3 unknown local recipients within an hour (directory harvest)",
+        rule="directory_harvest",
+        start=AT,
+        end=datetime(2026, 11, 28, 4, 30, 0, tzinfo=UTC),
+    ),
+    ev.ClientUnblocked(
+        event_id="unblock.MTkyLjAuMi44.20261128T033000",
+        occurred_at=AT,
+        client_ip="192.0.2.8",
+        block_start=AT,
+        operator="root",
+    ),
 ]
 
 

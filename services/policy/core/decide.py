@@ -13,11 +13,16 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from libs.common.policy_api import PolicyDecision, PolicyQuery
+from services.policy.core import security
 from services.policy.core.address import AddressError, Mailbox, parse_path, routing_trick
+from services.policy.core.blocks import Block
 from services.policy.core.clients import canonical_ip
 from services.policy.core.directory import mailbox_key
+from services.policy.core.failures import FailedLogins
 from services.policy.core.grants import Pop3Grant
 from services.policy.core.rules import PolicyRules
+from services.policy.core.security import SenderDomain
+from services.policy.core.window import SlidingCount
 
 
 @dataclass(frozen=True)
@@ -26,6 +31,11 @@ class Facts:
 
     password_ok: bool = False  # auth: the password matched the account's hash
     pop3_grant: Pop3Grant | None = None  # rcpt: the stored grant of the client address
+    block: Block | None = None  # connect, mail: the stored block of the client address
+    connections: int = 0  # connect: the client's open connections, this one included
+    messages: SlidingCount | None = None  # mail: messages the client sent recently
+    sender_domain: SenderDomain | None = None  # mail: what DNS said of the sender's domain
+    failed_logins: FailedLogins | None = None  # auth: recent failed logins of the client
 
 
 NO_FACTS = Facts()
@@ -41,7 +51,14 @@ def reject(code: int, status: str, message: str, rule: str) -> PolicyDecision:
 
 
 def _connect(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
-    return PolicyDecision.accept("connect_ok")
+    limits = rules.limits
+    refusal = security.connect_refusal(query, limits, now, facts.block, facts.connections)
+    if refusal is not None:
+        return refusal
+    client_ip = canonical_ip(query.session.client_ip)
+    session = security.session_limits(limits, client_ip)
+    rule = "exempt_ip_group" if session.exempt else "connect_ok"
+    return PolicyDecision.accept(rule).model_copy(update={"limits": session})
 
 
 def _helo(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
@@ -58,6 +75,9 @@ def _auth(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -
         )
     if query.session.auth_user:
         return reject(503, "5.5.1", "Already authenticated", "auth_twice")
+    locked = security.auth_refusal(query, rules.limits, now, facts.failed_logins)
+    if locked is not None:
+        return locked
     account = rules.directory.login(query.username or "")
     if account is None or account.password_hash is None or not facts.password_ok:
         return reject(535, "5.7.8", "Authentication credentials invalid", "auth_failed")
@@ -81,6 +101,11 @@ def _mail(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -
     # A source route on the sender is ignored (RFC 5321 appendix C); the null sender is valid.
     if sender is not None and not sender.domain:
         return reject(501, "5.1.7", "Bad sender address syntax: no domain", "mail_syntax")
+    refusal = security.mail_refusal(
+        query, rules.limits, now, sender, facts.block, facts.messages, facts.sender_domain
+    )
+    if refusal is not None:
+        return refusal
     return PolicyDecision(
         action="accept",
         code=250,
@@ -94,6 +119,9 @@ def _mail(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -
 def _rcpt(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     if query.rcpt is None:
         return reject(501, "5.5.4", "Syntax: RCPT TO:<address>", "rcpt_missing")
+    too_many = security.rcpt_refusal(query, rules.limits)
+    if too_many is not None:
+        return too_many
     try:
         rcpt = parse_path(query.rcpt)
     except AddressError as exc:
@@ -174,13 +202,25 @@ def _relay_rule(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Fa
     return None
 
 
+def needs(query: PolicyQuery, rules: PolicyRules) -> security.Needs:
+    """The facts `decide` will want for this query (see security.needs)."""
+    sender = None
+    if query.stage == "mail" and query.mail_from:
+        try:
+            sender = parse_path(query.mail_from)
+        except AddressError:
+            sender = None  # refused for its syntax; nothing to look up
+    return security.needs(query, rules, sender)
+
+
 def wants_pop3_grant(decision: PolicyDecision, rules: PolicyRules) -> bool:
     """Only a relay refusal can be turned around by a grant: look one up for nothing else."""
     return decision.rule == "relay_denied" and rules.pop3_grant is not None
 
 
 def _data(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
-    return PolicyDecision.accept("data_ok")
+    refusal = security.data_refusal(query, rules.limits)
+    return refusal if refusal is not None else PolicyDecision.accept("data_ok")
 
 
 STAGES: dict[str, StageRule] = {
@@ -196,5 +236,5 @@ STAGES: dict[str, StageRule] = {
 def decide(
     query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts = NO_FACTS
 ) -> PolicyDecision:
-    """Answer one policy query; `now` is the clock grants (and later rates) are read with."""
+    """Answer one policy query; `now` is the clock grants, blocks and rates are read with."""
     return STAGES[query.stage](query, rules, now, facts)

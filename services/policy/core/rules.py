@@ -24,6 +24,27 @@ class IpMatcher(Protocol):
 
 
 @dataclass(frozen=True)
+class SecurityLimits:
+    """The `security` section; 0 turns a limit off. Core defaults: everything off."""
+
+    exempt_ip_group: IpMatcher | None = None
+    max_connections_per_ip: int = 0
+    max_messages_per_hour_per_ip: int = 0
+    max_unknown_recipients: int = 0  # directory harvest
+    block_for: timedelta = timedelta(hours=1)
+    require_sender_domain_dns: bool = False
+    max_recipients: int = 0
+    max_failed_commands: int = 0
+    max_message_size: int = 0
+    max_received_headers: int = 0
+    exempt_ip_group_name: str | None = field(default=None, compare=False)
+
+    def exempts(self, client_ip: str | None) -> bool:
+        group = self.exempt_ip_group
+        return group is not None and client_ip is not None and group.contains(client_ip)
+
+
+@dataclass(frozen=True)
 class PolicyRules:
     local_domains: frozenset[str] = frozenset()
     relay_mode: RelayMode = "restricted"
@@ -37,6 +58,7 @@ class PolicyRules:
     postmaster: str = ""
     # The group's name is only for messages and logs.
     allowed_ip_group_name: str | None = field(default=None, compare=False)
+    limits: SecurityLimits = field(default_factory=SecurityLimits)
 
     @classmethod
     def build(
@@ -49,6 +71,7 @@ class PolicyRules:
         pop3_grant: timedelta | None = None,
         accounts: Iterable[Account] = (),
         postmaster: str = "",
+        limits: SecurityLimits | None = None,
     ) -> PolicyRules:
         """Normalize the local domains once so that every comparison is exact."""
         return cls(
@@ -60,6 +83,7 @@ class PolicyRules:
             directory=Directory.build(accounts),
             postmaster=postmaster,
             allowed_ip_group_name=allowed_ip_group_name,
+            limits=limits or SecurityLimits(),
         )
 
     def is_local_domain(self, domain: str) -> bool:
