@@ -39,15 +39,19 @@ from libs.common.ids import new_queue_id
 from libs.common.runtime import Running, start_service
 from libs.common.submission import MessageStore
 from libs.common.telemetry import setup_telemetry, tracer
+from services.delivery.service import DeliveryService
 from services.notifier.adapters.catalogs import load_catalogs
 from services.notifier.adapters.processor import NotifierProcessor
 from services.notifier.core import trigger_of
 from services.notifier.service import NotifierService
+from services.queue.service import QueueService
+from tests.support.sink import Sink
 from tests.support.streams import eventually
 
 HOST = "mx.example.test"
 POSTMASTER = "postmaster@mx.example.test"
 SENDER = "alice@example.test"
+NULL_SENDER = "<>"
 BODY = (
     b"From: Alice <alice@example.test>\r\n"
     b"To: bob@remote.test\r\n"
@@ -370,3 +374,57 @@ async def test_report_continues_the_triggers_trace(
 
 async def _publish(js: JetStreamContext, event: Event) -> None:
     await bus.publish_event(js, event)
+
+
+# --- end to end: queue and delivery emit, the report travels like any message -----------
+
+
+async def test_end_to_end_failure_report_reaches_the_sender(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+) -> None:
+    sink, port = sink_factory(replies={"bob@remote.test": "550 5.1.1 No such user here"})
+    config = load_config_text(
+        f"server:\n  hostname: {HOST}\n"
+        f"delivery:\n  mode: relay\n  relay_host:\n    host: 127.0.0.1\n    port: {port}\n"
+        "  tls: none\n"
+    )
+    running = [
+        await start_service(name, factory, config, [nats_server.url])
+        for name, factory in (
+            ("queue", QueueService),
+            ("delivery", DeliveryService),
+            ("notifier", NotifierService),
+        )
+    ]
+    try:
+        qid = await submit(
+            js, Recipient(address="bob@remote.test"), Recipient(address="carol@remote.test")
+        )
+
+        async def report_arrived() -> bool:
+            # aiosmtpd records MAIL FROM:<> as "<>".
+            return any(mail_from == NULL_SENDER for mail_from, _, _ in sink.received)
+
+        await eventually(report_arrived, "the report at the sender's sink", within=60)
+        (report,) = [m for m in sink.received if m[0] == NULL_SENDER]
+        _, rcpts, content = report
+        assert rcpts == [SENDER]
+        parsed = parse(content)
+        assert parsed["Subject"] == "Undelivered mail: figures"
+        assert parsed["Auto-Submitted"] == "auto-replied"
+        assert all_failures(email.message_from_bytes(content)) == (set(), {b"bob@remote.test"})
+        assert "550 5.1.1 No such user here" in " ".join(
+            next(iter(parsed.iter_parts())).get_content().split()
+        )
+        # The original reached carol; nobody else got anything.
+        assert sorted((m[0], tuple(m[1])) for m in sink.received) == [
+            (NULL_SENDER, (SENDER,)),
+            (SENDER, ("carol@remote.test",)),
+        ]
+        (sent,) = await answered(js, qid)
+        assert sent.kind == "failure"
+    finally:
+        for service in reversed(running):
+            await service.close()
