@@ -63,7 +63,7 @@ GRANT_MINUTES = 30
 def config_text(sink_port: int) -> str:
     users = "\n".join(
         f'  - {{address: {name}@example.test, password_hash: "{PASSWORD_HASH}"}}'
-        for name in ("alice", "bob", "carol", "dave", "erin")
+        for name in ("alice", "bob", "carol", "dave", "erin", "frank")
     )
     return f"""
 server: {{hostname: mx.example.test, local_domains: [example.test], postmaster: alice@example.test}}
@@ -108,6 +108,7 @@ class Stack:
     js: JetStreamContext
     sink: Sink
     clock: Clock
+    url: str
     ingress: list[IngressService] = field(default_factory=list)
 
     def address(self, listener: str, replica: int = 0) -> tuple[str, int]:
@@ -128,7 +129,7 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     js = await bus.wait_for_jetstream(nc)
     await bus.ensure_topology(js)
     clock = Clock()
-    stack = Stack(config, nc, js, sink, clock)
+    stack = Stack(config, nc, js, sink, clock, server.url)
     running: list[Running] = []
     try:
         for name, factory in (
@@ -302,6 +303,45 @@ async def test_dele_and_quit_remove_a_dropped_session_keeps(stack: Stack) -> Non
             client.quit()
 
     assert (await asyncio.to_thread(left)).endswith(b"Subject: 0\r\n\r\nx")
+
+
+async def test_a_drained_ingress_deletes_nothing(stack: Stack) -> None:
+    await MailboxStore(stack.js).append("frank@example.test", "QDRAIN", b"Subject: d\r\n\r\nd\r\n")
+    replica = await start_service("ingress", IngressService, stack.config, [stack.url])
+    ingress = replica.service
+    assert isinstance(ingress, IngressService)
+
+    def open_and_dele() -> POP3From:
+        client = POP3From(ingress.addresses["pop3"])
+        client.stls(unverified())
+        client.user("frank@example.test")
+        client.pass_(PASSWORD)
+        client.dele(1)
+        return client
+
+    client = await asyncio.to_thread(open_and_dele)
+    try:
+        await replica.close()
+        assert await asyncio.to_thread(client.sock.recv, 100) == b""  # closed, no UPDATE
+    finally:
+        client.sock.close()
+    await lock_free(stack, "frank@example.test")
+    assert len(await MailboxStore(stack.js).entries("frank@example.test")) == 1
+
+
+async def test_a_lock_expires_and_its_holder_knows(stack: Stack) -> None:
+    store = MailboxStore(stack.js)
+    first = await store.lock("gina@example.test", "one", ttl=1)
+    assert first is not None and await store.lock("gina@example.test", "two") is None
+    assert await first.refresh()
+
+    async def taken() -> bool:
+        return await store.lock("gina@example.test", "two") is not None
+
+    await eventually(taken, "the lock to expire", within=5)
+    assert not await first.refresh()
+    await first.release()  # by sequence: the new holder keeps it
+    assert await store.lock("gina@example.test", "three") is None
 
 
 # --- listeners and logins --------------------------------------------------------------------

@@ -41,6 +41,9 @@ _tracer = tracer(__name__)
 IDLE_TIMEOUT_S = 600.0  # RFC 1939 section 3: the autologout timer is at least 10 minutes
 LINE_LIMIT = 1024  # the reader's buffer limit; the core refuses lines over 255 octets
 SEND_TIMEOUT_S = 60.0
+# A TLS close waits for the client's close_notify; a client that never sends one
+# must not hold up a drain.
+CLOSE_WAIT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +140,7 @@ class Pop3Connection:
         self.lock: MailboxLock | None = None
         self._keeper: asyncio.Task[None] | None = None
         self._waiting = False
+        self._lock_lost = False
 
     # --- the session loop ----------------------------------------------------------------
 
@@ -175,6 +179,9 @@ class Pop3Connection:
             if line is None:
                 return
             if not await self._play(self.state.receive(line)):
+                return
+            if self._lock_lost:
+                await self._send(pop3.err("[SYS/TEMP] Mailbox lock lost, closing connection"))
                 return
             if self.server.sessions.draining and self.state.phase is pop3.Phase.AUTHORIZATION:
                 await self._send(pop3.err("[SYS/TEMP] Server shutting down"))
@@ -307,6 +314,8 @@ class Pop3Connection:
         return self.state.retrieved(action, content)
 
     async def _commit(self, action: pop3.Commit) -> Step:
+        if self._lock_lost:  # the messages may be another session's to delete now
+            return self.state.committed(False)
         done = True
         if action.indexes and self.account is not None:
             for index in action.indexes:
@@ -331,8 +340,10 @@ class Pop3Connection:
                 log.warning("pop3 %s: lock not refreshed: %s", self.session_id, exc)
                 continue
             if not kept:
+                # Another session may have the mailbox now: this one must not go on.
                 log.warning("pop3 %s: mailbox lock lost; closing", self.session_id)
-                if self.task is not None and not self.state.busy:
+                self._lock_lost = True
+                if self._waiting and self.task is not None:
                     self.task.cancel()
                 return
 
@@ -352,7 +363,7 @@ class Pop3Connection:
         await self._unlock()
         self.writer.close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.writer.wait_closed(), 5)
+            await asyncio.wait_for(self.writer.wait_closed(), CLOSE_WAIT_S)
 
     # --- policy --------------------------------------------------------------------------
 
