@@ -10,27 +10,41 @@ from libs.common import subjects
 from libs.common.config import Config
 from libs.common.runtime import Context
 from services.delivery.adapters.consumer import ack_wait_from_env, subscribe
+from services.delivery.adapters.courier import Courier, CourierSettings, RelayTarget
+from services.delivery.adapters.dns import MxResolver
 from services.delivery.adapters.local_store import LocalDelivery, local_settings
-from services.delivery.adapters.smtp_client import RelayTarget
 from services.delivery.adapters.worker import DeliveryWorker, WorkerSettings
 
 
-def relay_target(config: Config) -> RelayTarget:
-    delivery = config.delivery
-    relay = delivery.relay_host
+def relay_target(config: Config) -> RelayTarget | None:
+    relay = config.delivery.relay_host
+    if not relay.host:
+        # In mx mode no job goes to the relay (the queue routes by domain).
+        return None
     auth = relay.auth
     return RelayTarget(
-        # In mx mode no job goes to the relay (the queue routes by domain), so a
-        # missing relay_host.host never gets used.
-        host=relay.host or "",
+        host=relay.host,
         port=relay.port,
-        helo=config.server.hostname,
-        tls=delivery.tls,
-        connect_timeout=delivery.connect_timeout.total_seconds(),
         auth_method=auth.method if auth.enabled else None,
         username=auth.username,
         password=auth.effective_password,
+        pop3_port=auth.pop3_port,
     )
+
+
+def courier_of(config: Config) -> Courier:
+    delivery = config.delivery
+    settings = CourierSettings(
+        helo=config.server.hostname,
+        tls=delivery.tls,
+        connect_timeout=delivery.connect_timeout.total_seconds(),
+        mx_port=delivery.mx_port,
+        relay=relay_target(config),
+    )
+    resolver = MxResolver(
+        [(s.host, s.port) for s in config.dns.servers], config.dns.timeout.total_seconds()
+    )
+    return Courier(settings, resolver)
 
 
 class DeliveryService:
@@ -48,14 +62,11 @@ class DeliveryService:
         config = self.ctx.config
         slots = config.delivery.max_delivery_threads
         bodies = await self.ctx.js.object_store(subjects.BODIES_BUCKET)
-        settings = WorkerSettings(
-            relay=relay_target(config),
-            slots=slots,
-            ack_wait=self._ack_wait,
-            instance=self.ctx.instance,
-        )
+        settings = WorkerSettings(slots=slots, ack_wait=self._ack_wait, instance=self.ctx.instance)
         local = LocalDelivery(self.ctx.js, local_settings(config))
-        self._worker = DeliveryWorker(self.ctx.js, bodies, settings, local=local)
+        self._worker = DeliveryWorker(
+            self.ctx.js, bodies, courier_of(config), settings, local=local
+        )
         self._sub = await subscribe(self.ctx.js, slots, self._ack_wait)
         self._task = asyncio.create_task(
             self._worker.run(self._sub, self._stopping), name="delivery-fetch"

@@ -1,9 +1,10 @@
-"""One outbound SMTP transaction with aiosmtplib, recorded as a `Transcript`.
+"""One outbound SMTP session with aiosmtplib: open it, run transactions, write down replies.
 
-This module only talks and writes down what it heard; which reply stands for
-which recipient is decided in `services.delivery.core.transaction`. Anything
-that stops the conversation early becomes a stand-in reply (`Transcript.broken`)
-that defers, so no exception escapes as a lost or bounced recipient.
+This module only talks and records what it heard as a `Transcript`; which reply
+stands for which recipient is decided in `services.delivery.core.transaction`.
+Anything that stops the conversation early becomes a stand-in reply that defers,
+so no exception escapes as a lost or bounced recipient. A session may carry
+several transactions (several jobs to one destination, one after the other).
 """
 
 from __future__ import annotations
@@ -23,12 +24,14 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from services.delivery.core.mx import Endpoint
 from services.delivery.core.plan import tls_missing, tls_step
 from services.delivery.core.replies import (
+    AUTH_FAILED,
     CONNECT_FAILED,
     CONNECTION_LOST,
-    NOT_IMPLEMENTED,
     PROTOCOL_ERROR,
+    TLS_FAILED,
     Reply,
 )
 from services.delivery.core.transaction import Transcript
@@ -39,26 +42,15 @@ log = logging.getLogger(__name__)
 COMMAND_TIMEOUT_S = 300.0
 DATA_TIMEOUT_S = 600.0
 
-TLS_FAILED = "4.7.5"  # cryptographic failure
-AUTH_FAILED = "4.7.0"
-
 
 @dataclass(frozen=True)
-class RelayTarget:
-    host: str
-    port: int
+class SessionSettings:
     helo: str
     tls: str  # delivery.tls: opportunistic | required | none
     connect_timeout: float
-    auth_method: str | None = None  # None = no login; "smtp_auth" | "pop3_before_smtp"
+    # SMTP AUTH (relay host only): the user and password to log in with.
     username: str | None = None
     password: str | None = None
-
-
-@dataclass(frozen=True)
-class Attempt:
-    transcript: Transcript
-    tls_version: str | None = None
 
 
 class _Broken(Exception):
@@ -82,32 +74,65 @@ def _no_verify_context() -> ssl.SSLContext:
     return context
 
 
-class _Session:
-    def __init__(self, target: RelayTarget) -> None:
-        self.target = target
+def _deferring(exc: SMTPResponseException, command: str) -> Reply:
+    """A refusal of a set-up command: never a reason to bounce, always to retry."""
+    return Reply(0, f"{command}: {exc.code} {exc.message}", PROTOCOL_ERROR)
+
+
+def _lost(host: str, exc: BaseException) -> Reply:
+    what = "timed out" if isinstance(exc, TimeoutError) else f"connection lost ({exc})"
+    return Reply(0, f"{host}: {what}", CONNECTION_LOST)
+
+
+class SmtpSession:
+    def __init__(self, endpoint: Endpoint, settings: SessionSettings) -> None:
+        self.endpoint = endpoint
+        self.settings = settings
         self.smtp = aiosmtplib.SMTP(
-            hostname=target.host,
-            port=target.port,
-            local_hostname=target.helo,
+            hostname=endpoint.ip,
+            port=endpoint.port,
+            local_hostname=settings.helo,
             timeout=COMMAND_TIMEOUT_S,
             start_tls=False,
             validate_certs=False,
         )
         self.tls_version: str | None = None
+        self.transactions = 0
+        self.healthy = False
 
-    async def open(self) -> None:
-        host = self.target.host
+    @property
+    def label(self) -> str:
+        return self.endpoint.label
+
+    async def open(self) -> Reply | None:
+        """None once ready for MAIL; else the stand-in reply (and the session is closed)."""
         try:
-            await self.smtp.connect(timeout=self.target.connect_timeout)
+            await self._open()
+        except _Broken as exc:
+            await self.close()
+            return exc.reply
+        except (SMTPServerDisconnected, SMTPTimeoutError, TimeoutError, OSError) as exc:
+            await self.close()
+            return _lost(self.label, exc)
+        except SMTPException as exc:
+            await self.close()
+            return Reply(0, f"{self.label}: {exc}", PROTOCOL_ERROR)
+        self.healthy = True
+        return None
+
+    async def _open(self) -> None:
+        label = self.label
+        try:
+            await self.smtp.connect(timeout=self.settings.connect_timeout)
         except SMTPConnectResponseError as exc:
             # A refused greeting: try again later, as Postfix does (the host may recover).
             raise _Broken(
-                Reply(0, f"{host} refused to talk to us: {exc.code} {exc.message}", "4.3.2")
+                Reply(0, f"{label} refused to talk to us: {exc.code} {exc.message}", "4.3.2")
             ) from None
         except (SMTPTimeoutError, TimeoutError):
-            raise _Broken(Reply(0, f"connect to {host}: timed out", CONNECT_FAILED)) from None
+            raise _Broken(Reply(0, f"connect to {label}: timed out", CONNECT_FAILED)) from None
         except (SMTPException, OSError) as exc:
-            raise _Broken(Reply(0, f"connect to {host}: {exc}", CONNECT_FAILED)) from None
+            raise _Broken(Reply(0, f"connect to {label}: {exc}", CONNECT_FAILED)) from None
         await self._hello()
         await self._maybe_starttls()
         await self._maybe_login()
@@ -122,60 +147,87 @@ class _Session:
                 raise _Broken(_deferring(exc, "HELO")) from None
 
     async def _maybe_starttls(self) -> None:
-        step = tls_step(self.target.tls, self.smtp.supports_extension("starttls"))
+        mode = self.settings.tls
+        step = tls_step(mode, self.smtp.supports_extension("starttls"))
         if step == "plain":
             return
         if step == "defer":
-            raise _Broken(tls_missing(self.target.host))
+            raise _Broken(tls_missing(self.label))
         try:
             await self.smtp.starttls(tls_context=_no_verify_context())
         except SMTPResponseException as exc:
-            if self.target.tls == "required":
+            if mode == "required":
                 raise _Broken(_deferring(exc, "STARTTLS")) from None
             # Offered but refused: opportunistic TLS carries on in plain text.
-            log.info("STARTTLS refused by %s (%s); continuing without TLS", self.target.host, exc)
+            log.info("STARTTLS refused by %s (%s); continuing without TLS", self.label, exc)
             return
-        except ssl.SSLError as exc:
-            reply = Reply(0, f"TLS handshake with {self.target.host}: {exc}", TLS_FAILED)
+        except (ssl.SSLError, SMTPException, OSError, TimeoutError) as exc:
+            reply = Reply(0, f"TLS handshake with {self.label}: {exc}", TLS_FAILED)
             raise _Broken(reply) from None
         ssl_object = self.smtp.get_transport_info("ssl_object")
         self.tls_version = ssl_object.version() if ssl_object is not None else "TLS"
         await self._hello()  # RFC 3207: forget everything learnt before TLS
 
     async def _maybe_login(self) -> None:
-        method = self.target.auth_method
-        if method is None:
+        if self.settings.username is None:
             return
-        if method != "smtp_auth":
-            raise _Broken(
-                Reply(0, f"relay authentication {method} is not implemented yet", NOT_IMPLEMENTED)
-            )
         try:
-            await self.smtp.login(self.target.username or "", self.target.password or "")
+            await self.smtp.login(self.settings.username, self.settings.password or "")
         except SMTPResponseException as exc:
             # A wrong password is an operator's fix, not the sender's fault: keep the mail.
             raise _Broken(
-                Reply(0, f"AUTH at {self.target.host}: {exc.code} {exc.message}", AUTH_FAILED)
+                Reply(0, f"AUTH at {self.label}: {exc.code} {exc.message}", AUTH_FAILED)
             ) from None
         except SMTPException as exc:
-            raise _Broken(Reply(0, f"AUTH at {self.target.host}: {exc}", AUTH_FAILED)) from None
+            raise _Broken(Reply(0, f"AUTH at {self.label}: {exc}", AUTH_FAILED)) from None
 
-    async def mail(self, sender: str, size: int) -> Reply:
+    async def transact(
+        self, sender: str, recipients: Sequence[str], body: bytes, size: int
+    ) -> Transcript:
+        """MAIL, one RCPT per recipient, DATA once if anyone was accepted; never raises."""
+        mail: Reply | None = None
+        rcpts: list[Reply] = []
+        data: Reply | None = None
+        broken: Reply | None = None
+        try:
+            if self.transactions:
+                await self.smtp.rset()  # a clean slate after the previous job
+            self.transactions += 1
+            mail = await self._mail(sender, size)
+            if mail.outcome == "succeeded":
+                for address in recipients:
+                    rcpts.append(await self._rcpt(address))
+                if Transcript(mail=mail, rcpts=tuple(rcpts)).needs_data:
+                    data = await self._data(body)
+        except (SMTPServerDisconnected, SMTPTimeoutError, TimeoutError, OSError) as exc:
+            broken = _lost(self.label, exc)
+        except SMTPException as exc:
+            broken = Reply(0, f"{self.label}: {exc}", PROTOCOL_ERROR)
+        if broken is not None:
+            self.healthy = False
+        return Transcript(mail=mail, rcpts=tuple(rcpts), data=data, broken=broken)
+
+    def _refused(self, exc: SMTPResponseException) -> Reply:
+        if exc.code == 421:  # the server is closing the session
+            self.healthy = False
+        return _reply(exc)
+
+    async def _mail(self, sender: str, size: int) -> Reply:
         options = [f"SIZE={size}"] if self.smtp.supports_extension("size") else []
         try:
             resp = await self.smtp.mail(sender, options=options)
         except SMTPResponseException as exc:
-            return _reply(exc)
+            return self._refused(exc)
         return Reply(resp.code, resp.message)
 
-    async def rcpt(self, recipient: str) -> Reply:
+    async def _rcpt(self, recipient: str) -> Reply:
         try:
             resp = await self.smtp.rcpt(recipient)
         except SMTPResponseException as exc:
-            return _reply(exc)
+            return self._refused(exc)
         return Reply(resp.code, resp.message)
 
-    async def data(self, body: bytes) -> Reply:
+    async def _data(self, body: bytes) -> Reply:
         try:
             resp = await self.smtp.data(body, timeout=DATA_TIMEOUT_S)
         except SMTPResponseException as exc:
@@ -183,48 +235,10 @@ class _Session:
         return Reply(resp.code, resp.message)
 
     async def close(self) -> None:
+        self.healthy = False
         if not self.smtp.is_connected:
             return
         try:
             await asyncio.wait_for(self.smtp.quit(), timeout=5.0)
         except (SMTPException, OSError, TimeoutError):
             self.smtp.close()
-
-
-def _deferring(exc: SMTPResponseException, command: str) -> Reply:
-    """A refusal of a set-up command: never a reason to bounce, always to retry."""
-    return Reply(0, f"{command}: {exc.code} {exc.message}", PROTOCOL_ERROR)
-
-
-def _lost(host: str, exc: BaseException) -> Reply:
-    what = "timed out" if isinstance(exc, TimeoutError) else f"connection lost ({exc})"
-    return Reply(0, f"{host}: {what}", CONNECTION_LOST)
-
-
-async def deliver(
-    target: RelayTarget, sender: str, recipients: Sequence[str], body: bytes, size: int
-) -> Attempt:
-    """MAIL, one RCPT per recipient, DATA once if anyone was accepted; never raises SMTP errors."""
-    session = _Session(target)
-    mail: Reply | None = None
-    rcpts: list[Reply] = []
-    data: Reply | None = None
-    broken: Reply | None = None
-    try:
-        await session.open()
-        mail = await session.mail(sender, size)
-        if mail.outcome == "succeeded":
-            for address in recipients:
-                rcpts.append(await session.rcpt(address))
-            if Transcript(mail=mail, rcpts=tuple(rcpts)).needs_data:
-                data = await session.data(body)
-    except _Broken as exc:
-        broken = exc.reply
-    except (SMTPServerDisconnected, SMTPTimeoutError, TimeoutError, OSError) as exc:
-        broken = _lost(target.host, exc)
-    except SMTPException as exc:
-        broken = Reply(0, f"{target.host}: {exc}", PROTOCOL_ERROR)
-    finally:
-        await session.close()
-    transcript = Transcript(mail=mail, rcpts=tuple(rcpts), data=data, broken=broken)
-    return Attempt(transcript, session.tls_version)

@@ -1,5 +1,12 @@
 """A delivery worker: fetch jobs, deliver them, publish results, then ack.
 
+Jobs fetched together that go to the same destination are delivered one after
+the other over one SMTP session (several MAIL transactions), so a burst to one
+domain or to the relay host does not open a connection per message. Each job
+holds one of the worker's slots until it is acked, and the shared consumer's
+max_ack_pending caps unacked jobs over all workers; since a session only ever
+serves jobs that are unacked, sessions never outnumber max_delivery_threads.
+
 Test-only fault point: when the environment variable MAILBUS_FAULT equals
 `delivery.exit_before_ack`, the process calls `os._exit(137)` after a job's
 results are acknowledged by JetStream and before the job itself is acked. The
@@ -26,9 +33,11 @@ from pydantic import ValidationError
 from libs.common import bus
 from libs.common.events import DeliveryJob
 from libs.common.telemetry import context_from_headers, tracer
+from services.delivery.adapters.courier import Attempt, Courier
 from services.delivery.adapters.local_store import LocalDelivery
-from services.delivery.adapters.smtp_client import Attempt, RelayTarget, deliver
+from services.delivery.adapters.smtp_client import SmtpSession
 from services.delivery.core import Transcript, replies_for, result_events, unsupported
+from services.delivery.core.mx import NoRoute, Route
 
 log = logging.getLogger(__name__)
 _tracer = tracer("mailbus.delivery")
@@ -38,11 +47,15 @@ FAULT_EXIT_BEFORE_ACK = "delivery.exit_before_ack"
 
 FETCH_TIMEOUT_S = 1.0  # also the longest a stop() waits for an idle fetch
 RETRY_DELAY_S = 5.0
+# Jobs taken in one fetch (when that many slots are free): enough to group a burst.
+MAX_BATCH = 16
+# Jobs one session carries in a row: a burst to one destination still goes out over
+# several sessions in parallel, each saving the connect, EHLO and TLS of the others.
+JOBS_PER_SESSION = 4
 
 
 @dataclass(frozen=True)
 class WorkerSettings:
-    relay: RelayTarget
     slots: int  # deliveries this process runs at once
     ack_wait: float
     instance: str
@@ -53,6 +66,7 @@ class DeliveryWorker:
         self,
         js: JetStreamContext,
         bodies: ObjectStore,
+        courier: Courier,
         settings: WorkerSettings,
         fault: str | None = None,
         local: LocalDelivery | None = None,
@@ -60,63 +74,76 @@ class DeliveryWorker:
         self._js = js
         self._local = local
         self._bodies = bodies
+        self._courier = courier
         self._settings = settings
         self._fault = fault if fault is not None else os.environ.get(FAULT_ENV, "")
         self._slots = asyncio.Semaphore(settings.slots)
         self._in_flight: set[asyncio.Task[None]] = set()
 
     async def run(self, sub: JetStreamContext.PullSubscription, stopping: asyncio.Event) -> None:
-        """Fetch only when a slot is free, so this worker never sits on jobs it cannot start."""
+        """Fetch only as many jobs as there are free slots: never sit on jobs we cannot start."""
         while not stopping.is_set():
             await self._slots.acquire()
+            taken = 1
+            while taken < MAX_BATCH and not self._slots.locked():
+                await self._slots.acquire()
+                taken += 1
             if stopping.is_set():
-                self._slots.release()
+                self._release(taken)
                 break
             try:
-                msgs = await sub.fetch(1, timeout=FETCH_TIMEOUT_S)
+                msgs = await sub.fetch(taken, timeout=FETCH_TIMEOUT_S)
             except TimeoutError:
                 msgs = []
             except Exception as exc:  # NATS reconnecting and the like
                 log.warning("delivery: fetch failed: %s", exc)
                 msgs = []
                 await asyncio.sleep(FETCH_TIMEOUT_S)
-            if not msgs:
-                self._slots.release()
-                continue
-            for extra in msgs[1:]:  # fetch(1) returns one; be safe if it ever does not
+            for extra in msgs[taken:]:  # never more than asked; be safe if it ever is
                 await extra.nak()
-            task = asyncio.create_task(self._job(msgs[0]), name="delivery-job")
-            self._in_flight.add(task)
-            task.add_done_callback(self._done)
+            msgs = msgs[:taken]
+            self._release(taken - len(msgs))
+            for group in _by_destination(msgs):
+                task = asyncio.create_task(self._group(group), name="delivery-group")
+                self._in_flight.add(task)
+                task.add_done_callback(self._in_flight.discard)
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._in_flight.discard(task)
-        self._slots.release()
+    def _release(self, count: int) -> None:
+        for _ in range(count):
+            self._slots.release()
 
     async def drain(self) -> None:
         """Wait for the jobs already started; called once fetching has stopped."""
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    async def _job(self, msg: Msg) -> None:
+    async def _group(self, msgs: list[tuple[Msg, DeliveryJob | None]]) -> None:
+        """Jobs for one destination, in order, over one session where possible."""
+        heartbeats = [asyncio.create_task(self._keep_alive(m)) for m, _ in msgs]
+        session: SmtpSession | None = None
+        route: Route | NoRoute | None = None
         try:
-            job = DeliveryJob.model_validate_json(msg.data)
-        except ValidationError as exc:
-            log.error("delivery: dropping unreadable job on %s: %s", msg.subject, exc)
-            await msg.term()
-            return
-        heartbeat = asyncio.create_task(self._keep_alive(msg))
-        try:
-            await self._attempt(job, msg)
-        except Exception:
-            log.exception("delivery %s: job %s failed; retrying", job.queue_id, job.job_id)
-            # If even the nak cannot reach NATS, ack_wait brings the job back anyway.
-            with contextlib.suppress(Exception):
-                await msg.nak(delay=RETRY_DELAY_S)
+            for (msg, job), heartbeat in zip(msgs, heartbeats, strict=True):
+                try:
+                    if job is None:
+                        await msg.term()
+                        continue
+                    if route is None and unsupported(job.destination) is None:
+                        route = await self._courier.route(job.destination)
+                    session = await self._job(msg, job, route, session)
+                except Exception:
+                    log.exception("delivery: job on %s failed; retrying", msg.subject)
+                    # If even the nak cannot reach NATS, ack_wait brings the job back anyway.
+                    with contextlib.suppress(Exception):
+                        await msg.nak(delay=RETRY_DELAY_S)
+                finally:
+                    heartbeat.cancel()
+                    self._slots.release()
         finally:
-            heartbeat.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await heartbeat
+            for heartbeat in heartbeats:
+                heartbeat.cancel()
+            if session is not None:
+                await session.close()
 
     async def _keep_alive(self, msg: Msg) -> None:
         interval = max(self._settings.ack_wait / 3, 0.2)
@@ -125,8 +152,13 @@ class DeliveryWorker:
             with contextlib.suppress(Exception):
                 await msg.in_progress()
 
-    async def _attempt(self, job: DeliveryJob, msg: Msg) -> None:
-        relay = self._settings.relay
+    async def _job(
+        self,
+        msg: Msg,
+        job: DeliveryJob,
+        route: Route | NoRoute | None,
+        session: SmtpSession | None,
+    ) -> SmtpSession | None:
         with _tracer.start_as_current_span(
             "smtp deliver",
             context=context_from_headers(msg.headers),
@@ -142,33 +174,38 @@ class DeliveryWorker:
             stand_in = unsupported(job.destination)
             local = self._local if job.destination.kind == "local" else None
             local_replies = None
-            if stand_in is not None and local is None:
+            if local is None and (stand_in is not None or route is None):
                 attempt = Attempt(Transcript(broken=stand_in))
-                remote_host = ""
             else:
                 body = await self._body(job.queue_id)
                 if body is None:
-                    # The queue deletes a body only once the message is complete: this
-                    # job is a late copy of work already finished.
+                    # The queue deletes a body only once the message is done: this
+                    # job is a late copy of work already finished (or deleted).
                     log.info("delivery %s: body gone, job %s dropped", job.queue_id, job.job_id)
                     span.set_attribute("mailbus.body_missing", True)
                     await msg.term()
-                    return
+                    return session
                 if local is not None:
-                    attempt, remote_host = Attempt(Transcript()), local.remote_host
+                    attempt = Attempt(Transcript(), remote_host=local.remote_host)
                     local_replies = await local.deliver(job, body)
                 else:
-                    remote_host = relay.host
-                    span.set_attribute("server.address", relay.host)
-                    span.set_attribute("server.port", relay.port)
-                    attempt = await deliver(
-                        relay, job.mail_from, [r.address for r in job.recipients], body, job.size
+                    assert route is not None
+                    reused = session is not None
+                    attempt, session = await self._courier.deliver(
+                        job.destination,
+                        route,
+                        job.mail_from,
+                        [r.address for r in job.recipients],
+                        body,
+                        job.size,
+                        session,
                     )
+                    span.set_attribute("smtp.session_reused", reused)
             replies = local_replies or replies_for(attempt.transcript, len(job.recipients))
             events = result_events(
                 job,
                 replies,
-                remote_host=remote_host,
+                remote_host=attempt.remote_host,
                 tls_version=attempt.tls_version,
                 worker=self._settings.instance,
                 now=datetime.now(UTC),
@@ -180,6 +217,7 @@ class DeliveryWorker:
             log.warning("delivery: fault %s: exiting before ack of %s", self._fault, job.job_id)
             os._exit(137)
         await msg.ack()
+        return session
 
     async def _body(self, queue_id: str) -> bytes | None:
         try:
@@ -190,9 +228,35 @@ class DeliveryWorker:
         return data if isinstance(data, bytes) else b""
 
 
+def _parse(msg: Msg) -> DeliveryJob | None:
+    try:
+        return DeliveryJob.model_validate_json(msg.data)
+    except ValidationError as exc:
+        log.error("delivery: dropping unreadable job on %s: %s", msg.subject, exc)
+        return None
+
+
+def _by_destination(msgs: list[Msg]) -> list[list[tuple[Msg, DeliveryJob | None]]]:
+    """Jobs grouped by destination in fetch order, JOBS_PER_SESSION at most per group;
+    unreadable ones alone (to be dropped)."""
+    groups: dict[str, list[tuple[Msg, DeliveryJob | None]]] = {}
+    for index, msg in enumerate(msgs):
+        job = _parse(msg)
+        key = job.destination.key if job is not None else f"unreadable:{index}"
+        groups.setdefault(key, []).append((msg, job))
+    return [
+        group[i : i + JOBS_PER_SESSION]
+        for group in groups.values()
+        for i in range(0, len(group), JOBS_PER_SESSION)
+    ]
+
+
 def _annotate(span: trace.Span, attempt: Attempt, codes: list[int]) -> None:
     transcript = attempt.transcript
     last = transcript.data or transcript.broken or transcript.mail
+    if attempt.endpoint is not None:
+        span.set_attribute("server.address", attempt.endpoint.ip)
+        span.set_attribute("server.port", attempt.endpoint.port)
     if last is not None:
         span.set_attribute("smtp.reply_code", last.code)
         span.set_attribute("smtp.status", last.enhanced_status)

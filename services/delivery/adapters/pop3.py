@@ -1,0 +1,105 @@
+"""POP3-before-SMTP: log in to the relay host's POP3 server so it lets our address relay.
+
+A small asyncio POP3 client (RFC 1939 USER/PASS, RFC 2595 STLS): greeting,
+CAPA, STLS when offered (and when `delivery.tls` allows it; `required` insists
+on it, since the password crosses the wire), USER, PASS, QUIT. A failure comes
+back as a stand-in `Reply` that defers the mail with a diagnostic that says what
+the POP3 server answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+
+from services.delivery.core.replies import AUTH_FAILED, CONNECT_FAILED, ENCRYPTION_NEEDED, Reply
+
+MAX_LINE = 4096
+MAX_CAPA_LINES = 100
+
+
+class _Pop3Error(Exception):
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.text)
+        self.reply = reply
+
+
+class _Conversation:
+    def __init__(
+        self, host: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, wait_s: float
+    ) -> None:
+        self.host = host
+        self.reader = reader
+        self.writer = writer
+        self.wait_s = wait_s  # for each reply
+
+    async def line(self) -> str:
+        raw = await asyncio.wait_for(self.reader.readline(), self.wait_s)
+        if not raw:
+            raise _Pop3Error(Reply(0, f"POP3 at {self.host}: connection closed", CONNECT_FAILED))
+        return raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r\n")
+
+    async def command(self, text: str, shown: str | None = None) -> str:
+        self.writer.write(text.encode() + b"\r\n")
+        await self.writer.drain()
+        answer = await self.line()
+        if not answer.startswith("+OK"):
+            what = shown or text.split(" ", 1)[0]
+            raise _Pop3Error(Reply(0, f"POP3 {what} at {self.host}: {answer}", AUTH_FAILED))
+        return answer
+
+    async def capabilities(self) -> set[str]:
+        try:
+            await self.command("CAPA")
+        except _Pop3Error:
+            return set()  # RFC 2449 is optional: no CAPA, no STLS
+        caps: set[str] = set()
+        for _ in range(MAX_CAPA_LINES):
+            entry = await self.line()
+            if entry == ".":
+                break
+            caps.add(entry.split(" ", 1)[0].upper())
+        return caps
+
+
+def _tls_context() -> ssl.SSLContext:
+    # Like the SMTP side: encrypt without verifying (relay hosts' certificates vary).
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+async def pop3_login(
+    host: str, port: int, user: str, password: str, tls: str, wait_s: float
+) -> Reply | None:
+    """None when the login succeeded, else the reply that defers the mail."""
+    try:
+        reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait_s)
+    except (OSError, TimeoutError) as exc:
+        return Reply(0, f"POP3 connect to {host}:{port}: {exc or 'timed out'}", CONNECT_FAILED)
+    talk = _Conversation(host, reader, writer, wait_s)
+    try:
+        greeting = await talk.line()
+        if not greeting.startswith("+OK"):
+            return Reply(0, f"POP3 at {host} refused us: {greeting}", CONNECT_FAILED)
+        if tls != "none":
+            if "STLS" in await talk.capabilities():
+                await talk.command("STLS")
+                await writer.start_tls(_tls_context())
+            elif tls == "required":
+                return Reply(0, f"POP3 at {host} does not offer STLS", ENCRYPTION_NEEDED)
+        await talk.command(f"USER {user}")
+        await talk.command(f"PASS {password}", shown="PASS")
+        with contextlib.suppress(_Pop3Error, OSError, TimeoutError):
+            await talk.command("QUIT")
+        return None
+    except _Pop3Error as exc:
+        return exc.reply
+    except (OSError, TimeoutError, ssl.SSLError) as exc:
+        return Reply(0, f"POP3 at {host}: {type(exc).__name__} {exc}".strip(), CONNECT_FAILED)
+    finally:
+        writer.close()
+        with contextlib.suppress(Exception):
+            await writer.wait_closed()
