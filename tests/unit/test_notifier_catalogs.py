@@ -34,8 +34,8 @@ def _read(path: Path, locale: str | None = None) -> Catalog:
         return read_po(source, locale=locale)
 
 
-def _key(msgid: str | tuple[str, ...]) -> str:
-    return msgid[0] if isinstance(msgid, tuple) else msgid
+def _key(msgid: object) -> str:
+    return str(msgid[0] if isinstance(msgid, tuple | list) else msgid)
 
 
 def _fields(text: str) -> set[str]:
@@ -76,11 +76,16 @@ def test_catalog_is_complete(lang: str) -> None:
     for key, message in ids.items():
         assert "fuzzy" not in message.flags, f"{lang}: fuzzy: {key!r}"
         assert message.id == TEMPLATE_IDS[key], f"{lang}: plural msgid differs: {key!r}"
-        forms = message.string if isinstance(message.string, tuple) else (message.string,)
+        forms = tuple(
+            str(f)
+            for f in (message.string if isinstance(message.string, tuple) else (message.string,))
+        )
         assert isinstance(message.string, tuple) == isinstance(message.id, tuple), key
         if isinstance(message.id, tuple):
             assert len(forms) == catalog.num_plurals, f"{lang}: plural forms of {key!r}"
-        english = message.id if isinstance(message.id, tuple) else (message.id,)
+        english = tuple(
+            str(e) for e in (message.id if isinstance(message.id, tuple) else (message.id,))
+        )
         expected = set().union(*(_fields(e) for e in english))
         for form in forms:
             assert form.strip(), f"{lang}: empty translation of {key!r}"

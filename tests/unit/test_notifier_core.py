@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
 import pytest
 
 from libs.common import languages
 from libs.common.config import ConfigError, load_config_text
 from libs.common.events import (
+    AnyEvent,
     Client,
     DeliverySucceeded,
     MessageDelayed,
@@ -93,14 +95,16 @@ def delayed(*addresses: str) -> MessageDelayed:
     )
 
 
-def delivered(*addresses: str, action: str = "delivered") -> RecipientsDelivered:
+def delivered(
+    *addresses: str, action: Literal["delivered", "relayed"] = "delivered"
+) -> RecipientsDelivered:
     return RecipientsDelivered(
         event_id="Q1.a1.delivered",
         queue_id="Q1",
         occurred_at=AT + timedelta(minutes=1),
         attempt=1,
         outcomes=tuple(
-            RecipientOutcome(address=a, action=action, status="2.0.0", last_attempt_at=AT)  # type: ignore[arg-type]
+            RecipientOutcome(address=a, action=action, status="2.0.0", last_attempt_at=AT)
             for a in addresses
         ),
     )
@@ -144,7 +148,12 @@ def test_delay_keeps_will_retry_until() -> None:
 # --- decide ---------------------------------------------------------------------------
 
 
-def _decide(event, message, headers=None, language="en"):  # type: ignore[no-untyped-def]
+def _decide(
+    event: AnyEvent,
+    message: MessageReceived,
+    headers: OriginalHeaders | None = None,
+    language: str = "en",
+) -> ReportPlan | NoReport:
     trigger = trigger_of(event)
     assert trigger is not None
     return decide(trigger, message, headers, POSTMASTER, language)
@@ -172,7 +181,7 @@ def _decide(event, message, headers=None, language="en"):  # type: ignore[no-unt
         (("SUCCESS", "FAILURE", "DELAY"), failed("bob@remote.test"), True),
     ],
 )
-def test_notify(notify: tuple[str, ...], event: object, reported: bool) -> None:
+def test_notify(notify: tuple[str, ...], event: AnyEvent, reported: bool) -> None:
     plan = _decide(event, received(Recipient(address="bob@remote.test", notify=notify)))
     assert isinstance(plan, ReportPlan) is reported
 

@@ -89,7 +89,7 @@ def status_blocks(report: EmailMessage) -> list[Message]:
     part = list(report.iter_parts())[1]
     blocks = part.get_payload()
     assert isinstance(blocks, list)
-    return blocks
+    return [b for b in blocks if isinstance(b, Message)]
 
 
 KINDS = {
@@ -154,7 +154,9 @@ def test_full_original_is_attached_byte_for_byte() -> None:
     _, raw = report_of(failed("bob@remote.test"))
     assert ORIGINAL in raw
     attached = list(parse(raw).iter_parts())[2]
-    inner = attached.get_payload()[0]
+    payload = attached.get_payload()
+    assert isinstance(payload, list) and isinstance(payload[0], Message)
+    inner = payload[0]
     assert inner["Message-ID"] == "<m1@example.test>"
 
 
@@ -201,25 +203,25 @@ def test_flufl_bounce_finds_the_failed_recipients_as_permanent() -> None:
     temporary, permanent = all_failures(email.message_from_bytes(raw))
     # flufl reads Original-Recipient first, as RFC 3464 intends.
     assert permanent == {b"Bob@Remote.test", b"carol@remote.test"}
-    assert temporary == set()
+    assert not temporary
 
 
 def test_flufl_bounce_finds_expired_recipients_as_permanent() -> None:
     _, raw = report_of(expired("carol@remote.test"))
     temporary, permanent = all_failures(email.message_from_bytes(raw))
-    assert (temporary, permanent) == (set(), {b"carol@remote.test"})
+    assert (temporary, permanent) == (frozenset(), frozenset({b"carol@remote.test"}))
 
 
 def test_flufl_bounce_finds_the_delayed_recipients_as_temporary() -> None:
     _, raw = report_of(delayed("bob@remote.test", "carol@remote.test"))
     temporary, permanent = all_failures(email.message_from_bytes(raw))
     assert temporary == {b"Bob@Remote.test", b"carol@remote.test"}
-    assert permanent == set()
+    assert not permanent
 
 
 def test_flufl_bounce_finds_nothing_in_a_success_report() -> None:
     _, raw = report_of(delivered("carol@remote.test"))
-    assert all_failures(email.message_from_bytes(raw)) == (set(), set())
+    assert all_failures(email.message_from_bytes(raw)) == (frozenset(), frozenset())
 
 
 TITLES = {
@@ -281,7 +283,8 @@ def test_non_ascii_recipient_makes_a_global_delivery_status() -> None:
     msg = received(Recipient(address="jose@ejemplo.test"), Recipient(address="josé@ejemplo.test"))
     _, raw = report_of(failed("josé@ejemplo.test"), msg=msg)
     report = email.message_from_bytes(raw, policy=policy.SMTPUTF8)
-    status = list(report.iter_parts())[1]  # type: ignore[attr-defined]
+    assert isinstance(report, EmailMessage)
+    status = list(report.iter_parts())[1]
     assert status.get_content_type() == "message/global-delivery-status"
     assert "Final-Recipient: utf-8; josé@ejemplo.test\r\nAction: failed" in raw.decode()
     assert "Final-Recipient: rfc822;" not in raw.decode()
