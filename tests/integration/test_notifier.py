@@ -423,6 +423,8 @@ async def test_end_to_end_failure_report_reaches_the_sender(
         parsed = parse(content)
         assert parsed["Subject"] == "Undelivered mail: figures"
         assert parsed["Auto-Submitted"] == "auto-replied"
+        # The queue kept the body until the notifier answered: the original is attached.
+        assert [p.get_content_type() for p in parsed.iter_parts()][2] == "message/rfc822"
         assert all_failures(email.message_from_bytes(content)) == (
             frozenset(),
             frozenset({b"bob@remote.test"}),

@@ -147,7 +147,10 @@ class NotifierProcessor:
 
     async def make_report(self, trigger: Trigger, received: MessageReceived) -> str | None:
         """Submit the report if one is due and not submitted yet; its queue id or None."""
-        original = await self._body(trigger.queue_id)
+        # A null-sender message that is not one of our reports never gets a report:
+        # no need to read what may be a large body.
+        wanted = received.mail_from != "" or received.report_of is not None
+        original = await self._body(trigger.queue_id) if wanted else None
         headers = read_headers(original) if original is not None else None
         plan = decide(trigger, received, headers, self._postmaster, self._language)
         if isinstance(plan, NoReport):
