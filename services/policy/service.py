@@ -7,26 +7,54 @@ from collections.abc import Callable
 from datetime import datetime
 
 from libs.common import subjects
-from libs.common.config import Config, ConfigError
+from libs.common.config import Config, ConfigError, IpGroup
 from libs.common.runtime import Context
 from libs.common.userhash import is_argon2id
+from services.policy.adapters.admin import BlocksEndpoints
+from services.policy.adapters.blocks import BlockStore
+from services.policy.adapters.connections import ConnectionCounter
+from services.policy.adapters.counters import SlidingCounters
+from services.policy.adapters.dns import SenderDomainResolver
+from services.policy.adapters.facts import FactFinder
 from services.policy.adapters.nats_micro import Lookups, PolicyEndpoints, utc_now
 from services.policy.adapters.passwords import PasswordChecker
 from services.policy.adapters.pop3_logins import Pop3LoginConsumer
 from services.policy.adapters.stores import FailedLoginCounter, GrantStore
-from services.policy.core import Account, AddressError, PolicyRules
+from services.policy.core import HOUR, Account, AddressError, PolicyRules, SecurityLimits
 
 log = logging.getLogger(__name__)
 
 
+def _group(config: Config, key: str, name: str | None) -> IpGroup | None:
+    if name is None:
+        return None
+    group = config.ip_group(name)
+    if group is None:
+        # The config model should have caught this; never fall back to "no group" silently.
+        raise ConfigError([f"{key}: no ip_groups entry named {name!r}"])
+    return group
+
+
+def limits_from_config(config: Config) -> SecurityLimits:
+    sec = config.security
+    return SecurityLimits(
+        exempt_ip_group=_group(config, "security.exempt_ip_group", sec.exempt_ip_group),
+        exempt_ip_group_name=sec.exempt_ip_group,
+        max_connections_per_ip=sec.max_connections_per_ip,
+        max_messages_per_hour_per_ip=sec.max_messages_per_hour_per_ip,
+        max_unknown_recipients=sec.directory_harvest.max_unknown_recipients,
+        block_for=sec.directory_harvest.block_for,
+        require_sender_domain_dns=sec.require_sender_domain_dns,
+        max_recipients=sec.max_recipients,
+        max_failed_commands=sec.max_failed_commands,
+        max_message_size=sec.max_message_size,
+        max_received_headers=sec.max_received_headers,
+    )
+
+
 def rules_from_config(config: Config) -> PolicyRules:
     group_name = config.relay.allowed_ip_group
-    group = None
-    if group_name is not None:
-        group = config.ip_group(group_name)
-        if group is None:
-            # The config model should have caught this; never fall back to "no group" silently.
-            raise ConfigError([f"relay.allowed_ip_group: no ip_groups entry named {group_name!r}"])
+    group = _group(config, "relay.allowed_ip_group", group_name)
     accounts = [
         Account(address=u.address, password_hash=u.password_hash, aliases=tuple(u.aliases))
         for u in config.users
@@ -42,6 +70,7 @@ def rules_from_config(config: Config) -> PolicyRules:
             pop3_grant=pop3.duration if pop3.enabled else None,
             accounts=accounts,
             postmaster=config.server.postmaster_address,
+            limits=limits_from_config(config),
         )
     except AddressError as exc:
         raise ConfigError([f"users: {exc.reason}"]) from None
@@ -63,12 +92,31 @@ class PolicyService:
         self.rules = rules_from_config(ctx.config)
         self.grants = GrantStore(ctx.js)
         self.passwords = PasswordChecker()
+        failures = FailedLoginCounter(ctx.js)
+        counters = SlidingCounters(ctx.js, HOUR)
+        blocks = BlockStore(ctx.js)
+        dns_config = ctx.config.dns
+        resolver = None
+        if self.rules.limits.require_sender_domain_dns:
+            resolver = SenderDomainResolver(
+                [(s.host, s.port) for s in dns_config.servers], dns_config.timeout.total_seconds()
+            )
+        facts = FactFinder(
+            self.rules,
+            counters=counters,
+            blocks=blocks,
+            connections=ConnectionCounter(ctx.js),
+            dns=resolver,
+            failures=failures,
+        )
         lookups = Lookups(
             passwords=self.passwords,
             grants=self.grants if self.rules.pop3_grant is not None else None,
-            failures=FailedLoginCounter(ctx.js),
+            failures=failures,
+            facts=facts,
         )
         self.endpoints = PolicyEndpoints(self.rules, clock, lookups)
+        self.blocks_api = BlocksEndpoints(blocks, counters, clock)
         self.pop3_logins: Pop3LoginConsumer | None = None
         if self.rules.pop3_grant is not None:
             self.pop3_logins = Pop3LoginConsumer(ctx.js, self.grants, self.rules.pop3_grant, clock)
@@ -80,6 +128,7 @@ class PolicyService:
         if self.pop3_logins is not None:
             await self.pop3_logins.start()
         await self.endpoints.register(self.ctx.micro)
+        await self.blocks_api.register(self.ctx.micro)
         # "Started" must mean "answering", or the first requests get "no responders".
         # nats-py 2.16 writes flush()'s PING straight to the socket, ahead of SUBs still
         # buffered, so one PONG proves nothing; the second PING goes out after them.
@@ -95,6 +144,18 @@ class PolicyService:
             self.rules.relay_for_authenticated,
             self.rules.pop3_grant or "off",
             len(self.rules.directory),
+        )
+        limits = self.rules.limits
+        log.info(
+            "limits per client address (0 = none): %d connections, %d messages/hour, "
+            "%d unknown recipients then blocked for %s; sender domain DNS %s; "
+            "exempt group %s",
+            limits.max_connections_per_ip,
+            limits.max_messages_per_hour_per_ip,
+            limits.max_unknown_recipients,
+            limits.block_for,
+            "required" if limits.require_sender_domain_dns else "not checked",
+            limits.exempt_ip_group_name,
         )
 
     async def stop(self) -> None:

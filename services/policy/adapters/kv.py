@@ -15,6 +15,7 @@ from nats.js.kv import KeyValue
 # JSStreamWrongLastSequenceErrF and its constant variant: someone wrote first.
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 MIN_TTL_S = 1
+MARKER_TTL_S = 60.0
 
 
 class Bucket:
@@ -23,13 +24,31 @@ class Bucket:
         self.name = name
         self._kv: KeyValue | None = None
 
-    async def get(self, key: str) -> KeyValue.Entry | None:
+    async def _bucket(self) -> KeyValue:
         if self._kv is None:
             self._kv = await self._js.key_value(self.name)
+        return self._kv
+
+    async def get(self, key: str) -> KeyValue.Entry | None:
+        kv = await self._bucket()
         try:
-            return await self._kv.get(key)
+            return await kv.get(key)
         except KeyNotFoundError:
             return None
+
+    async def purge(self, key: str, marker_ttl_s: float = MARKER_TTL_S) -> None:
+        """Remove the key; the purge marker itself expires, so none piles up."""
+        kv = await self._bucket()
+        await kv.purge(key, msg_ttl=max(MIN_TTL_S, marker_ttl_s))
+
+    async def keys(self) -> list[str]:
+        """Keys with a message (live values and not yet expired purge markers).
+
+        One stream-info request instead of a consumer per listing.
+        """
+        prefix = f"$KV.{self.name}."
+        info = await self._js.stream_info(f"KV_{self.name}", subjects_filter=f"{prefix}>")
+        return sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
 
     async def swap(self, key: str, value: bytes, last_revision: int, ttl_s: float) -> bool:
         """Write if the key is still at `last_revision` (0: absent); False when it moved on."""

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from nats.micro.request import Handler, Request
@@ -21,11 +22,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
 from libs.common import subjects
+from libs.common.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
 from libs.common.policy_api import PolicyDecision, PolicyQuery
 from libs.common.telemetry import context_from_headers, tracer
+from services.policy.adapters.facts import FactFinder, LimitsUnavailable
 from services.policy.adapters.passwords import PasswordChecker
 from services.policy.adapters.stores import FailedLoginCounter, GrantStore
-from services.policy.core import NO_FACTS, Facts, PolicyRules, decide, wants_pop3_grant
+from services.policy.core import NO_FACTS, Facts, PolicyRules, decide, needs, wants_pop3_grant
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -45,6 +48,14 @@ GRANTS_UNAVAILABLE = PolicyDecision(
     rule="pop3_grants_unavailable",
 )
 
+LIMITS_UNAVAILABLE = PolicyDecision(
+    action="defer",
+    code=451,
+    status="4.3.0",
+    message="Limits cannot be checked now, try again later",
+    rule="limits_unavailable",
+)
+
 
 @dataclass
 class Lookups:
@@ -53,6 +64,7 @@ class Lookups:
     passwords: PasswordChecker | None = None
     grants: GrantStore | None = None
     failures: FailedLoginCounter | None = None
+    facts: FactFinder | None = None
 
 
 class PolicyEndpoints:
@@ -111,7 +123,10 @@ class PolicyEndpoints:
                 log.warning("policy %s: malformed request: %s", stage, query)
                 await request.respond_error("400", query)
                 return
+            started = time.perf_counter()
             decision = await self._decide(query)
+            POLICY_DECISION_SECONDS.labels(stage).observe(time.perf_counter() - started)
+            POLICY_DECISIONS.labels(stage, decision.action, decision.rule).inc()
             span.set_attribute("mailbus.policy.rule", decision.rule)
             span.set_attribute("mailbus.policy.code", decision.code)
             span.set_attribute("mailbus.session.id", query.session.session_id)
@@ -119,29 +134,49 @@ class PolicyEndpoints:
                 self._log_refusal(query, decision)
             await request.respond(decision.model_dump_json().encode())
 
+    async def _facts(self, query: PolicyQuery) -> Facts:
+        finder = self._lookups.facts
+        if finder is None:
+            return NO_FACTS
+        return await finder.gather(needs(query, self._rules), query)
+
     async def _decide(self, query: PolicyQuery) -> PolicyDecision:
         if query.stage == "auth":
             return await self._authenticate(query)
-        decision = decide(query, self._rules, self._clock())
-        grants = self._lookups.grants
-        if grants is None or not wants_pop3_grant(decision, self._rules):
-            return decision
         try:
-            grant = await grants.get(query.session.client_ip)
-        except Exception as exc:
-            log.warning("pop3 grants unreadable: %s: %s", type(exc).__name__, exc)
-            return GRANTS_UNAVAILABLE
-        return decide(query, self._rules, self._clock(), Facts(pop3_grant=grant))
+            facts = await self._facts(query)
+        except LimitsUnavailable:
+            return LIMITS_UNAVAILABLE
+        decision = decide(query, self._rules, self._clock(), facts)
+        grants = self._lookups.grants
+        if grants is not None and wants_pop3_grant(decision, self._rules):
+            try:
+                grant = await grants.get(query.session.client_ip)
+            except Exception as exc:
+                log.warning("pop3 grants unreadable: %s: %s", type(exc).__name__, exc)
+                return GRANTS_UNAVAILABLE
+            decision = decide(query, self._rules, self._clock(), replace(facts, pop3_grant=grant))
+        if self._lookups.facts is not None:
+            decision = await self._lookups.facts.record(query, decision, self._clock())
+        return decision
 
     async def _authenticate(self, query: PolicyQuery) -> PolicyDecision:
-        facts = NO_FACTS
+        try:
+            facts = await self._facts(query)
+        except LimitsUnavailable:
+            return LIMITS_UNAVAILABLE
         account = self._rules.directory.login(query.username or "")
         checker = self._lookups.passwords
+        # Decided first without the password: an address over its failed-login limit
+        # costs no password check at all.
+        decision = decide(query, self._rules, self._clock(), facts)
+        if decision.rule != "auth_failed":
+            return decision
         if checker is not None and query.session.tls:
             # Unknown accounts are checked too (against a dummy): same time, nothing learnt.
             stored = account.password_hash if account is not None else None
-            facts = Facts(password_ok=await checker.verify(stored, query.password or ""))
-        decision = decide(query, self._rules, self._clock(), facts)
+            ok = await checker.verify(stored, query.password or "")
+            decision = decide(query, self._rules, self._clock(), replace(facts, password_ok=ok))
         if decision.rule == "auth_failed":
             await self._count_failure(query)
         return decision

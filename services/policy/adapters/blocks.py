@@ -1,0 +1,111 @@
+"""Blocks in KV (what every replica checks) and as events (the history operators read).
+
+The live block is the key `token(address)` of BLOCKS_BUCKET, written with
+compare-and-set so that two replicas reaching the limit together make one
+block, and expiring a minute after the block ends (the core decides with its
+own clock; the TTL only cleans up). Each block made or lifted is also an
+event on MAILBUS_ACCESS (ClientBlocked, ClientUnblocked) with a deterministic
+id, so a retried publish is deduplicated.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta
+
+from nats.js import JetStreamContext
+
+from libs.common import bus, subjects
+from libs.common.events import ClientBlocked, ClientUnblocked, event_type
+from services.policy.adapters.kv import Bucket
+from services.policy.adapters.stores import CAS_ATTEMPTS, ContentionError
+from services.policy.core import Block, BlockFormatError
+from services.policy.core.blocks import unblock_event_id
+
+log = logging.getLogger(__name__)
+
+BLOCK_TTL_MARGIN = timedelta(seconds=60)
+
+
+class BlockStore:
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self._bucket = Bucket(js, subjects.BLOCKS_BUCKET)
+
+    async def get(self, client_ip: str) -> Block | None:
+        entry = await self._bucket.get(subjects.token(client_ip))
+        if entry is None or entry.value is None:
+            return None
+        return _decode(client_ip, entry.value)
+
+    async def impose(self, block: Block, now: datetime) -> tuple[Block, bool]:
+        """Store the block unless one is active already; (the block in force, made now?)."""
+        key = subjects.token(block.client_ip)
+        ttl = (block.end + BLOCK_TTL_MARGIN - now).total_seconds()
+        for _ in range(CAS_ATTEMPTS):
+            entry = await self._bucket.get(key)
+            current = None
+            if entry is not None and entry.value is not None:
+                current = _decode(block.client_ip, entry.value)
+            if current is not None and current.active_at(now):
+                return current, False
+            revision = entry.revision if entry is not None and entry.revision else 0
+            if await self._bucket.swap(key, block.encode(), revision, ttl):
+                await self._publish_blocked(block)
+                return block, True
+        raise ContentionError(f"block of {block.client_ip}: {CAS_ATTEMPTS} concurrent writes")
+
+    async def lift(self, client_ip: str, now: datetime, operator: str) -> Block | None:
+        """Remove the block of an address; returns it (None when there was none)."""
+        current = await self.get(client_ip)
+        await self._bucket.purge(subjects.token(client_ip))
+        active = current if current is not None and current.active_at(now) else None
+        start = active.start if active is not None else now
+        event = ClientUnblocked(
+            event_id=unblock_event_id(client_ip, start),
+            occurred_at=now,
+            client_ip=client_ip,
+            block_start=active.start if active is not None else None,
+            operator=operator,
+        )
+        await bus.publish_model(
+            self._js, subjects.access_subject(event_type(event)), event, msg_id=event.event_id
+        )
+        return active
+
+    async def active(self, now: datetime) -> list[Block]:
+        found: list[Block] = []
+        for key in await self._bucket.keys():
+            entry = await self._bucket.get(key)
+            if entry is None or entry.value is None:
+                continue  # a purge marker
+            block = _decode(key, entry.value)
+            if block is not None and block.active_at(now):
+                found.append(block)
+        return sorted(found, key=lambda b: (b.start, b.client_ip))
+
+    async def _publish_blocked(self, block: Block) -> None:
+        event = ClientBlocked(
+            event_id=block.event_id,
+            occurred_at=block.start,
+            client_ip=block.client_ip,
+            reason=block.reason,
+            rule=block.rule,
+            start=block.start,
+            end=block.end,
+        )
+        try:
+            await bus.publish_model(
+                self._js, subjects.access_subject(event_type(event)), event, msg_id=event.event_id
+            )
+        except Exception as exc:
+            # The block is in force (the KV write succeeded); only its history entry is missing.
+            log.error("block of %s not recorded as an event: %s", block.client_ip, exc)
+
+
+def _decode(where: str, value: bytes) -> Block | None:
+    try:
+        return Block.decode(value)
+    except BlockFormatError as exc:
+        log.warning("block %s ignored: %s", where, exc)
+        return None
