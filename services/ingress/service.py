@@ -11,6 +11,7 @@ from libs.common.runtime import Context
 from libs.common.submission import MessageStore
 from libs.common.tlsutil import server_context
 from services.ingress.adapters.handler import IngressHandler
+from services.ingress.adapters.leases import ConnectionLeases, lease_ttl
 from services.ingress.adapters.pop3 import Pop3Server, Pop3Settings
 from services.ingress.adapters.smtp import IngressSMTP, ListenerSettings, Sessions
 
@@ -25,6 +26,8 @@ class IngressService:
         self.sessions = Sessions()
         self._servers: list[asyncio.Server] = []
         self._pop3: list[Pop3Server] = []
+        # Counted connections, when security.max_connections_per_ip is set.
+        self.leases: ConnectionLeases | None = None
         # Where each listener is bound, by name: with port 0 the system chose it.
         self.addresses: dict[str, tuple[str, int]] = {}
 
@@ -40,6 +43,9 @@ class IngressService:
         policy = PolicyClient(self.ctx.nc, timeout=config.policy.timeout.total_seconds())
         store = MessageStore(self.ctx.js)
         size = config.security.max_message_size
+        if config.security.max_connections_per_ip:
+            self.leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
+            self.leases.start()
         hidden_group = config.relay.hide_local_ip_group
         hidden = config.ip_group(hidden_group) if hidden_group else None
         try:
@@ -50,10 +56,11 @@ class IngressService:
                     tls=entry.tls,
                     require_auth=entry.require_auth,
                     data_size_limit=size or None,
+                    max_failed_commands=config.security.max_failed_commands,
                     proxy_protocol=entry.proxy_protocol,
                     hidden_clients=hidden,
                 )
-                handler = IngressHandler(settings, policy, store, self.sessions)
+                handler = IngressHandler(settings, policy, store, self.sessions, leases=self.leases)
                 await self._listen(handler, entry.host, entry.port, tls_context)
             for entry in config.pop3_listeners:
                 pop3 = Pop3Server(
@@ -105,6 +112,8 @@ class IngressService:
             await self.sessions.wait_empty(DRAIN_TIMEOUT_S)
         await asyncio.gather(*(pop3.stop(DRAIN_TIMEOUT_S) for pop3 in self._pop3))
         await self._close_servers()
+        if self.leases is not None:
+            await self.leases.stop()
 
     async def _close_servers(self) -> None:
         for server in self._servers:

@@ -46,6 +46,8 @@ listeners:
   - {name: proxied, address: "127.0.0.1:0", tls: none, proxy_protocol: true}
 policy:
   timeout: 2s
+security:
+  require_sender_domain_dns: false  # the senders here have no DNS; tested in test_security_limits
 """
 
 MESSAGE = (

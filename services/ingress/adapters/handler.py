@@ -18,10 +18,12 @@ from opentelemetry.trace import Span
 
 from libs.common.events import Client, MessageReceived, Recipient
 from libs.common.ids import new_queue_id
+from libs.common.metrics import SMTPD_MESSAGE_BYTES, SMTPD_MESSAGES_ACCEPTED
 from libs.common.policy_api import PolicyClient, PolicyDecision, PolicyQuery
 from libs.common.submission import MessageStore, StoreError
 from libs.common.telemetry import current_traceparent
 from services.ingress.adapters.auth import read_credentials
+from services.ingress.adapters.leases import ConnectionLeases
 from services.ingress.core import replies, smuggling
 from services.ingress.core.received import count_received, received_header, with_protocol
 
@@ -44,12 +46,14 @@ class IngressHandler:
         store: MessageStore,
         sessions: Sessions,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        leases: ConnectionLeases | None = None,
     ) -> None:
         self.settings = settings
         self.policy = policy
         self.store = store
         self.sessions = sessions
         self.clock = clock
+        self.leases = leases
 
     async def on_connect(self, server: IngressSMTP) -> str | None:
         """None to greet; otherwise the reply to send before closing."""
@@ -57,8 +61,24 @@ class IngressHandler:
             query = PolicyQuery(stage="connect", session=server.policy())
             decision = await self._ask(query, span)
         if decision.accepted:
+            server.apply_limits(decision.limits)
             return None
+        server.refusals.note(decision.rule)
         return replies.closing_reply(decision.code, decision.status, decision.message)
+
+    async def handle_EHLO(
+        self,
+        server: IngressSMTP,
+        session: Session,
+        envelope: IngressEnvelope,
+        hostname: str,
+        responses: list[str],
+    ) -> list[str]:
+        """aiosmtpd advertises `SIZE n` for a limit; with none, RFC 1870 still has `SIZE`."""
+        session.host_name = hostname
+        if not server.data_size_limit and not any(r[4:].startswith("SIZE") for r in responses):
+            responses.insert(1, "250-SIZE")
+        return responses
 
     async def handle_MAIL(
         self,
@@ -120,6 +140,7 @@ class IngressHandler:
         content = envelope.original_content or b""
         bare = smuggling.refusal(content)
         if bare is not None:
+            server.refusals.note("smuggling")
             log.warning(
                 "session %s: message from %s refused: bare line break (smuggling attempt?)",
                 server.session_id,
@@ -146,7 +167,10 @@ class IngressHandler:
             try:
                 await asyncio.shield(self.sessions.track(self.store.accept(body, event)))
             except StoreError:
+                server.refusals.note("queue_unavailable")
                 return replies.QUEUE_UNAVAILABLE
+        SMTPD_MESSAGES_ACCEPTED.labels(self.settings.name).inc()
+        SMTPD_MESSAGE_BYTES.labels(self.settings.name).inc(len(body))
         log.info("%s: queued from %s, %d recipient(s)", qid, server.peer[0], len(event.recipients))
         return replies.accepted(qid)
 

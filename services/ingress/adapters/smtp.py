@@ -1,8 +1,10 @@
 """The SMTP protocol of one session: aiosmtpd's, with mailbus's greeting, replies and drain.
 
-Policy at connect runs before the greeting; every reply gets an RFC 3463
-enhanced status code; each session is one SERVER span whose children are its
-stages. The listener's hooks (policy, acceptance) are in `handler.py`.
+Policy at connect runs before the greeting (the connection already holding its
+lease, so policy counts it); every reply gets an RFC 3463 enhanced status code
+and every refusal is counted by stage and rule, up to `max_failed_commands`;
+DATA is read in bounded memory; each session is one SERVER span whose children
+are its stages. The listener's hooks (policy, acceptance) are in `handler.py`.
 """
 
 from __future__ import annotations
@@ -19,16 +21,21 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, AnyStr, Protocol
 
 from aiosmtpd.proxy_protocol import get_proxy
-from aiosmtpd.smtp import SMTP, Envelope
+from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from libs.common.events import TlsInfo
-from libs.common.policy_api import PolicyDecision
+from libs.common.metrics import SMTPD_CONNECTIONS, SMTPD_SESSIONS_ACTIVE
+from libs.common.policy_api import PolicyDecision, SessionLimits
 from libs.common.policy_api import Session as PolicySession
 from libs.common.telemetry import tracer
+from services.ingress.adapters.data import read_message
+from services.ingress.adapters.refusals import Refusals
 from services.ingress.core import replies
+from services.ingress.core.data import DataAssembler, DataState
 from services.ingress.core.paths import split_path
+from services.ingress.core.refusals import FAILED_COMMANDS_RULE, TOO_MANY_FAILURES
 
 if TYPE_CHECKING:
     from services.ingress.adapters.handler import IngressHandler
@@ -56,6 +63,8 @@ class ListenerSettings:
     tls: str  # none | starttls | implicit
     require_auth: bool = False
     data_size_limit: int | None = None
+    # Until policy's connect answer says otherwise (security.max_failed_commands).
+    max_failed_commands: int = 0
     proxy_protocol: bool = False
     # relay.hide_local_ip_group: Received headers leave these clients out.
     hidden_clients: IpMatcher | None = None
@@ -145,6 +154,7 @@ class IngressSMTP(SMTP):
         self._in_helo = False
         self._close_after_reply = False
         self._proxied_peer: tuple[str, int] | None = None
+        self.refusals = Refusals(self.session_id, s.max_failed_commands)
         self._smtp_methods = {
             name: self._command(name, method) for name, method in self._smtp_methods.items()
         }
@@ -160,10 +170,15 @@ class IngressSMTP(SMTP):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.sessions.add(self)
+        SMTPD_CONNECTIONS.labels(self.settings.name).inc()
+        SMTPD_SESSIONS_ACTIVE.labels(self.settings.name).inc()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.sessions.discard(self)
+        SMTPD_SESSIONS_ACTIVE.labels(self.settings.name).dec()
+        if self.handler.leases is not None:
+            self.handler.leases.release(self.session_id)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
@@ -171,6 +186,9 @@ class IngressSMTP(SMTP):
             self._close()
             return
         ip, port = self.peer
+        self.refusals.client = ip
+        if self.handler.leases is not None:
+            await self.handler.leases.acquire(self.session_id, ip, self.settings.name)
         attributes: dict[str, str | int] = {
             "client.address": ip,
             "client.port": port,
@@ -199,6 +217,7 @@ class IngressSMTP(SMTP):
             log.exception("session %s: at connect", self.session_id)
             if self.span is not None:
                 self.span.record_exception(exc)
+            self.refusals.note("internal_error")
             return replies.closing_reply(421, "4.3.0", "Internal error, try again later")
         if refusal is None and self.sessions.draining:
             return replies.SHUTTING_DOWN
@@ -220,14 +239,23 @@ class IngressSMTP(SMTP):
     async def push(self, status: AnyStr) -> None:
         if isinstance(status, bytes):  # AUTH challenges: 334, no enhanced code
             await super().push(status)
-        elif self._greeting_pending:
+            return
+        if self._greeting_pending:
             self._greeting_pending = False
-            await super().push(status)
+            line = str(status)
         elif self._in_helo:
-            await super().push(status)
+            line = str(status)
         else:
             # RFC 2034 section 3: every reply but the greeting and HELO/EHLO's has one.
-            await super().push(replies.enhance(status))
+            line = replies.enhance(str(status))
+        limit_reached = self.refusals.sent(line)
+        await super().push(line)
+        if limit_reached and not self._close_after_reply:
+            # As Postfix's smtpd_hard_error_limit: the last failure is answered, then 421.
+            self._close_after_reply = True
+            self.refusals.note(FAILED_COMMANDS_RULE)
+            await self.push(TOO_MANY_FAILURES)
+            self._close()
 
     async def handle_exception(self, error: Exception) -> str:
         # A bug or a lost NATS connection: the transaction is void and the client retries.
@@ -235,7 +263,47 @@ class IngressSMTP(SMTP):
         if self.span is not None:
             self.span.record_exception(error)
         self.envelope = self._create_envelope()
+        self.refusals.note("internal_error")
         return replies.INTERNAL_ERROR
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA, reading the message through a bounded DataAssembler."""
+        if await self.check_helo_needed():
+            return
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        assembler = DataAssembler(self.data_size_limit, self.line_length_limit)
+        try:
+            await read_message(self._reader, assembler)
+        except asyncio.CancelledError:
+            self._writer.close()  # the client hung up in the middle of the message
+            raise
+        # Only now, after the whole message was read (RFC 5321 section 4.2.5).
+        if assembler.state is DataState.TOO_MUCH:
+            self.refusals.note("max_message_size")
+            self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+            await self.push(replies.too_big(self.data_size_limit or 0))
+            return
+        if assembler.state is DataState.TOO_LONG:
+            self.refusals.note("line_too_long")
+            self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+            await self.push(replies.LINE_TOO_LONG)
+            return
+        content = assembler.content()
+        self.envelope.content = content
+        self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+        await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_HELO(self, hostname: str) -> None:
         await self._helo_reply(super().smtp_HELO(hostname))
@@ -306,8 +374,19 @@ class IngressSMTP(SMTP):
         finally:
             self._busy -= 1
 
+    def apply_limits(self, limits: SessionLimits | None) -> None:
+        """What policy set at connect for this session; None keeps the listener's defaults."""
+        if limits is None:
+            return
+        self.data_size_limit = limits.max_message_size or None
+        self.refusals.max_failed_commands = limits.max_failed_commands
+        if limits.exempt and self.handler.leases is not None:
+            # Connections of the exempt group are never limited: no need to count them.
+            self.handler.leases.release(self.session_id)
+
     def refuse(self, decision: PolicyDecision) -> str:
         """Policy's reply verbatim; `disconnect` also ends the session after it."""
+        self.refusals.note(decision.rule)
         if decision.action == "disconnect":
             self._close_after_reply = True
             return replies.closing_reply(decision.code, decision.status, decision.message)
@@ -320,6 +399,7 @@ class IngressSMTP(SMTP):
 
         @functools.wraps(method)
         async def run(arg: str | None) -> None:
+            self.refusals.command(name)
             if self.sessions.draining and name == "MAIL":
                 await self._shut_down()
                 return
@@ -328,6 +408,8 @@ class IngressSMTP(SMTP):
                 await method(arg)
             finally:
                 self._busy -= 1
+                # Replies outside any command (an unknown one, a line too long) count here.
+                self.refusals.command("session")
             if self._close_after_reply:
                 self._close()
             elif self.sessions.draining and self.idle:

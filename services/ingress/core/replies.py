@@ -47,6 +47,7 @@ DEFAULT_STATUS: dict[int, str] = {
 SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
 INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
 QUEUE_UNAVAILABLE = "451 4.3.0 Queue unavailable, try again later"
+LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 section 4.5.3.1.6)"
 
 
 def enhance(reply: str) -> str:
@@ -72,6 +73,11 @@ def closing_reply(code: int, status: str, message: str) -> str:
     if code // 100 == 4:
         code = 421
     return format_reply(code, status, message)
+
+
+def too_big(limit: int) -> str:
+    """DATA past max_message_size: nothing of it was kept (RFC 1870's 552 with 5.3.4)."""
+    return f"552 5.3.4 Message size exceeds the limit of {limit} bytes; nothing was stored"
 
 
 def accepted(qid: str) -> str:
