@@ -4,6 +4,7 @@ mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
 mailbus config check FILE                   validate, print the effective config
 mailbus user hash                           print the argon2id hash of a password
 mailbus queue list|show|retry|hold|release|delete   the delivery queue (libs.common.queuectl)
+mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (libs.common.blocksctl)
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def build_parser() -> argparse.ArgumentParser:
     from libs.common.queuectl import add_parser as add_queue_parser
 
     add_queue_parser(sub)
+
+    from libs.common.blocksctl import add_parser as add_blocks_parser
+
+    add_blocks_parser(sub)
     return parser
 
 
