@@ -380,11 +380,11 @@ async def test_max_delivery_threads_caps_all_workers_together(
     services: list[Running],
 ) -> None:
     sink, port = sink_factory(data_delay=0.4)
-    config = make_config(port, threads=2)
+    config = make_config(port, threads=3)
     services.append(await start_queue(config, nats_server))
-    for _ in range(3):  # 3 workers x 2 local slots, but 2 deliveries at a time in all
+    for _ in range(3):  # 3 workers x 3 local slots, but 3 sessions at a time in all
         services.append(await start_delivery(config, nats_server))
-    qids = [f"QCAP{i}" for i in range(6)]
+    qids = [f"QCAP{i}" for i in range(9)]
     for qid in qids:
         await receive(js, qid, [f"{qid.lower()}@remote.test"])
 
@@ -392,9 +392,11 @@ async def test_max_delivery_threads_caps_all_workers_together(
         counts = [await count_of(js, q, "MessageCompleted") for q in qids]
         return all(c == 1 for c in counts)
 
-    await eventually(all_completed, "six completed messages", within=30)
-    assert len(sink.received) == 6
-    assert 1 <= sink.max_in_data <= 2
+    await eventually(all_completed, "nine completed messages", within=30)
+    assert len(sink.received) == 9
+    # never more than 3 SMTP sessions open at the sink at once, and more than one
+    assert 2 <= sink.max_sessions_open <= 3
+    assert sink.max_in_data <= 3
 
 
 async def test_stop_finishes_the_delivery_in_flight(

@@ -6,22 +6,33 @@ import asyncio
 import datetime as dt
 import socket
 import ssl
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import pytest
 from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 
+class RelayGate(Protocol):
+    """Who may relay: e.g. a POP3 server that remembers the addresses that logged in."""
+
+    def authorized(self, ip: str) -> bool: ...
+
+
 @dataclass
 class Sink:
-    """Records every transaction; answers RCPT from `replies` when the address is there."""
+    """Records every transaction; answers RCPT from `replies` when the address is there.
+
+    `relay_gate` set: RCPT is refused (554 5.7.1) unless the client's address passes it.
+    """
 
     replies: dict[str, str] = field(default_factory=dict)
     received: list[tuple[str, list[str], bytes]] = field(default_factory=list)
@@ -29,10 +40,27 @@ class Sink:
     data_delay: float = 0.0  # a slow server: seconds spent before answering DATA
     in_data: int = 0
     max_in_data: int = 0
+    relay_gate: RelayGate | None = None
+    # SMTP sessions (connections): open now, the most at once, and in all.
+    sessions_open: int = 0
+    max_sessions_open: int = 0
+    sessions: int = 0
+    mail_from_seen: int = 0  # MAIL commands: more than `sessions` means reused sessions
+    auth_logins: list[str] = field(default_factory=list)
+
+    async def handle_MAIL(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.mail_from_seen += 1
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
     ) -> str:
+        if self.relay_gate is not None and not self.relay_gate.authorized(session.peer[0]):
+            return "554 5.7.1 Relay access denied"
         reply = self.replies.get(address)
         if reply is not None:
             return reply
@@ -51,9 +79,54 @@ class Sink:
         return "250 2.0.0 queued"
 
 
-def free_port() -> int:
+class _CountingSMTP(SMTP):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        sink: Sink = self.event_handler
+        sink.sessions += 1
+        sink.sessions_open += 1
+        sink.max_sessions_open = max(sink.max_sessions_open, sink.sessions_open)
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        self.event_handler.sessions_open -= 1
+        super().connection_lost(error)
+
+
+class _BrokenTlsSMTP(_CountingSMTP):
+    """Offers STARTTLS, says yes, then sends garbage instead of a TLS handshake."""
+
+    async def smtp_STARTTLS(self, arg: str) -> None:
+        await self.push("220 2.0.0 Ready to start TLS")
+        assert isinstance(self.transport, asyncio.WriteTransport)
+        self.transport.write(b"this is not a TLS server hello\r\n" * 8)
+        self.transport.close()
+
+
+class _SinkController(Controller):
+    smtp_class: type[SMTP] = _CountingSMTP
+
+    def factory(self) -> SMTP:
+        with warnings.catch_warnings():
+            # AUTH over plain text is what these tests want.
+            warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
+            return self.smtp_class(self.handler, **self.SMTP_kwargs)
+
+
+def password_checker(users: dict[str, str], sink: Sink) -> Callable[..., AuthResult]:
+    def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        if isinstance(data, LoginPassword):
+            user, password = data.login.decode(), data.password.decode()
+            if users.get(user) == password:
+                sink.auth_logins.append(user)
+                return AuthResult(success=True)
+        return AuthResult(success=False, handled=False)
+
+    return check
+
+
+def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
+        s.bind((host, 0))
         port: int = s.getsockname()[1]
         return port
 
@@ -94,12 +167,29 @@ def sink_factory() -> Iterator[Callable[..., tuple[Sink, int]]]:
         replies: dict[str, str] | None = None,
         tls: ssl.SSLContext | None = None,
         data_delay: float = 0.0,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        users: dict[str, str] | None = None,
+        relay_gate: RelayGate | None = None,
+        broken_tls: bool = False,
     ) -> tuple[Sink, int]:
-        sink = Sink(replies or {}, data_delay=data_delay)
-        port = free_port()
+        """`users`: AUTH required with one of these (user -> password), over plain text too.
+        `broken_tls` (with `tls`): STARTTLS is offered but every handshake fails."""
+        sink = Sink(replies or {}, data_delay=data_delay, relay_gate=relay_gate)
+        port = port or free_port(host)
         extra: dict[str, Any] = {"tls_context": tls, "require_starttls": False} if tls else {}
-        controller = Controller(sink, hostname="127.0.0.1", port=port, **extra)
+        if users is not None:
+            extra |= {
+                "authenticator": password_checker(users, sink),
+                "auth_required": True,
+                "auth_require_tls": False,
+            }
+        controller = _SinkController(sink, hostname=host, port=port, **extra)
+        if broken_tls:
+            controller.smtp_class = _BrokenTlsSMTP
         controller.start()
+        # start() made one connection of its own to check the server is up: not ours.
+        sink.sessions = sink.max_sessions_open = 0
         controllers.append(controller)
         return sink, port
 

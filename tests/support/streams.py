@@ -83,3 +83,11 @@ async def results_by_recipient(js: JetStreamContext, qid: str) -> dict[str, Deli
 
 async def results_count(js: JetStreamContext, qid: str) -> int:
     return sum(t in RESULTS for t in types(await history(js, qid)))
+
+
+async def timers_of(js: JetStreamContext, qid: str) -> int:
+    """Schedules and fired timers the message still has in MAILBUS_TIMERS."""
+    info = await js.stream_info(
+        subjects.TIMERS_STREAM, subjects_filter=subjects.message_timers_filter(qid)
+    )
+    return sum((info.state.subjects or {}).values())
