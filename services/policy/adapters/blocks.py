@@ -17,8 +17,8 @@ from nats.js import JetStreamContext
 
 from libs.common import bus, subjects
 from libs.common.events import ClientBlocked, ClientUnblocked, event_type
-from services.policy.adapters.kv import Bucket
-from services.policy.adapters.stores import CAS_ATTEMPTS, ContentionError
+from services.policy.adapters.kv import CAS_ATTEMPTS, Bucket, backoff
+from services.policy.adapters.stores import ContentionError
 from services.policy.core import Block, BlockFormatError
 from services.policy.core.blocks import unblock_event_id
 
@@ -42,7 +42,7 @@ class BlockStore:
         """Store the block unless one is active already; (the block in force, made now?)."""
         key = subjects.token(block.client_ip)
         ttl = (block.end + BLOCK_TTL_MARGIN - now).total_seconds()
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
             entry = await self._bucket.get(key)
             current = None
             if entry is not None and entry.value is not None:
@@ -53,6 +53,7 @@ class BlockStore:
             if await self._bucket.swap(key, block.encode(), revision, ttl):
                 await self._publish_blocked(block)
                 return block, True
+            await backoff(attempt)
         raise ContentionError(f"block of {block.client_ip}: {CAS_ATTEMPTS} concurrent writes")
 
     async def lift(self, client_ip: str, now: datetime, operator: str) -> Block | None:

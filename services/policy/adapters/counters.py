@@ -14,8 +14,8 @@ from datetime import datetime
 from nats.js import JetStreamContext
 
 from libs.common import subjects
-from services.policy.adapters.kv import Bucket
-from services.policy.adapters.stores import CAS_ATTEMPTS, ContentionError
+from services.policy.adapters.kv import CAS_ATTEMPTS, Bucket, backoff
+from services.policy.adapters.stores import ContentionError
 from services.policy.core import CountFormatError, SlidingCount, Window
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ class SlidingCounters:
 
     async def add(self, key: str, now: datetime) -> SlidingCount:
         """Count one event now; returns the count including it."""
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
             entry = await self._bucket.get(key)
             current = SlidingCount()
             if entry is not None and entry.value is not None:
@@ -44,6 +44,7 @@ class SlidingCounters:
             ttl = self._window.retention.total_seconds()
             if await self._bucket.swap(key, counted.encode(), revision, ttl):
                 return counted
+            await backoff(attempt)
         raise ContentionError(f"count {key}: {CAS_ATTEMPTS} concurrent writes")
 
     async def reset(self, key: str) -> None:

@@ -8,6 +8,9 @@ that make it a KV update: the expected last revision of the key and Nats-TTL
 
 from __future__ import annotations
 
+import asyncio
+import random
+
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, KeyNotFoundError
 from nats.js.kv import KeyValue
@@ -16,6 +19,15 @@ from nats.js.kv import KeyValue
 _WRONG_LAST_SEQUENCE = (10071, 10164)
 MIN_TTL_S = 1
 MARKER_TTL_S = 60.0
+# Compare-and-set retries: many writers on one key (a brute force in parallel, a burst
+# of messages from one address) each get through within a few rounds of backoff.
+CAS_ATTEMPTS = 32
+BACKOFF_STEP_S = 0.002
+
+
+async def backoff(attempt: int) -> None:
+    """After a lost compare-and-set: wait a random, growing while, so writers spread out."""
+    await asyncio.sleep(random.uniform(0, BACKOFF_STEP_S * (attempt + 1)))
 
 
 class Bucket:

@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from nats.js import JetStreamContext
 
 from libs.common import subjects
-from services.policy.adapters.kv import Bucket
+from services.policy.adapters.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.core import GrantFormatError, Pop3Grant, canonical_ip, later
 from services.policy.core.failures import FAILURE_WINDOW, FailedLogins, first_failure
 
@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 # A grant's key outlives its expiry by this much: the core's `now < expires_at`
 # decides, never the NATS server's timer, whatever the clocks say.
 GRANT_TTL_MARGIN = timedelta(seconds=60)
-CAS_ATTEMPTS = 8
 
 
 class ContentionError(Exception):
@@ -58,7 +57,7 @@ class GrantStore:
         key = client_key(grant.client_ip)
         if key is None or ttl < 1:
             return False
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
             entry = await self._bucket.get(key)
             current = None
             if entry is not None and entry.value is not None:
@@ -71,6 +70,7 @@ class GrantStore:
             revision = entry.revision if entry is not None and entry.revision else 0
             if await self._bucket.swap(key, grant.encode(), revision, ttl):
                 return True
+            await backoff(attempt)
         raise ContentionError(f"grant for {grant.client_ip}: {CAS_ATTEMPTS} concurrent writes")
 
 
@@ -91,7 +91,7 @@ class FailedLoginCounter:
         key = client_key(client_ip)
         if key is None:
             return None
-        for _ in range(CAS_ATTEMPTS):
+        for attempt in range(CAS_ATTEMPTS):
             entry = await self._bucket.get(key)
             previous = None
             if entry is not None and entry.value is not None:
@@ -102,4 +102,5 @@ class FailedLoginCounter:
                 key, counted.encode(), revision, self._window.total_seconds()
             ):
                 return counted
+            await backoff(attempt)
         raise ContentionError(f"failed logins of {client_ip}: {CAS_ATTEMPTS} concurrent writes")

@@ -1,0 +1,786 @@
+"""The `security` limits over real SMTP, with two policy and three ingress *processes*.
+
+One nats-server, one DNS server (dnslib, UDP and TCP) and the processes are
+shared by the module; clients alternate between the ingress ports A and B, so
+every cluster-wide limit is seen holding across replicas. Ingress C serves the
+memory test (200 MB against a 1 MB limit) and is then SIGKILLed with open
+connections. Each test uses its own client addresses (127.0.2.x; 127.0.9.x
+are in the exempt group), since the counts are per address:
+
+    limit                      here   refused with
+    max_connections_per_ip       3    421 4.7.0 at connect
+    max_messages_per_hour_per_ip 3    450 4.7.1 at MAIL
+    directory_harvest            3    421 4.7.0 (block of 10 minutes)
+    max_recipients               3    452 4.5.3
+    max_failed_commands          4    421 4.7.0 and close
+    max_message_size          1 MiB   552 5.3.4
+    max_received_headers         5    554 5.4.6
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import signal
+import ssl
+import sys
+import time
+import urllib.request
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import pytest_asyncio
+from argon2 import PasswordHasher, Type
+from nats.aio.client import Client as NATS
+from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
+
+from libs.common import bus, subjects
+from libs.common.embedded_nats import EmbeddedNats, free_port
+from tests.support.dns import DnsServer
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+ROOT = Path(__file__).resolve().parents[2]
+LEASE_TTL_S = 3
+PASSWORD = "correct horse battery"
+PASSWORD_HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID).hash(
+    PASSWORD
+)
+SIZE_LIMIT = 1024 * 1024
+SENDER = "sender@mx.test"  # the sender domain has an MX in the test DNS
+EXEMPT_NET = "127.0.9.0/24"
+# The ingress process's peak RSS may grow by this much while 200 MB are refused.
+MEMORY_BOUND_KB = 24 * 1024
+IO_TIMEOUT_S = 20.0
+
+
+def config_text(smtp_port: int, smtps_port: int, dns_port: int) -> str:
+    return f"""
+server: {{hostname: mx.example.test, local_domains: [example.test]}}
+listeners:
+  - {{name: smtp, address: "127.0.0.1:{smtp_port}", tls: none}}
+  - {{name: smtps, address: "127.0.0.1:{smtps_port}", tls: implicit}}
+ip_groups:
+  trusted: ["{EXEMPT_NET}"]
+users:
+  - {{address: alice@example.test, password_hash: "{PASSWORD_HASH}"}}
+  - {{address: bob@example.test}}
+  - {{address: carol@example.test}}
+  - {{address: dave@example.test}}
+relay: {{mode: restricted}}
+security:
+  exempt_ip_group: trusted
+  max_connections_per_ip: 3
+  max_messages_per_hour_per_ip: 3
+  directory_harvest: {{max_unknown_recipients: 3, block_for: 10m}}
+  require_sender_domain_dns: true
+  max_recipients: 3
+  max_failed_commands: 4
+  max_message_size: {SIZE_LIMIT}
+  max_received_headers: 5
+dns: {{servers: ["127.0.0.1:{dns_port}"], timeout: 1s}}
+antispam: {{spf: false}}
+policy: {{timeout: 5s}}
+"""
+
+
+# --- processes -----------------------------------------------------------------------------
+
+
+@dataclass
+class Proc:
+    name: str
+    proc: asyncio.subprocess.Process
+    metrics_port: int
+    smtp: tuple[str, int] = ("127.0.0.1", 0)
+    smtps: tuple[str, int] = ("127.0.0.1", 0)
+
+    async def ready(self) -> None:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.returncode is not None:
+                raise AssertionError(f"{self.name} exited with {self.proc.returncode}")
+            if await asyncio.to_thread(self._get, "/readyz") == 200:
+                return
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{self.name} not ready")
+
+    def _get(self, path: str) -> int:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}{path}", timeout=2):
+                return 200
+        except OSError:
+            return 0
+
+    async def metric(self, name: str, **labels: str) -> float:
+        """The value of one sample of /metrics (0 when absent)."""
+
+        def scrape() -> str:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text: str = response.read().decode()
+                return text
+
+        wanted = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+        for line in (await asyncio.to_thread(scrape)).splitlines():
+            if line.startswith(f"{name}{{{wanted}}} "):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    def memory_kb(self) -> dict[str, int]:
+        """VmRSS (now) and VmHWM (peak) of the process, from /proc."""
+        found: dict[str, int] = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                found[key] = int(value.split()[0])
+        return found
+
+    async def stop(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(self.proc.wait(), 15)
+            except TimeoutError:
+                self.proc.kill()
+                await self.proc.wait()
+
+
+async def spawn(service: str, name: str, config: Path, nats_url: str, log_dir: Path) -> Proc:
+    metrics_port = free_port()
+    env = {**os.environ, "MAILBUS_CONNECTION_LEASE_TTL": str(LEASE_TTL_S)}
+    log = (log_dir / f"{name}.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        f"services.{service}",
+        "--config",
+        str(config),
+        "--nats-url",
+        nats_url,
+        "--metrics-address",
+        f"127.0.0.1:{metrics_port}",
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=log,
+    )
+    log.close()
+    return Proc(name, proc, metrics_port)
+
+
+@dataclass
+class Cluster:
+    nats_url: str
+    nc: NATS
+    js: JetStreamContext
+    dns: DnsServer
+    policies: list[Proc]
+    ingress: dict[str, Proc]
+    logs: Path
+    extra: list[Proc] = field(default_factory=list)
+
+    @property
+    def a(self) -> tuple[str, int]:
+        return self.ingress["A"].smtp
+
+    @property
+    def b(self) -> tuple[str, int]:
+        return self.ingress["B"].smtp
+
+    async def policy_metric(self, name: str, **labels: str) -> float:
+        return sum([await p.metric(name, **labels) for p in self.policies])
+
+
+def zone(dns: DnsServer) -> None:
+    dns.add("mx.test", "MX", "10 mail.mx.test.")
+    dns.add("mail.mx.test", "A", "127.0.0.1")
+    dns.add("only-a.test", "A", "192.0.2.1")
+    dns.add("only-aaaa.test", "AAAA", "2001:db8::1")
+    dns.add("txt-only.test", "TXT", '"v=spf1 -all"')
+    dns.add("null-mx.test", "MX", "0 .")
+    dns.add("big.test", "A", "192.0.2.2")
+    dns.truncate("big.test")
+    dns.servfail("servfail.test")
+    dns.timeout("timeout.test")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Cluster]:
+    tmp = tmp_path_factory.mktemp("limits")
+    server = EmbeddedNats(data_dir=tmp / "nats", log_file=tmp / "nats.log")
+    server.start()
+    dns = DnsServer()
+    zone(dns)
+    dns.start()
+    nc = await bus.connect([server.url], name="test")
+    js = await bus.wait_for_jetstream(nc)
+    await bus.ensure_topology(js)
+    procs: list[Proc] = []
+    try:
+        ingress: dict[str, Proc] = {}
+        for name in ("A", "B", "C"):
+            ports = free_port(), free_port()
+            path = tmp / f"ingress-{name}.yaml"
+            path.write_text(config_text(*ports, dns.port))
+            proc = await spawn("ingress", f"ingress-{name}", path, server.url, tmp)
+            proc.smtp, proc.smtps = ("127.0.0.1", ports[0]), ("127.0.0.1", ports[1])
+            ingress[name] = proc
+            procs.append(proc)
+        policies = []
+        for i in (1, 2):
+            proc = await spawn("policy", f"policy-{i}", tmp / "ingress-A.yaml", server.url, tmp)
+            policies.append(proc)
+            procs.append(proc)
+        await asyncio.gather(*(p.ready() for p in procs))
+        yield Cluster(server.url, nc, js, dns, policies, ingress, tmp)
+    finally:
+        await asyncio.gather(*(p.stop() for p in procs))
+        await nc.close()
+        dns.stop()
+        server.stop()
+
+
+# --- a small SMTP client: every reply as sent, over plain TCP or implicit TLS ---------------
+
+
+class Smtp:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+        self.greeting = ""
+
+    @classmethod
+    async def open(
+        cls, addr: tuple[str, int], source: str, tls: bool = False, ehlo: bool = False
+    ) -> Smtp:
+        context = None
+        if tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(*addr, local_addr=(source, 0), ssl=context), IO_TIMEOUT_S
+        )
+        client = cls(reader, writer)
+        client.greeting = await client.reply()
+        if ehlo and client.greeting.startswith("220"):
+            assert (await client.cmd("EHLO client.test")).startswith("250")
+        return client
+
+    async def reply(self) -> str:
+        """One whole reply; a multi-line reply as its lines joined by newlines."""
+        lines: list[str] = []
+        while True:
+            raw = await asyncio.wait_for(self.reader.readline(), IO_TIMEOUT_S)
+            if not raw:
+                lines.append("EOF")
+                break
+            line = raw.decode().rstrip("\r\n")
+            lines.append(line)
+            if len(line) < 4 or line[3] != "-":
+                break
+        return "\n".join(lines)
+
+    async def cmd(self, line: str) -> str:
+        self.writer.write(line.encode() + b"\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def send(self, data: bytes) -> str:
+        self.writer.write(data)
+        await self.writer.drain()
+        return await self.reply()
+
+    async def closed(self) -> bool:
+        """The server hung up (after its last reply)."""
+        try:
+            data = await asyncio.wait_for(self.reader.read(1), IO_TIMEOUT_S)
+        except ConnectionError:
+            return True
+        return data == b""
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(Exception):
+            await self.writer.wait_closed()
+
+
+def message(subject: str = "hello", received: int = 0, body: bytes = b"hi\r\n") -> bytes:
+    hops = b"".join(
+        f"Received: from hop{i}.test by relay{i}.test; Mon, 2 Mar 2026 10:00:00 +0000\r\n".encode()
+        for i in range(received)
+    )
+    return hops + f"Subject: {subject}\r\n\r\n".encode() + body
+
+
+async def send_message(
+    addr: tuple[str, int], source: str, rcpts: tuple[str, ...] = ("alice@example.test",), **kw: int
+) -> str:
+    """One whole transaction; the last reply (MAIL's or RCPT's if one refused, else DATA's)."""
+    client = await Smtp.open(addr, source)
+    try:
+        assert (await client.cmd("EHLO client.test")).startswith("250")
+        mail = await client.cmd(f"MAIL FROM:<{SENDER}>")
+        if not mail.startswith("250"):
+            return mail
+        for rcpt in rcpts:
+            answer = await client.cmd(f"RCPT TO:<{rcpt}>")
+            if not answer.startswith("250"):
+                return answer
+        assert (await client.cmd("DATA")).startswith("354")
+        return await client.send(message(**kw) + b".\r\n")
+    finally:
+        await client.close()
+
+
+def code(reply: str) -> str:
+    """`250 2.1.0` from a reply's last line."""
+    return " ".join(reply.splitlines()[-1].split()[:2])
+
+
+async def events_count(js: JetStreamContext) -> int:
+    return (await js.stream_info(subjects.EVENTS_STREAM)).state.messages
+
+
+# --- max_connections_per_ip -------------------------------------------------------------------
+
+
+async def test_connections_are_counted_across_ingress_replicas(cluster: Cluster) -> None:
+    ip = "127.0.2.1"
+    held = [
+        await Smtp.open(cluster.a, ip),
+        await Smtp.open(cluster.b, ip),
+        await Smtp.open(cluster.a, ip),
+    ]
+    try:
+        assert [code(c.greeting)[:3] for c in held] == ["220"] * 3  # the third: last allowed
+        fourth = await Smtp.open(cluster.b, ip)
+        assert code(fourth.greeting) == "421 4.7.0"  # the first refused, on the other replica
+        assert "Too many connections from 127.0.2.1" in fourth.greeting
+        assert await fourth.closed()
+        refused_at_a = await Smtp.open(cluster.a, ip)
+        assert code(refused_at_a.greeting) == "421 4.7.0"
+        await refused_at_a.close()
+        await fourth.close()
+        # One closes: its lease goes with it, and a new connection is let in.
+        await held.pop(0).close()
+        again = await eventually_greeted(cluster.b, ip)
+        held.append(again)
+    finally:
+        for c in held:
+            await c.close()
+    assert (
+        await cluster.ingress["B"].metric(
+            "mailbus_smtpd_refusals_total", stage="connect", rule="max_connections_per_ip"
+        )
+        >= 1
+    )
+    assert (
+        await cluster.policy_metric(
+            "mailbus_policy_decisions_total",
+            stage="connect",
+            action="disconnect",
+            rule="max_connections_per_ip",
+        )
+        >= 2
+    )
+
+
+async def test_exempt_connections_are_not_limited(cluster: Cluster) -> None:
+    ip = "127.0.9.1"
+    held = [await Smtp.open(cluster.a if i % 2 else cluster.b, ip) for i in range(6)]
+    try:
+        assert [code(c.greeting)[:3] for c in held] == ["220"] * 6
+    finally:
+        for c in held:
+            await c.close()
+
+
+async def eventually_greeted(addr: tuple[str, int], ip: str, within: float = 10.0) -> Smtp:
+    deadline = time.monotonic() + within
+    while True:
+        client = await Smtp.open(addr, ip)
+        if client.greeting.startswith("220"):
+            return client
+        await client.close()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{ip} still refused: {client.greeting}")
+        await asyncio.sleep(0.2)
+
+
+# --- max_messages_per_hour_per_ip -------------------------------------------------------------
+
+
+async def test_messages_per_hour_across_ingress_replicas(cluster: Cluster) -> None:
+    ip = "127.0.2.3"
+    sent = [await send_message(addr, ip) for addr in (cluster.a, cluster.b, cluster.a)]
+    assert [code(r) for r in sent] == ["250 2.0.0"] * 3  # the third: last allowed
+    for addr in (cluster.b, cluster.a):  # the fourth is refused at MAIL, on either replica
+        refused = await send_message(addr, ip)
+        assert code(refused) == "450 4.7.1", refused
+        assert "Too many messages from 127.0.2.3 in the last hour" in refused
+    assert (
+        await cluster.policy_metric(
+            "mailbus_policy_decisions_total",
+            stage="mail",
+            action="defer",
+            rule="max_messages_per_hour_per_ip",
+        )
+        == 2
+    )
+
+
+async def test_exempt_messages_are_not_limited(cluster: Cluster) -> None:
+    ip = "127.0.9.3"
+    sent = [await send_message(cluster.a if i % 2 else cluster.b, ip) for i in range(5)]
+    assert [code(r) for r in sent] == ["250 2.0.0"] * 5
+
+
+async def test_a_refused_message_does_not_count(cluster: Cluster) -> None:
+    ip = "127.0.2.13"
+    looped = [await send_message(cluster.a, ip, received=6) for _ in range(4)]
+    assert [code(r) for r in looped] == ["554 5.4.6"] * 4
+    assert code(await send_message(cluster.b, ip)) == "250 2.0.0"
+
+
+# --- directory harvest ------------------------------------------------------------------------
+
+
+async def test_a_harvest_block_made_at_one_replica_holds_at_the_other(cluster: Cluster) -> None:
+    ip = "127.0.2.4"
+    first = await Smtp.open(cluster.a, ip, ehlo=True)
+    assert code(await first.cmd(f"MAIL FROM:<{SENDER}>")) == "250 2.1.0"
+    for name in ("nobody1", "nobody2"):
+        assert code(await first.cmd(f"RCPT TO:<{name}@example.test>")) == "550 5.1.1"
+    await first.close()
+
+    second = await Smtp.open(cluster.b, ip, ehlo=True)  # two unknown so far: still welcome
+    assert code(second.greeting) == "220 mx.example.test"
+    assert code(await second.cmd(f"MAIL FROM:<{SENDER}>")) == "250 2.1.0"
+    assert code(await second.cmd("RCPT TO:<alice@example.test>")) == "250 2.1.5"
+    blocked = await second.cmd("RCPT TO:<nobody3@example.test>")  # the third: blocked
+    assert code(blocked) == "421 4.7.0", blocked
+    assert "127.0.2.4 is blocked until" in blocked
+    assert await second.closed()
+    await second.close()
+
+    for addr in (cluster.a, cluster.b):
+        refused = await Smtp.open(addr, ip)
+        assert code(refused.greeting) == "421 4.7.0", refused.greeting
+        await refused.close()
+
+    [event] = await access_events(cluster.js, "ClientBlocked")
+    assert event["client_ip"] == ip and event["rule"] == "directory_harvest"
+    assert "3 unknown local recipients" in event["reason"]
+    assert event["start"] < event["end"]
+
+    listed = await blocks_cli(cluster, "list", "--json")
+    assert [b["address"] for b in json.loads(listed)] == [ip]
+    history = await blocks_cli(cluster, "list", "--history")
+    assert f"blocked  {ip} until" in history
+
+    removed = await blocks_cli(cluster, "remove", ip)
+    assert f"{ip}: block lifted" in removed
+    welcome = await Smtp.open(cluster.a, ip)
+    assert code(welcome.greeting) == "220 mx.example.test"
+    await welcome.close()
+    [lifted] = await access_events(cluster.js, "ClientUnblocked")
+    assert lifted["client_ip"] == ip and lifted["block_start"] == event["start"]
+    assert json.loads(await blocks_cli(cluster, "list", "--json")) == []
+
+
+async def test_exempt_clients_are_never_blocked(cluster: Cluster) -> None:
+    ip = "127.0.9.4"
+    client = await Smtp.open(cluster.a, ip, ehlo=True)
+    assert code(await client.cmd(f"MAIL FROM:<{SENDER}>")) == "250 2.1.0"
+    for i in range(6):
+        assert code(await client.cmd(f"RCPT TO:<nobody{i}@example.test>")) == "550 5.1.1"
+    await client.close()
+    again = await Smtp.open(cluster.b, ip)
+    assert code(again.greeting) == "220 mx.example.test"
+    await again.close()
+
+
+async def access_events(js: JetStreamContext, kind: str) -> list[dict[str, object]]:
+    found: list[dict[str, object]] = []
+    seq = 1
+    for _ in range(100):
+        try:
+            raw = await js.get_msg(
+                subjects.ACCESS_STREAM, seq=seq, subject=subjects.access_subject(kind), next=True
+            )
+        except NotFoundError:
+            break
+        assert raw.data is not None and raw.seq is not None
+        found.append(json.loads(raw.data))
+        seq = raw.seq + 1
+    return found
+
+
+async def blocks_cli(cluster: Cluster, *args: str) -> str:
+    """`mailbus blocks ...` as an operator runs it (a process of its own)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "libs.common.cli",
+        "blocks",
+        *args[:1],
+        "--nats-url",
+        cluster.nats_url,
+        *args[1:],
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, (out + err).decode()
+    return out.decode()
+
+
+# --- require_sender_domain_dns against the DNS server on loopback ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "sender", "expected"),
+    [
+        ("127.0.2.5", "<a@mx.test>", "250 2.1.0"),
+        ("127.0.2.5", "<a@only-a.test>", "250 2.1.0"),
+        ("127.0.2.5", "<a@only-aaaa.test>", "250 2.1.0"),
+        ("127.0.2.5", "<a@big.test>", "250 2.1.0"),  # answered over TCP after truncation
+        ("127.0.2.5", "<>", "250 2.1.0"),
+        ("127.0.2.5", "<a@nxdomain.test>", "550 5.1.8"),
+        ("127.0.2.5", "<a@txt-only.test>", "550 5.1.8"),
+        ("127.0.2.5", "<a@null-mx.test>", "550 5.7.27"),
+        ("127.0.2.5", "<a@servfail.test>", "451 4.4.3"),
+        ("127.0.2.5", "<a@timeout.test>", "451 4.4.3"),
+        ("127.0.9.5", "<a@nxdomain.test>", "250 2.1.0"),
+        ("127.0.9.5", "<a@servfail.test>", "250 2.1.0"),
+    ],
+)
+async def test_sender_domain_must_exist(
+    cluster: Cluster, ip: str, sender: str, expected: str
+) -> None:
+    client = await Smtp.open(cluster.a, ip, ehlo=True)
+    try:
+        assert code(await client.cmd(f"MAIL FROM:{sender}")) == expected
+    finally:
+        await client.close()
+
+
+async def test_the_truncated_answer_was_asked_again_over_tcp(cluster: Cluster) -> None:
+    assert {q.transport for q in cluster.dns.asked("big.test")} == {"udp", "tcp"}
+
+
+# --- max_recipients ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("ip", "fourth"), [("127.0.2.6", "452 4.5.3"), ("127.0.9.6", "250 2.1.5")])
+async def test_max_recipients(cluster: Cluster, ip: str, fourth: str) -> None:
+    client = await Smtp.open(cluster.b, ip, ehlo=True)
+    try:
+        assert code(await client.cmd(f"MAIL FROM:<{SENDER}>")) == "250 2.1.0"
+        for name in ("alice", "bob", "carol"):  # the third: last allowed
+            assert code(await client.cmd(f"RCPT TO:<{name}@example.test>")) == "250 2.1.5"
+        assert code(await client.cmd("RCPT TO:<dave@example.test>")) == fourth
+    finally:
+        await client.close()
+
+
+# --- max_failed_commands ----------------------------------------------------------------------
+
+
+async def test_failed_commands_close_the_connection(cluster: Cluster) -> None:
+    client = await Smtp.open(cluster.a, "127.0.2.7", ehlo=True)
+    for _ in range(3):
+        assert code(await client.cmd("FOO")) == "500 5.5.2"
+    assert code(await client.cmd("NOOP")) == "250 2.0.0"  # three failures: still served
+    last = await client.cmd("MAIL FROM:<not an address")
+    assert code(last) == "501 5.1.7"
+    assert code(await client.reply()) == "421 4.7.0"  # the fourth failure: closed
+    assert await client.closed()
+    await client.close()
+    assert (
+        await cluster.ingress["A"].metric(
+            "mailbus_smtpd_refusals_total", stage="mail", rule="max_failed_commands"
+        )
+        == 1
+    )
+
+
+async def test_exempt_failed_commands(cluster: Cluster) -> None:
+    client = await Smtp.open(cluster.a, "127.0.9.7", ehlo=True)
+    for _ in range(8):  # (aiosmtpd ends a session after 5 unknown commands, exempt or not)
+        assert code(await client.cmd("RCPT TO:<alice@example.test>")) == "503 5.5.1"
+    assert code(await client.cmd("NOOP")) == "250 2.0.0"
+    await client.close()
+
+
+# --- max_message_size -------------------------------------------------------------------------
+
+
+def body_of_size(total: int) -> bytes:
+    """A message of exactly `total` octets in lines of 100, none starting with a dot."""
+    head = b"Subject: size\r\n\r\n"
+    full, part = divmod(total - len(head), 100)
+    lines = [b"x" * 98 + b"\r\n"] * full
+    if part == 1:
+        lines[-1] = b"x" * 99 + b"\r\n"
+    elif part:
+        lines.append(b"y" * (part - 2) + b"\r\n")
+    data = head + b"".join(lines)
+    assert len(data) == total
+    return data
+
+
+async def test_message_size(cluster: Cluster) -> None:
+    ip = "127.0.2.8"
+    client = await Smtp.open(cluster.a, ip)
+    try:
+        ehlo = await client.cmd("EHLO client.test")
+        assert f"250-SIZE {SIZE_LIMIT}" in ehlo.splitlines()
+        too_big = await client.cmd(f"MAIL FROM:<{SENDER}> SIZE={SIZE_LIMIT + 1}")
+        assert code(too_big) == "552 5.3.4"
+        assert code(await client.cmd(f"MAIL FROM:<{SENDER}> SIZE={SIZE_LIMIT}")) == "250 2.1.0"
+        assert code(await client.cmd("RCPT TO:<alice@example.test>")) == "250 2.1.5"
+        assert (await client.cmd("DATA")).startswith("354")
+        exact = await client.send(body_of_size(SIZE_LIMIT) + b".\r\n")
+        assert code(exact) == "250 2.0.0", exact  # the last allowed
+    finally:
+        await client.close()
+
+    client = await Smtp.open(cluster.b, ip, ehlo=True)
+    before = await events_count(cluster.js)
+    try:
+        assert code(await client.cmd(f"MAIL FROM:<{SENDER}>")) == "250 2.1.0"
+        assert code(await client.cmd("RCPT TO:<alice@example.test>")) == "250 2.1.5"
+        assert (await client.cmd("DATA")).startswith("354")
+        over = await client.send(body_of_size(SIZE_LIMIT + 1) + b".\r\n")
+        assert code(over) == "552 5.3.4", over  # the first refused
+        assert code(await client.cmd("NOOP")) == "250 2.0.0"  # the session goes on
+    finally:
+        await client.close()
+    assert await events_count(cluster.js) == before  # nothing stored
+
+
+async def test_exempt_message_size(cluster: Cluster) -> None:
+    client = await Smtp.open(cluster.b, "127.0.9.8")
+    try:
+        ehlo = await client.cmd("EHLO client.test")
+        assert "250-SIZE" in ehlo.splitlines()  # RFC 1870: SIZE without a number, no limit
+        assert code(await client.cmd(f"MAIL FROM:<{SENDER}> SIZE={3 * SIZE_LIMIT}")) == "250 2.1.0"
+        assert code(await client.cmd("RCPT TO:<alice@example.test>")) == "250 2.1.5"
+        assert (await client.cmd("DATA")).startswith("354")
+        big = await client.send(body_of_size(SIZE_LIMIT * 3 // 2) + b".\r\n")
+        assert code(big) == "250 2.0.0"
+    finally:
+        await client.close()
+
+
+# --- max_received_headers ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("ip", "hops", "expected"),
+    [
+        ("127.0.2.9", 5, "250 2.0.0"),
+        ("127.0.2.9", 6, "554 5.4.6"),
+        # A loop is a loop, trusted or not: the exempt group is not exempt from this one.
+        ("127.0.9.9", 6, "554 5.4.6"),
+    ],
+)
+async def test_received_headers(cluster: Cluster, ip: str, hops: int, expected: str) -> None:
+    assert code(await send_message(cluster.a, ip, received=hops)) == expected
+
+
+# --- failed logins from one address, across sessions and replicas ------------------------------
+
+
+def plain(password: str) -> str:
+    return base64.b64encode(f"\0alice@example.test\0{password}".encode()).decode()
+
+
+@pytest.mark.parametrize(("ip", "last"), [("127.0.2.10", "454 4.7.0"), ("127.0.9.10", "235 2.7.0")])
+async def test_failed_logins_lock_auth(cluster: Cluster, ip: str, last: str) -> None:
+    for proc in ("A", "B"):  # two failures through each replica: four, the limit
+        client = await Smtp.open(cluster.ingress[proc].smtps, ip, tls=True)
+        assert (await client.cmd("EHLO client.test")).startswith("250")
+        for _ in range(2):
+            assert code(await client.cmd(f"AUTH PLAIN {plain('wrong')}")) == "535 5.7.8"
+        await client.close()
+    client = await Smtp.open(cluster.ingress["A"].smtps, ip, tls=True)
+    try:
+        assert (await client.cmd("EHLO client.test")).startswith("250")
+        assert code(await client.cmd(f"AUTH PLAIN {plain(PASSWORD)}")) == last
+    finally:
+        await client.close()
+
+
+# --- memory: 200 MB against a 1 MB limit (ingress C) -------------------------------------------
+
+
+async def test_200_mb_is_refused_in_flat_memory(cluster: Cluster) -> None:
+    proc = cluster.ingress["C"]
+    ip = "127.0.2.11"
+    assert code(await send_message(proc.smtp, ip)) == "250 2.0.0"  # warm: every code path run
+    before = proc.memory_kb()
+    client = await Smtp.open(proc.smtp, ip, ehlo=True)
+    try:
+        assert code(await client.cmd(f"MAIL FROM:<{SENDER}>")) == "250 2.1.0"
+        assert code(await client.cmd("RCPT TO:<alice@example.test>")) == "250 2.1.5"
+        assert (await client.cmd("DATA")).startswith("354")
+        chunk = (b"z" * 998 + b"\r\n") * 1024  # 1 MB of 1000-octet lines
+        for _ in range(150):
+            client.writer.write(chunk)
+            await client.writer.drain()
+        # and 50 MB more as one line without any CRLF, which aiosmtpd alone would keep whole
+        line = b"w" * (1024 * 1024)
+        for _ in range(50):
+            client.writer.write(line)
+            await client.writer.drain()
+        refused = await client.send(b"\r\n.\r\n")
+        assert code(refused) == "552 5.3.4", refused
+        assert code(await client.cmd("NOOP")) == "250 2.0.0"
+    finally:
+        await client.close()
+    after = proc.memory_kb()
+    assert (
+        await proc.metric("mailbus_smtpd_refusals_total", stage="data", rule="max_message_size")
+        == 1
+    )
+    growth = after["VmHWM"] - before["VmHWM"]
+    print(f"ingress C: VmHWM {before['VmHWM']} -> {after['VmHWM']} kB (+{growth} kB)")
+    assert growth < MEMORY_BOUND_KB
+
+
+# --- a SIGKILLed ingress: its connections stop counting within the lease TTL ------------------
+
+
+async def test_connections_of_a_killed_ingress_expire(cluster: Cluster) -> None:
+    proc = cluster.ingress["C"]
+    ip = "127.0.2.12"
+    held = [await Smtp.open(proc.smtp, ip) for _ in range(3)]
+    assert [code(c.greeting)[:3] for c in held] == ["220"] * 3
+    # Held past the TTL, the leases are renewed: the connections still count.
+    await asyncio.sleep(LEASE_TTL_S + 1.5)
+    refused = await Smtp.open(cluster.a, ip)
+    assert code(refused.greeting) == "421 4.7.0"
+    await refused.close()
+
+    proc.proc.send_signal(signal.SIGKILL)
+    await proc.proc.wait()
+    killed_at = time.monotonic()
+    for c in held:
+        await c.close()
+    # No "closed" message ever comes from C: only the leases' TTL frees the slots.
+    client = await eventually_greeted(cluster.a, ip, within=LEASE_TTL_S + 10)
+    freed_after = time.monotonic() - killed_at
+    await client.close()
+    print(f"slots of the killed ingress freed after {freed_after:.1f} s (TTL {LEASE_TTL_S} s)")
+    assert freed_after < LEASE_TTL_S + 3
