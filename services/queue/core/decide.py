@@ -198,8 +198,13 @@ def _expire(state: MessageState, now: datetime) -> list[Output]:
     return out + _completion(state, now)
 
 
-def _expiry_due(state: MessageState, now: datetime, timing: Timing) -> bool:
-    return state.arrival is not None and is_due(state.arrival + timing.bounce_after, now)
+def _expiry_due(state: MessageState, now: datetime, timing: Timing, fired: bool = False) -> bool:
+    """Strictly by our clock, except for the expire timer's own fire (`fired`), which may
+    reach us a moment before its time by our clock and would otherwise be lost."""
+    if state.arrival is None:
+        return False
+    expires = state.arrival + timing.bounce_after
+    return is_due(expires, now) if fired else expires <= now
 
 
 def _retry_timer(state: MessageState, timing: Timing) -> list[Output]:
@@ -248,7 +253,7 @@ def _on_timer(
         return [warning] if warning is not None else []
     if state.held:
         return []  # no attempt and no expiry while held; release decides again
-    if _expiry_due(state, now, timing):
+    if _expiry_due(state, now, timing, fired=fire.kind == "expire"):
         # With recipients in flight, their results will expire the message.
         return [] if state.in_flight else _expire(state, now)
     if fire.kind == "retry":
