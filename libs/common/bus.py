@@ -46,6 +46,9 @@ async def connect(servers: Sequence[str], name: str, credentials_file: str | Non
     return await nats.connect(
         servers=list(servers),
         name=name,
+        # A reply inbox of its own per service, so bus permissions can let a service
+        # read only its own replies (libs/common/permissions.py).
+        inbox_prefix=subjects.inbox_prefix(name),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,
         connect_timeout=5,

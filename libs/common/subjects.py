@@ -198,6 +198,11 @@ def service_name(service: str) -> str:
     return f"{PREFIX}-{service}"
 
 
+def inbox_prefix(connection_name: str) -> str:
+    """Reply subjects of one connection kind: `_INBOX_mailbus-ingress.<nuid>...`."""
+    return f"_INBOX_{connection_name}"
+
+
 def token(value: str) -> str:
     """Encode an arbitrary string (a domain has dots) as one subject token.
 
