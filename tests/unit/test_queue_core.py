@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import pytest
 
@@ -26,7 +26,6 @@ from services.queue.core import (
     MessageState,
     Output,
     Routing,
-    SetTimer,
     apply,
     apply_outputs,
     decide,
@@ -288,13 +287,8 @@ def test_received_schedules_one_job_per_destination(
     outputs = decide(MessageState(), received(*recipients), NOW, routing)
     events = events_of(outputs)
     jobs = jobs_of(outputs)
-    # every DeliveryScheduled comes before any job, then the warning and expiry timers
-    assert outputs == [
-        *events,
-        *jobs,
-        SetTimer(QID, "warn", NOW + timedelta(hours=4)),
-        SetTimer(QID, "expire", NOW + timedelta(days=5)),
-    ]
+    # every DeliveryScheduled comes before any job; no timer until someone is deferred
+    assert outputs == [*events, *jobs]
     assert [(e.job_id, e.destination, e.recipients) for e in events] == expected_jobs  # type: ignore[attr-defined]
     assert [e.event_id for e in events] == [f"{j}.scheduled" for j, _, _ in expected_jobs]
     assert [(j.job_id, j.destination, tuple(r.address for r in j.recipients)) for j in jobs] == (
@@ -319,7 +313,6 @@ def test_received_without_recipients_completes_at_once() -> None:
     outputs = decide(MessageState(), received(), NOW, RELAY)
     assert outputs == [
         MessageCompleted(event_id="Q1.completed", queue_id=QID, occurred_at=NOW),
-        ClearTimers(QID),
         DeleteBody(QID),
     ]
 
@@ -366,7 +359,7 @@ def test_completion(
         assert len(done) == 1
         assert done[0].event_id == "Q1.completed"
         assert (done[0].delivered, done[0].failed) == (delivered, failed)
-        assert ClearTimers(QID) in outputs
+        assert ClearTimers(QID) not in outputs  # never deferred: it never had a timer
         # a failure report is due: the body stays until the notifier has answered
         assert (outputs[-1] == DeleteBody(QID)) is (not failed)
     else:

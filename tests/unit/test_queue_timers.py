@@ -161,10 +161,28 @@ def deferred_once() -> Queue:
 # --- retries ------------------------------------------------------------------------------
 
 
-def test_a_deferral_sets_the_retry_timer() -> None:
+def test_a_deferral_sets_the_retry_warning_and_expiry_timers() -> None:
     q = deferred_once()
-    assert SetTimer(QID, "retry", at(11)) in q.log
+    assert of_type(q.log, SetTimer) == [
+        SetTimer(QID, "retry", at(11)),
+        SetTimer(QID, "warn", at(60)),
+        SetTimer(QID, "expire", at(180)),
+    ]
     assert q.state.addresses("deferred") == ("b@one.test",)
+
+
+def test_no_timer_for_a_message_delivered_at_once() -> None:
+    q = Queue()
+    q.feed([(0, received("a@one.test")), (1, result("ok", "Q1.a1.d0", "a@one.test", 1))])
+    assert of_type(q.log, SetTimer) == of_type(q.log, ClearTimers) == []
+
+
+def test_null_sender_gets_no_warning_timer() -> None:
+    q = Queue()
+    q.feed(
+        [(0, received("a@one.test", sender="")), (1, result("defer", "Q1.a1.d0", "a@one.test", 1))]
+    )
+    assert [t.kind for t in of_type(q.log, SetTimer)] == ["retry", "expire"]
 
 
 def test_retry_fire_starts_a_new_round_for_the_deferred_recipient_only() -> None:

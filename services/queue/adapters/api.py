@@ -106,6 +106,9 @@ class QueueApi:
             targets = [e for e in self._processor.index.entries() if e.state == "deferred"]
         else:
             targets = [self._entry(body)]
+            if targets[0].state != "deferred":
+                # Active: an attempt is running; held: `release` is what attempts it.
+                return {"error": f"{targets[0].queue_id} is {targets[0].state}, not deferred"}
         waits = []
         for entry in targets:
             fire = TimerFired(

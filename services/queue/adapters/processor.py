@@ -181,8 +181,8 @@ class QueueProcessor:
             # Its MessageReceived is not in the stream: nothing can be delivered or completed.
             log.warning("queue %s: %s for an unknown message; ignored", qid, _describe(trigger))
             return
-        for output in outputs:
-            await self._carry_out(output)
+        for phase in _phases(outputs):
+            await asyncio.gather(*(self._carry_out(output) for output in phase))
         self._remember(qid, apply_outputs(after, outputs))
 
     async def _carry_out(self, output: Output) -> None:
@@ -221,6 +221,25 @@ class QueueProcessor:
         self._cache.move_to_end(queue_id)
         while len(self._cache) > self._max_cached:
             self._cache.popitem(last=False)
+
+
+def _phases(outputs: list[Output]) -> list[list[Output]]:
+    """Outputs in the order the core gave, but what may go out together does.
+
+    Events one by one (the log keeps their order: reports before MessageCompleted);
+    then jobs and timers together (their events are durable by then); the clean-up
+    (purging timers, deleting the body) last, once all of that is acknowledged."""
+    phases: list[list[Output]] = []
+    work: list[Output] = []
+    cleanup: list[Output] = []
+    for output in outputs:
+        if isinstance(output, DeliveryJob | SetTimer):
+            work.append(output)
+        elif isinstance(output, ClearTimers | DeleteBody):
+            cleanup.append(output)
+        else:
+            phases.append([output])
+    return phases + [phase for phase in (work, cleanup) if phase]
 
 
 def _qid(trigger: Trigger) -> str:

@@ -112,6 +112,8 @@ class MessageState:
     deleted: bool = False
     held: bool = False
     delayed: bool = False  # MessageDelayed is in the log
+    # A recipient was deferred at least once: from then on the message has timers.
+    ever_deferred: bool = False
     # Ids of the report-triggering events in the log, and of those answered by ReportSent.
     reports: tuple[str, ...] = ()
     answered: frozenset[str] = frozenset()
@@ -208,7 +210,10 @@ def _result(state: MessageState, event: DeliveryResult) -> MessageState:
         remote_host=event.remote_host,
         last_attempt_at=event.occurred_at,
     )
-    return _replace_recipients(state, {updated.address: updated})
+    state = _replace_recipients(state, {updated.address: updated})
+    if updated.status == "deferred" and not state.ever_deferred:
+        state = replace(state, ever_deferred=True)
+    return state
 
 
 def _replace_recipients(state: MessageState, updated: dict[str, RecipientState]) -> MessageState:

@@ -11,6 +11,11 @@ Outputs, in the order the adapter must carry them out:
   2. `DeliveryJob` commands (after their DeliveryScheduled, so a result can never
      reach the stream before the job it answers),
   3. `SetTimer` schedules, then `ClearTimers`,
+
+Timers exist only for messages that had a recipient deferred: the first
+attempt of most messages succeeds, and they never cost a schedule. From the
+first deferral on, each deferral (re)sets the retry, warning and expiry timers;
+setting one again with the same due time is deduplicated by the server.
   4. `DeleteBody`, once the message is done and every report it triggered has
      its ReportSent (a RET=FULL report needs the body).
 """
@@ -181,7 +186,8 @@ def _completion(state: MessageState, now: datetime) -> list[Output]:
                 expired=tuple(r.address for r in state.recipients if r.expired),
             )
         )
-    done.append(ClearTimers(state.queue_id))
+    if state.ever_deferred:
+        done.append(ClearTimers(state.queue_id))
     return done + _cleanup(state)
 
 
@@ -228,8 +234,21 @@ def _retry(
     return out + _retry_timer(_apply_all(state, out), timing)
 
 
-def _progress(state: MessageState, now: datetime, routing: Routing, timing: Timing) -> list[Output]:
-    """After a result or a release: report finished rounds, then complete, expire or wait."""
+def _deadlines(state: MessageState, timing: Timing) -> list[Output]:
+    """The delay-warning and expiry timers, once the message has been deferred."""
+    if state.arrival is None:
+        return []
+    out: list[Output] = []
+    if not state.delayed and state.received is not None and state.received.mail_from:
+        out.append(SetTimer(state.queue_id, "warn", state.arrival + timing.warn_after))
+    out.append(SetTimer(state.queue_id, "expire", state.arrival + timing.bounce_after))
+    return out
+
+
+def _progress(
+    state: MessageState, now: datetime, routing: Routing, timing: Timing, deferral: bool
+) -> list[Output]:
+    """After a result: report finished rounds, then complete, expire or wait."""
     out: list[Output] = list(round_reports(state, now))
     state = _apply_all(state, out)
     if state.all_final:
@@ -238,7 +257,8 @@ def _progress(state: MessageState, now: datetime, routing: Routing, timing: Timi
         return out
     if not state.in_flight and _expiry_due(state, now, timing):
         return out + _expire(state, now)
-    return out + _retry_timer(state, timing)
+    deadlines = _deadlines(state, timing) if deferral else []
+    return out + _retry_timer(state, timing) + deadlines
 
 
 def _on_timer(
@@ -280,20 +300,17 @@ def decide(
             return []
         if not state.recipients:
             return _completion(state, now)
-        assert state.arrival is not None
         # The same plan every time: a redelivered MessageReceived re-emits the same ids.
-        return [
-            *initial_plan(state, now, routing),
-            SetTimer(state.queue_id, "warn", state.arrival + timing.warn_after),
-            SetTimer(state.queue_id, "expire", state.arrival + timing.bounce_after),
-        ]
+        return initial_plan(state, now, routing)
     if isinstance(trigger, MessageDeleted):
-        return [ClearTimers(state.queue_id), *_cleanup(state)]
+        clear: list[Output] = [ClearTimers(state.queue_id)] if state.ever_deferred else []
+        return clear + _cleanup(state)
     if state.done:
         # Late inputs (results, answers) of a finished message: the body may go now.
         return _cleanup(state)
     if isinstance(trigger, DeliverySucceeded | DeliveryDeferred | DeliveryFailed):
-        return _progress(state, now, routing, timing)
+        deferral = isinstance(trigger, DeliveryDeferred)
+        return _progress(state, now, routing, timing, deferral)
     if isinstance(trigger, MessageReleased) and not state.held:
         # Also when the state was rebuilt with the release in it: attempting the
         # deferred recipients again is harmless, forgetting to would leave them waiting.
