@@ -1,7 +1,12 @@
 """delivery: stateless workers that attempt delivery jobs, scaled out freely.
 
 Consumes: DeliveryJob commands from the MAILBUS_JOBS work queue (shared consumer).
-Reads: bodies from the `mailbus-bodies` Object Store.
+Reads: bodies from the `mailbus-bodies` Object Store; MX and address records
+(dnspython, `dns.servers`).
+Delivers: to the MX hosts of each domain (`delivery.mode: mx`) or the relay host
+(SMTP AUTH or POP3-before-SMTP), with STARTTLS per `delivery.tls`; jobs to one
+destination fetched together share an SMTP session; local recipients go to their
+mailbox (JetStream store or LMTP).
 Publishes: one DeliverySucceeded / DeliveryDeferred / DeliveryFailed per recipient,
 and acks the job only after those are acknowledged.
 

@@ -1,7 +1,13 @@
 """queue: each message's delivery state as an event-sourced aggregate.
 
-Consumes: MessageReceived and delivery results from MAILBUS_EVENTS.
-Publishes: DeliveryScheduled and MessageCompleted events, and DeliveryJob commands
-to MAILBUS_JOBS; deletes a body once its message is complete.
+Consumes: from MAILBUS_EVENTS, MessageReceived, the delivery results, ReportSent
+(the notifier's answers) and the operator's MessageHeld / MessageReleased /
+MessageDeleted; from MAILBUS_TIMERS, its own fired timers (retry, warn, expire).
+Publishes: DeliveryScheduled, RecipientsFailed / RecipientsDelivered (per attempt
+round), MessageDelayed, MessageExpired and MessageCompleted events, DeliveryJob
+commands to MAILBUS_JOBS, and one-shot JetStream message schedules; deletes a
+body once its message is done and every report it triggered was answered.
+Answers: `mailbus queue list|show|retry|hold|release|delete` (nats.micro,
+`subjects.queue_api_subject(op)`), from an index rebuilt from the log at start.
 State is a fold over the message's events and can be rebuilt from the stream.
 """
