@@ -157,7 +157,10 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
     parser = argparse.ArgumentParser(prog=f"mailbus-{name}", description=f"mailbus {name} service")
     parser.add_argument("--config", default=os.environ.get("MAILBUS_CONFIG"), required=False)
     parser.add_argument(
-        "--nats-url", action="append", help="overrides nats.url (repeatable)", default=None
+        "--nats-url",
+        action="append",
+        help="overrides nats.url (repeatable; MAILBUS_NATS_URL, comma-separated, also works)",
+        default=[u for u in os.environ.get("MAILBUS_NATS_URL", "").split(",") if u] or None,
     )
     parser.add_argument(
         "--metrics-address",

@@ -11,6 +11,7 @@ import asyncio
 import ctypes
 import json
 import os
+import secrets
 import signal
 import sys
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import nats
 
-from libs.common import subjects
+from libs.common import permissions, subjects
 from libs.common.config import Config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.embedded_nats import EmbeddedNats
@@ -58,6 +59,10 @@ class Supervisor:
         self.nats: EmbeddedNats | None = None
         self.servers: list[str] = list(config.nats.url)
         self.children: dict[str, asyncio.subprocess.Process] = {}
+        # Per-service NATS URLs carrying credentials (embedded server only); passed in
+        # the environment so passwords never show in `ps`.
+        self.service_urls: dict[str, list[str]] = {}
+        self.admin_urls: list[str] = self.servers
         self.stopping = False
         self._tasks: list[asyncio.Task[None]] = []
 
@@ -71,12 +76,15 @@ class Supervisor:
 
     async def _spawn(self, name: str) -> asyncio.subprocess.Process:
         args = [sys.executable, "-m", f"services.{name}", "--config", self.config_path]
-        for url in self.servers:
-            args += ["--nats-url", url]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if name in self.service_urls:
+            env["MAILBUS_NATS_URL"] = ",".join(self.service_urls[name])
+        else:
+            for url in self.servers:
+                args += ["--nats-url", url]
         metrics = self.metrics_address(name)
         if metrics:
             args += ["--metrics-address", metrics]
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
         proc = await asyncio.create_subprocess_exec(
             *args,
             stdout=asyncio.subprocess.PIPE,
@@ -109,7 +117,7 @@ class Supervisor:
             await self._spawn(name)
 
     async def wait_ready(self) -> None:
-        nc = await nats.connect(servers=self.servers, name="mailbus-up")
+        nc = await nats.connect(servers=self.admin_urls, name="mailbus-up")
         try:
             pending = set(self.services)
             deadline = time.monotonic() + READY_TIMEOUT_S
@@ -144,12 +152,7 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         if not self.servers:
-            self.nats = EmbeddedNats(
-                data_dir=self.data_dir / "nats", log_file=self.data_dir / "nats-server.log"
-            )
-            url = await self.nats.astart()
-            self.servers = [url]
-            _say(f"embedded nats-server at {url}, store {self.nats.data_dir}")
+            await self._start_embedded()
         try:
             for name in self.services:
                 await self._spawn(name)
@@ -168,6 +171,34 @@ class Supervisor:
             return 1
         finally:
             await self.shutdown()
+
+    async def _start_embedded(self) -> None:
+        """Start nats-server with one user per service (libs/common/permissions.py).
+
+        Passwords are made anew at every start; the operator's (admin) URL is
+        written to `<data-dir>/nats-admin.url`, readable by its owner only, for
+        `mailbus queue` and `mailbus blocks`.
+        """
+        passwords = {svc: secrets.token_urlsafe(24) for svc in subjects.SERVICES}
+        admin = secrets.token_urlsafe(24)
+        self.nats = EmbeddedNats(
+            data_dir=self.data_dir / "nats",
+            log_file=self.data_dir / "nats-server.log",
+            extra_config=permissions.authorization_block(passwords, admin),
+        )
+        url = await self.nats.astart()
+        self.servers = [url]
+        hostport = url.removeprefix("nats://")
+        for svc, password in passwords.items():
+            user = subjects.service_name(svc)
+            self.service_urls[svc] = [f"nats://{user}:{password}@{hostport}"]
+        self.admin_urls = [f"nats://{permissions.ADMIN_USER}:{admin}@{hostport}"]
+        admin_file = self.data_dir / "nats-admin.url"
+        admin_file.touch(mode=0o600)
+        admin_file.chmod(0o600)
+        admin_file.write_text(self.admin_urls[0] + "\n")
+        _say(f"embedded nats-server at {url}, store {self.nats.data_dir}")
+        _say(f"operator URL (mailbus queue/blocks --nats-url) in {admin_file}")
 
     async def shutdown(self) -> None:
         self.stopping = True

@@ -80,7 +80,12 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         url = re.search(r"nats (nats://\S+)", ready)
         assert url, ready
         # Independently of `up`'s own check: every service answers $SRV.PING.
-        nc = await nats.connect(url.group(1).rstrip(";,"))
+        # The embedded server admits each service as its own user; the operator's URL
+        # (with credentials) is in the data dir, and the bare URL is refused.
+        admin_url = (tmp_path / "var" / "nats-admin.url").read_text().strip()
+        assert admin_url.endswith(url.group(1).rstrip(";,").removeprefix("nats://"))
+        assert (tmp_path / "var" / "nats-admin.url").stat().st_mode & 0o077 == 0
+        nc = await nats.connect(admin_url)
         try:
             for svc in subjects.SERVICES:
                 msg = await nc.request(f"$SRV.PING.{subjects.service_name(svc)}", b"", timeout=5)

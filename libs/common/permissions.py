@@ -1,0 +1,270 @@
+"""Least privilege on the bus: what each service may publish and subscribe to.
+
+Derived from the names in `subjects.py`, rendered as a nats-server
+`authorization` block. `mailbus up` uses it with generated passwords; compose
+and Kubernetes include the file this module prints (`python -m
+libs.common.permissions > deploy/nats/permissions.conf`), whose passwords come
+from environment variables. A test runs the services under it and shows that a
+forbidden publish or subscribe is refused.
+
+What a service can never do, by construction: ingress cannot publish delivery
+results or jobs; delivery cannot publish MessageReceived or touch the queue's
+timers; only the queue writes jobs and schedules; only policy writes counters,
+grants and blocks (ingress writes its own connection leases). Every service may
+create the streams it shares (`ensure_topology` at start), not delete them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from libs.common import subjects as s
+
+ADMIN_USER = "mailbus-admin"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+
+
+def _stream_names() -> list[str]:
+    return [
+        s.EVENTS_STREAM,
+        s.JOBS_STREAM,
+        s.TIMERS_STREAM,
+        s.ACCESS_STREAM,
+        s.MAILBOXES_STREAM,
+        s.MAILBOX_LOCKS_STREAM,
+        f"OBJ_{s.BODIES_BUCKET}",
+        f"OBJ_{s.MAILBOX_BODIES_BUCKET}",
+        *(
+            s.kv_stream(b)
+            for b in (
+                s.POLICY_COUNTERS_BUCKET,
+                s.POP3_GRANTS_BUCKET,
+                s.AUTH_FAILURES_BUCKET,
+                s.CONNECTIONS_BUCKET,
+                s.BLOCKS_BUCKET,
+            )
+        ),
+    ]
+
+
+def _topology() -> list[str]:
+    """Start-up: look at the account and create or update the shared streams."""
+    out = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]
+    for name in _stream_names():
+        out += [f"$JS.API.STREAM.{op}.{name}" for op in ("CREATE", "UPDATE", "INFO")]
+    return out
+
+
+def _read_stream(stream: str) -> list[str]:
+    """Random access and ordered (ephemeral) consumers on one stream."""
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.MSG.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}",
+        f"$JS.API.DIRECT.GET.{stream}.>",
+        f"$JS.API.CONSUMER.CREATE.{stream}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.>",
+        f"$JS.API.CONSUMER.DELETE.{stream}.>",
+        f"$JS.API.CONSUMER.INFO.{stream}.>",
+        f"$JS.FC.{stream}.>",
+    ]
+
+
+def _consume(stream: str, consumer: str) -> list[str]:
+    """A durable pull consumer: create it, pull, ack."""
+    return [
+        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.CREATE.{stream}.{consumer}.>",
+        f"$JS.API.CONSUMER.DURABLE.CREATE.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+    ]
+
+
+def _object_store(bucket: str, write: bool) -> list[str]:
+    out = _read_stream(f"OBJ_{bucket}")
+    if write:
+        out += [f"$O.{bucket}.>", f"$JS.API.STREAM.PURGE.OBJ_{bucket}"]
+    return out
+
+
+def _kv(bucket: str, write: bool) -> list[str]:
+    out = _read_stream(s.kv_stream(bucket))
+    if write:
+        stream = s.kv_stream(bucket)
+        out += [
+            f"$KV.{bucket}.>",
+            f"$JS.API.STREAM.MSG.DELETE.{stream}",
+            f"$JS.API.STREAM.PURGE.{stream}",
+        ]
+    return out
+
+
+def _events(*types: str) -> list[str]:
+    return [s.events_of_type(t) for t in types]
+
+
+def _micro(service: str) -> list[str]:
+    """nats.micro answers $SRV.PING/INFO/STATS, for all services and for its name."""
+    name = s.service_name(service)
+    return [
+        f"$SRV.{v}{suffix}"
+        for v in ("PING", "INFO", "STATS")
+        for suffix in ("", f".{name}", f".{name}.*")
+    ]
+
+
+def _inbox(service: str) -> str:
+    return f"{s.inbox_prefix(s.service_name(service))}.>"
+
+
+def _service(service: str, publish: Iterable[str], subscribe: Iterable[str]) -> Permissions:
+    pub = [*_topology(), *publish]
+    sub = [_inbox(service), *_micro(service), *subscribe]
+    return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)))
+
+
+def service_permissions() -> dict[str, Permissions]:
+    bodies, mbox_bodies = s.BODIES_BUCKET, s.MAILBOX_BODIES_BUCKET
+    return {
+        "ingress": _service(
+            "ingress",
+            publish=[
+                f"{s.POLICY_PREFIX}.*",
+                *_events("MessageReceived"),
+                *_object_store(bodies, write=True),
+                s.access_subject("Pop3LoginSucceeded"),
+                *_kv(s.CONNECTIONS_BUCKET, write=True),
+                # POP3 reads and deletes mailbox entries and takes the mailbox lock.
+                *_read_stream(s.MAILBOXES_STREAM),
+                f"$JS.API.STREAM.MSG.DELETE.{s.MAILBOXES_STREAM}",
+                *_object_store(mbox_bodies, write=True),
+                f"{s.MAILBOX_LOCKS_PREFIX}.>",
+                *_read_stream(s.MAILBOX_LOCKS_STREAM),
+                f"$JS.API.STREAM.MSG.DELETE.{s.MAILBOX_LOCKS_STREAM}",
+            ],
+            subscribe=[],
+        ),
+        "policy": _service(
+            "policy",
+            publish=[
+                s.access_subject("ClientBlocked"),
+                s.access_subject("ClientUnblocked"),
+                *_read_stream(s.ACCESS_STREAM),
+                *_consume(s.ACCESS_STREAM, s.POLICY_GRANTS_CONSUMER),
+                *_kv(s.POLICY_COUNTERS_BUCKET, write=True),
+                *_kv(s.POP3_GRANTS_BUCKET, write=True),
+                *_kv(s.AUTH_FAILURES_BUCKET, write=True),
+                *_kv(s.BLOCKS_BUCKET, write=True),
+                *_kv(s.CONNECTIONS_BUCKET, write=False),
+            ],
+            subscribe=[f"{s.POLICY_PREFIX}.*", f"{s.BLOCKS_API_PREFIX}.*"],
+        ),
+        "queue": _service(
+            "queue",
+            publish=[
+                *_events(
+                    "DeliveryScheduled",
+                    "MessageDelayed",
+                    "MessageExpired",
+                    "RecipientsFailed",
+                    "RecipientsDelivered",
+                    "MessageCompleted",
+                    "MessageHeld",
+                    "MessageReleased",
+                    "MessageDeleted",
+                    "RetryRequested",
+                ),
+                *_read_stream(s.EVENTS_STREAM),
+                *_consume(s.EVENTS_STREAM, s.QUEUE_CONSUMER),
+                f"{s.JOBS_PREFIX}.*",
+                f"{s.TIMERS_PREFIX}.sched.>",
+                *_read_stream(s.TIMERS_STREAM),
+                f"$JS.API.STREAM.PURGE.{s.TIMERS_STREAM}",
+                *_consume(s.TIMERS_STREAM, s.QUEUE_TIMERS_CONSUMER),
+                *_object_store(bodies, write=True),
+            ],
+            subscribe=[f"{s.QUEUE_API_PREFIX}.*"],
+        ),
+        "delivery": _service(
+            "delivery",
+            publish=[
+                *_events("DeliverySucceeded", "DeliveryDeferred", "DeliveryFailed"),
+                *_consume(s.JOBS_STREAM, s.DELIVERY_CONSUMER),
+                *_object_store(bodies, write=False),
+                f"{s.MAILBOXES_PREFIX}.*",
+                *_read_stream(s.MAILBOXES_STREAM),
+                *_object_store(mbox_bodies, write=True),
+            ],
+            subscribe=[],
+        ),
+        "notifier": _service(
+            "notifier",
+            publish=[
+                # A report is a new message: body, then its MessageReceived.
+                *_events("MessageReceived", "ReportSent"),
+                *_read_stream(s.EVENTS_STREAM),
+                *_consume(s.EVENTS_STREAM, s.NOTIFIER_CONSUMER),
+                *_object_store(bodies, write=True),
+            ],
+            subscribe=[],
+        ),
+    }
+
+
+def _quote(items: Iterable[str]) -> str:
+    return "[" + ", ".join(json.dumps(i) for i in items) + "]"
+
+
+def authorization_block(passwords: Mapping[str, str], admin_password: str) -> str:
+    """A nats-server `authorization` block: one user per service, plus an admin for
+    operators' commands (`mailbus queue`, `mailbus blocks`) and `mailbus up`'s checks.
+
+    A password of the form `$NAME` is left unquoted: nats-server reads it from the
+    environment variable NAME (how compose and Kubernetes pass Secrets).
+    """
+
+    def pw(value: str) -> str:
+        return value if value.startswith("$") else json.dumps(value)
+
+    lines = ["authorization {", "  users: ["]
+    lines.append(f"    {{user: {json.dumps(ADMIN_USER)}, password: {pw(admin_password)}}}")
+    for service, perms in service_permissions().items():
+        user = json.dumps(s.service_name(service))
+        lines += [
+            f"    {{user: {user}, password: {pw(passwords[service])},",
+            "     permissions: {",
+            f"       publish: {{allow: {_quote(perms.publish)}}},",
+            f"       subscribe: {{allow: {_quote(perms.subscribe)}}},",
+            "       allow_responses: true",
+            "     }}",
+        ]
+    lines += ["  ]", "}"]
+    return "\n".join(lines) + "\n"
+
+
+def env_password_name(user: str) -> str:
+    return user.upper().replace("-", "_") + "_NATS_PASSWORD"
+
+
+def deploy_file() -> str:
+    """The file compose and Kubernetes include; passwords come from the environment."""
+    header = (
+        "# Generated by `python -m libs.common.permissions`; do not edit.\n"
+        "# Each password is read by nats-server from the environment variable named here.\n"
+    )
+    passwords = {svc: "$" + env_password_name(s.service_name(svc)) for svc in s.SERVICES}
+    return header + authorization_block(passwords, "$" + env_password_name(ADMIN_USER))
+
+
+if __name__ == "__main__":
+    sys.stdout.write(deploy_file())
