@@ -54,11 +54,15 @@ async def set_timer(js: JetStreamContext, timer: SetTimer) -> None:
 
 
 async def fire_now(js: JetStreamContext, fire: TimerFired) -> None:
-    """An operator's `retry`: a fired timer without a schedule."""
-    subject = subjects.timer_fire_subject(fire.queue_id, fire.kind)
-    await js.publish(
-        subject, fire.model_dump_json().encode(), headers={MSG_ID: fire.request_id or subject}
-    )
+    """An operator's `retry`: a schedule due at once (it replaces the pending retry
+    timer, which the round it starts will set again if need be)."""
+    headers = {
+        SCHEDULE: f"@at {rfc3339(fire.due)}",
+        SCHEDULE_TARGET: subjects.timer_fire_subject(fire.queue_id, fire.kind),
+        MSG_ID: fire.request_id or f"{fire.queue_id}.{fire.kind}.{rfc3339(fire.due)}",
+    }
+    subject = subjects.timer_schedule_subject(fire.queue_id, fire.kind)
+    await js.publish(subject, fire.model_dump_json().encode(), headers=headers)
 
 
 async def clear_timers(js: JetStreamContext, queue_id: str) -> None:
