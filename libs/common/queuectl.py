@@ -13,6 +13,7 @@ import getpass
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from libs.common import subjects
@@ -26,6 +27,9 @@ def add_parser(sub: Any) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--nats-url", action="append", default=None, help="repeatable")
     common.add_argument("--config", default=None, help="take nats.url and credentials from FILE")
+    common.add_argument(
+        "--data-dir", default=None, help="`mailbus up`'s data dir: use its nats-admin.url"
+    )
     common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the queue")
     ops = p_queue.add_subparsers(dest="queue_command", required=True)
 
@@ -84,6 +88,10 @@ async def _request(args: argparse.Namespace, op: str, body: dict[str, Any]) -> d
 def _servers(args: argparse.Namespace) -> tuple[list[str], str | None]:
     if args.nats_url:
         return list(args.nats_url), None
+    if args.data_dir:
+        # `mailbus up` writes the operator's URL (with its password) there, owner-only.
+        url = (Path(args.data_dir) / "nats-admin.url").read_text().strip()
+        return [url], None
     if args.config:
         from libs.common.config import load_config
 
