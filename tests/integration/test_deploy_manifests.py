@@ -7,10 +7,15 @@ deploy/schemas/, docker-compose.yml against the compose-spec schema that
 check-jsonschema vendors, the NATS configs by `nats-server -t`, and both
 mailbus configs by the configuration loader itself. The mutation tests prove
 each validator actually rejects a broken file, so a green run means something.
+
+Bus permissions: compose and Kubernetes include the same generated
+deploy/nats/permissions.conf, which must stay exactly what
+libs/common/permissions.py prints, and every service connects as its own user.
 """
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import functools
 import json
@@ -20,26 +25,31 @@ import subprocess
 import sys
 import tempfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jsonschema
 import kubernetes_validate
+import nats
+import nats.errors
 import pytest
 import yaml
 
-from libs.common import subjects
+from libs.common import permissions, subjects
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
-from libs.common.embedded_nats import nats_server_binary
+from libs.common.embedded_nats import EmbeddedNats, nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 COMPOSE_CONFIG = ROOT / "deploy" / "compose" / "mailbus.yaml"
 COMPOSE_NATS_CONF = ROOT / "deploy" / "nats" / "nats-server.conf"
+PERMISSIONS_CONF = ROOT / "deploy" / "nats" / "permissions.conf"
+SYNC_PERMISSIONS = "python deploy/nats/sync_permissions.py"
 KEDA_SCHEMA = ROOT / "deploy" / "schemas" / "keda-scaledobject-v1alpha1.json"
 ENTRYPOINT = ROOT / "deploy" / "docker" / "entrypoint.sh"
 
@@ -51,8 +61,10 @@ CUSTOM_KINDS = {"ScaledObject"}
 NOT_IN_KUSTOMIZATION = {"kustomization.yaml", "secrets.example.yaml"}
 SERVICES = subjects.SERVICES
 CONFIG_PATH = "/etc/mailbus/mailbus.yaml"
-# Where mailbus-config.yaml says the NATS .creds go once NATS runs with accounts.
-NATS_CREDS_PATH = "/run/secrets/mailbus/nats/mailbus.creds"
+# One password per NATS user (key = user name), read by NATS and the services.
+NATS_USERS_SECRET = "mailbus-nats-users"
+NATS_USERS = [permissions.ADMIN_USER, *(subjects.service_name(s) for s in SERVICES)]
+INCLUDE_PERMISSIONS = re.compile(r"^\s*include\s+\"?\./permissions\.conf\"?\s*$", re.M)
 
 
 # ---- loading -------------------------------------------------------------------
@@ -111,6 +123,48 @@ def secret_keys(secret: dict[str, Any]) -> set[str]:
 def compose() -> dict[str, Any]:
     data: dict[str, Any] = yaml.safe_load(COMPOSE_FILE.read_text())
     return data
+
+
+_COMPOSE_VARIABLE = re.compile(r"\$\{(\w+):-([^}]*)\}")
+
+
+def compose_value(value: str, env: Mapping[str, str] | None = None) -> str:
+    """A compose value with `${VAR:-default}` interpolated as `docker compose` would."""
+    env = env or {}
+    resolved = _COMPOSE_VARIABLE.sub(lambda m: env.get(m[1]) or m[2], value)
+    assert "$" not in resolved, f"uninterpolated or without a default: {value}"
+    return resolved
+
+
+def compose_nats_env() -> dict[str, str]:
+    """The nats container's environment with the demo defaults."""
+    env = compose()["services"]["nats"]["environment"]
+    return {name: compose_value(value) for name, value in env.items()}
+
+
+def password_variables(conf: str) -> dict[str, str]:
+    """Each user of a generated permissions file -> the variable holding its password."""
+    found = re.findall(r'\{user: "([^"]+)", password: \$(\w+)', conf)
+    return dict(found)
+
+
+def env_of(c: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in c.get("env", [])}
+
+
+def k8s_nats_env() -> dict[str, str]:
+    """The environment a NATS pod gets, its Secret values from secrets.example.yaml."""
+    env = {
+        "SERVER_NAME": "nats-0",
+        "CLIENT_ADVERTISE": "nats-0.nats-headless.mailbus.svc:4222",
+        "CLUSTER_ADVERTISE": "nats-0.nats-headless.mailbus.svc:6222",
+    }
+    secrets = secrets_by_name()
+    for name, entry in env_of(container(named("StatefulSet", "nats"))).items():
+        ref = entry.get("valueFrom", {}).get("secretKeyRef")
+        if ref is not None:
+            env[name] = secrets[ref["name"]]["stringData"][ref["key"]]
+    return env
 
 
 def port_number(c: dict[str, Any], port: int | str) -> int:
@@ -207,18 +261,16 @@ def test_compose_file_matches_compose_spec() -> None:
 
 
 def test_compose_nats_config_is_accepted_by_nats_server() -> None:
-    assert nats_conf_errors(COMPOSE_NATS_CONF) == ""
+    # With the passwords compose gives the container; permissions.conf included.
+    assert nats_conf_errors(COMPOSE_NATS_CONF, compose_nats_env()) == ""
 
 
 def test_k8s_nats_config_is_accepted_by_nats_server(tmp_path: Path) -> None:
-    conf = tmp_path / "nats.conf"
-    conf.write_text(named("ConfigMap", "nats-config")["data"]["nats.conf"])
-    env = {
-        "SERVER_NAME": "nats-0",
-        "CLIENT_ADVERTISE": "nats-0.nats-headless.mailbus.svc:4222",
-        "CLUSTER_ADVERTISE": "nats-0.nats-headless.mailbus.svc:6222",
-    }
-    assert nats_conf_errors(conf, env) == ""
+    # The whole ConfigMap as mounted (both keys side by side), with the
+    # environment of the StatefulSet and the Secret values of secrets.example.yaml.
+    for key, text in named("ConfigMap", "nats-config")["data"].items():
+        (tmp_path / key).write_text(text)
+    assert nats_conf_errors(tmp_path / "nats.conf", k8s_nats_env()) == ""
 
 
 # ---- the validators reject broken files ------------------------------------------
@@ -312,8 +364,26 @@ def test_broken_compose_file_fails_validation(
 
 
 def test_broken_nats_config_fails_validation(tmp_path: Path) -> None:
+    (tmp_path / PERMISSIONS_CONF.name).write_text(PERMISSIONS_CONF.read_text())
     path = _mutated_copy(tmp_path, COMPOSE_NATS_CONF, "sync_interval:", "sync_intervall:")
-    assert "sync_intervall" in nats_conf_errors(path)
+    assert "sync_intervall" in nats_conf_errors(path, compose_nats_env())
+
+
+def test_nats_config_without_a_password_fails_validation() -> None:
+    # Proves `nats-server -t` reads the included permissions, passwords and all.
+    env = compose_nats_env()
+    missing = permissions.env_password_name(subjects.service_name("queue"))
+    del env[missing]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MAILBUS_")}
+    proc = subprocess.run(
+        [nats_server_binary(), "-t", "-c", str(COMPOSE_NATS_CONF)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**clean, **env},
+    )
+    assert proc.returncode != 0
+    assert missing in proc.stdout + proc.stderr
 
 
 # ---- Kubernetes invariants ---------------------------------------------------------
@@ -532,10 +602,6 @@ def test_every_secret_file_of_the_config_is_mounted(service: str) -> None:
     for key, path in referenced.items():
         assert path in files, f"{key}: {path} is not mounted in mailbus-{service}"
         assert files[path][1] is False, f"{key}: {path} must not come from an optional Secret"
-    # The documented place of the NATS credentials is mounted too, from an
-    # optional Secret, so setting nats.credentials_file needs no manifest change.
-    assert f"credentials_file: {NATS_CREDS_PATH}" in configmap_text()
-    assert files[NATS_CREDS_PATH] == ("mailbus-nats-creds", True)
 
 
 def k8s_config() -> Config:
@@ -638,6 +704,156 @@ def test_compose_bind_mounts_exist() -> None:
             source = volume.split(":")[0]
             if source.startswith("./"):
                 assert (ROOT / source).is_file(), f"{name}: {source}"
+
+
+# ---- bus permissions: one generated file, one NATS user per service ------------------
+
+
+@pytest.mark.parametrize("where", ["deploy/nats/permissions.conf", "nats-config ConfigMap"])
+def test_permissions_file_is_what_the_module_generates(where: str) -> None:
+    if where.startswith("deploy/"):
+        text = (ROOT / where).read_text()
+    else:
+        text = named("ConfigMap", "nats-config")["data"]["permissions.conf"]
+    assert text == permissions.deploy_file(), f"{where} is stale: run {SYNC_PERMISSIONS}"
+
+
+def test_every_nats_config_includes_the_permissions() -> None:
+    assert INCLUDE_PERMISSIONS.search(COMPOSE_NATS_CONF.read_text())
+    assert INCLUDE_PERMISSIONS.search(named("ConfigMap", "nats-config")["data"]["nats.conf"])
+    # An include is relative to the including file: both lie side by side.
+    volumes = compose()["services"]["nats"]["volumes"]
+    assert "./deploy/nats/nats-server.conf:/etc/nats/nats-server.conf:ro" in volumes
+    assert "./deploy/nats/permissions.conf:/etc/nats/permissions.conf:ro" in volumes
+    sts = named("StatefulSet", "nats")
+    c = container(sts)
+    conf_dir = c["args"][c["args"].index("--config") + 1].rsplit("/", 1)[0]
+    (mount,) = [m for m in c["volumeMounts"] if m["mountPath"] == conf_dir]
+    (volume,) = [
+        v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == mount["name"]
+    ]
+    assert volume["configMap"]["name"] == "nats-config"
+    assert "items" not in volume["configMap"]  # every key, permissions.conf included
+
+
+def test_every_user_has_its_own_password() -> None:
+    variables = password_variables(permissions.deploy_file())
+    assert sorted(variables) == sorted(NATS_USERS)
+    assert variables == {user: permissions.env_password_name(user) for user in NATS_USERS}
+    # compose: the nats container gets each from the environment, with a demo default.
+    compose_env = compose_nats_env()
+    assert set(compose_env) == set(variables.values())
+    assert len(set(compose_env.values())) == len(compose_env)
+    # Kubernetes: the StatefulSet gets each from the Secret, under the user's name.
+    sts_env = env_of(container(named("StatefulSet", "nats")))
+    for user, variable in variables.items():
+        assert sts_env[variable]["valueFrom"]["secretKeyRef"] == {
+            "name": NATS_USERS_SECRET,
+            "key": user,
+        }
+    example = secrets_by_name()[NATS_USERS_SECRET]
+    assert secret_keys(example) == set(NATS_USERS)
+    # Placeholders nats-server takes as one token and a URL takes unescaped.
+    for value in [*compose_env.values(), *example["stringData"].values()]:
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9-]*", value), value
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_k8s_service_connects_as_its_own_user(service: str) -> None:
+    user = subjects.service_name(service)
+    variable = permissions.env_password_name(user)
+    c = container(deployment(service))
+    env = c["env"]
+    names = [e["name"] for e in env]
+    assert not any("secretRef" in source for source in c.get("envFrom", []))
+    # Its own key of the Secret, and no other (in particular not mailbus-admin's).
+    refs = [
+        e["valueFrom"]["secretKeyRef"]
+        for e in env
+        if "secretKeyRef" in e.get("valueFrom", {})
+        and e["valueFrom"]["secretKeyRef"]["name"] == NATS_USERS_SECRET
+    ]
+    assert refs == [{"name": NATS_USERS_SECRET, "key": user}]
+    by_name = env_of(c)
+    assert by_name[variable]["valueFrom"]["secretKeyRef"]["key"] == user
+    # $(VAR) expands only when VAR is defined earlier in the list.
+    assert names.index(variable) < names.index("MAILBUS_NATS_URL")
+    urls = by_name["MAILBUS_NATS_URL"]["value"].split(",")
+    parts = [urlsplit(url) for url in urls]
+    assert {(p.scheme, p.username, p.password) for p in parts} == {("nats", user, f"$({variable})")}
+    # The same three servers as nats.url in the ConfigMap, which it replaces.
+    servers = [f"nats://{p.hostname}:{p.port}" for p in parts]
+    assert servers == k8s_config().nats.url
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_compose_service_connects_as_its_own_user(service: str) -> None:
+    user = subjects.service_name(service)
+    variable = permissions.env_password_name(user)
+    url = compose()["services"][service]["environment"]["MAILBUS_NATS_URL"]
+    # The variable the nats container reads for this user, demo default and all.
+    assert f"${{{variable}:-" in url
+    parts = urlsplit(compose_value(url))
+    assert (parts.scheme, parts.username) == ("nats", user)
+    assert parts.password == compose_nats_env()[variable]
+    assert [f"nats://{parts.hostname}:{parts.port}"] == load_config(COMPOSE_CONFIG).nats.url
+    # A password set in the operator's environment reaches both sides.
+    assert urlsplit(compose_value(url, {variable: "s3cret"})).password == "s3cret"
+    nats_env = compose()["services"]["nats"]["environment"]
+    assert compose_value(nats_env[variable], {variable: "s3cret"}) == "s3cret"
+
+
+async def test_deployed_permissions_take_passwords_from_the_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats-server with the committed file: the env password admits its user only,
+    who may ask policy but not publish a delivery result."""
+    passwords = {user: f"pw{i}{user.replace('-', '')}" for i, user in enumerate(NATS_USERS)}
+    for user, password in passwords.items():
+        monkeypatch.setenv(permissions.env_password_name(user), password)
+    data = tmp_path / "nats"
+    data.mkdir()
+    (data / "permissions.conf").write_text(PERMISSIONS_CONF.read_text())
+    server = EmbeddedNats(data_dir=data, extra_config="include ./permissions.conf\n")
+    await server.astart()
+    try:
+        hostport = f"127.0.0.1:{server.port}"
+        ingress = subjects.service_name("ingress")
+        with pytest.raises(nats.errors.Error, match="Authorization Violation"):
+            await nats.connect(
+                f"nats://{ingress}:{passwords[permissions.ADMIN_USER]}@{hostport}",
+                allow_reconnect=False,
+                connect_timeout=2,
+            )
+        errors: list[str] = []
+
+        async def on_error(exc: Exception) -> None:
+            errors.append(str(exc))
+
+        nc = await nats.connect(
+            f"nats://{ingress}:{passwords[ingress]}@{hostport}",
+            allow_reconnect=False,
+            connect_timeout=2,
+            error_cb=on_error,
+        )
+        try:
+            await nc.publish(subjects.policy_subject("connect"), b"{}")
+            await nc.flush(timeout=2)
+            forbidden = subjects.event_subject("q1", "DeliverySucceeded")
+            await nc.publish(forbidden, b"{}")
+            await nc.flush(timeout=2)
+            for _ in range(40):
+                if errors:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            await nc.close()
+        # Only the forbidden publish was refused (nats-py lowercases the message).
+        assert [e.lower() for e in errors] == [
+            f'nats: permissions violation for publish to "{forbidden.lower()}"'
+        ]
+    finally:
+        await server.astop()
 
 
 # ---- Dockerfile and entrypoint ------------------------------------------------------
