@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
 from nats.aio.client import Client as NATS
@@ -43,8 +44,11 @@ async def connect(servers: Sequence[str], name: str, credentials_file: str | Non
     kwargs: dict[str, object] = {}
     if credentials_file:
         kwargs["user_credentials"] = credentials_file
+    plain, user, password = split_credentials(servers)
+    if user is not None:
+        kwargs["user"], kwargs["password"] = user, password
     return await nats.connect(
-        servers=list(servers),
+        servers=plain,
         name=name,
         # A reply inbox of its own per service, so bus permissions can let a service
         # read only its own replies (libs/common/permissions.py).
@@ -57,6 +61,28 @@ async def connect(servers: Sequence[str], name: str, credentials_file: str | Non
         reconnected_cb=on_reconnect,
         **kwargs,
     )
+
+
+def split_credentials(servers: Sequence[str]) -> tuple[list[str], str | None, str | None]:
+    """Take `user:password@` out of the URLs and give it to the connection instead.
+
+    nats-py applies credentials in a URL to that URL only, not to the cluster
+    members it learns from the server, so a failover to one of those would be
+    refused; connection-wide credentials follow every reconnect.
+    """
+    plain: list[str] = []
+    user: str | None = None
+    password: str | None = None
+    for server in servers:
+        parts = urlsplit(server if "://" in server else f"nats://{server}")
+        if parts.username is not None and user is None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+        host = parts.hostname or "127.0.0.1"
+        netloc = f"[{host}]" if ":" in host else host
+        if parts.port:
+            netloc += f":{parts.port}"
+        plain.append(urlunsplit((parts.scheme, netloc, parts.path, "", "")))
+    return plain, user, password
 
 
 def _stream_configs(replicas: int) -> list[api.StreamConfig]:
