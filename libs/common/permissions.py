@@ -182,7 +182,6 @@ def service_permissions() -> dict[str, Permissions]:
                     "MessageHeld",
                     "MessageReleased",
                     "MessageDeleted",
-                    "RetryRequested",
                 ),
                 *_read_stream(s.EVENTS_STREAM),
                 *_consume(s.EVENTS_STREAM, s.QUEUE_CONSUMER),

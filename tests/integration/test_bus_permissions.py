@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from libs.common import bus, permissions, subjects
 from libs.common.config import load_config_text
 from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import DeliverySucceeded
+from libs.common.events import EVENT_TYPES, DeliverySucceeded
 from libs.common.runtime import Running, start_service
 from services.delivery.service import DeliveryService
 from services.ingress.service import IngressService
@@ -220,3 +220,15 @@ async def test_forbidden_publish_and_subscribe_are_refused(secured: Secured) -> 
 
 async def _now(value: bool) -> bool:
     return value
+
+
+def test_every_event_a_service_may_publish_exists() -> None:
+    """A grant for an event type nobody defines is a hole waiting for a publisher."""
+    known = {cls.__name__ for cls in EVENT_TYPES}
+    granted = {
+        subject.rsplit(".", 1)[1]
+        for perms in permissions.service_permissions().values()
+        for subject in perms.publish
+        if subject.startswith(subjects.events_of_type(""))
+    }
+    assert granted and granted <= known, sorted(granted - known)
