@@ -8,7 +8,13 @@ one file to know what exists.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import time
+from collections.abc import Callable, Iterator, Mapping
+from datetime import datetime
+
+from prometheus_client import REGISTRY, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
 
 # ingress (smtpd)
 SMTPD_CONNECTIONS = Counter(
@@ -40,11 +46,8 @@ POLICY_DECISION_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
-# queue (qmgr)
-QUEUE_MESSAGES = Gauge("mailbus_qmgr_messages", "Messages in the queue by state", ["state"])
-QUEUE_OLDEST_AGE = Gauge(
-    "mailbus_qmgr_oldest_message_age_seconds", "Age of the oldest message still in the queue"
-)
+# queue (qmgr): mailbus_qmgr_messages{state} and mailbus_qmgr_oldest_message_age_seconds
+# come from QueueStatsCollector, read from the queue's index at scrape time.
 QUEUE_EVENTS = Counter(
     "mailbus_qmgr_events_processed_total", "Events the queue consumed, by type", ["type"]
 )
@@ -76,3 +79,44 @@ CONSUMER_ACK_PENDING = Gauge(
     "Messages delivered to a consumer and not yet acknowledged",
     ["stream", "consumer"],
 )
+
+
+QueueStats = Callable[[], tuple[Mapping[str, int], datetime | None]]
+
+
+class QueueStatsCollector(Collector):
+    """Queue size by state and the oldest arrival, computed when Prometheus scrapes:
+    nothing is maintained on the hot path for it."""
+
+    STATES = ("active", "deferred", "held")
+
+    def __init__(self, stats: QueueStats) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        counts, oldest = self._stats()
+        by_state = GaugeMetricFamily(
+            "mailbus_qmgr_messages", "Messages in the queue by state", labels=["state"]
+        )
+        for state in sorted(set(self.STATES) | set(counts)):
+            by_state.add_metric([state], counts.get(state, 0))
+        yield by_state
+        age = 0.0 if oldest is None else max(0.0, time.time() - oldest.timestamp())
+        yield GaugeMetricFamily(
+            "mailbus_qmgr_oldest_message_age_seconds",
+            "Age of the oldest message still in the queue",
+            value=age,
+        )
+
+
+def register_queue_stats(stats: QueueStats) -> QueueStatsCollector:
+    collector = QueueStatsCollector(stats)
+    REGISTRY.register(collector)
+    return collector
+
+
+def unregister(collector: Collector) -> None:
+    try:
+        REGISTRY.unregister(collector)
+    except KeyError:
+        pass

@@ -28,11 +28,13 @@ from libs.common import bus, subjects
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.health import Health
+from libs.common.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+LAG_EVERY_S = 10.0
 
 
 @dataclass
@@ -74,9 +76,12 @@ class Running:
     ctx: Context
     service: Service
     health: Health
+    lag: asyncio.Task[None] | None = None
 
     async def close(self) -> None:
         self.health.ready = False  # a load balancer stops sending work first
+        if self.lag is not None:
+            self.lag.cancel()
         try:
             await self.service.stop()
         finally:
@@ -121,7 +126,28 @@ async def start_service(
     await nc.flush()
     await nc.flush()
     health.ready = True
-    return Running(ctx, service, health)
+    lag = None
+    if subjects.SERVICE_CONSUMERS.get(name):
+        lag = asyncio.create_task(report_consumer_lag(js, subjects.SERVICE_CONSUMERS[name]))
+    return Running(ctx, service, health, lag)
+
+
+async def report_consumer_lag(
+    js: JetStreamContext, consumers: Sequence[tuple[str, str]], every_s: float = LAG_EVERY_S
+) -> None:
+    """Keep the lag gauges fresh: what waits for each consumer, and what is unacked.
+
+    Every replica reports the same shared consumer, so dashboards take max(), not sum().
+    """
+    while True:
+        for stream, consumer in consumers:
+            try:
+                info = await js.consumer_info(stream, consumer)
+            except Exception:  # not created yet, or NATS away: try again next round
+                continue
+            CONSUMER_PENDING.labels(stream, consumer).set(info.num_pending or 0)
+            CONSUMER_ACK_PENDING.labels(stream, consumer).set(info.num_ack_pending or 0)
+        await asyncio.sleep(every_s)
 
 
 async def serve(

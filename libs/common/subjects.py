@@ -190,6 +190,14 @@ NOTIFIER_CONSUMER = "notifier"
 # Shared by every policy replica: each POP3 login is turned into a grant once.
 POLICY_GRANTS_CONSUMER = "policy-pop3-grants"
 
+# The durable consumers each service reads, for its consumer-lag metrics.
+SERVICE_CONSUMERS: dict[str, tuple[tuple[str, str], ...]] = {
+    "policy": ((ACCESS_STREAM, POLICY_GRANTS_CONSUMER),),
+    "queue": ((EVENTS_STREAM, QUEUE_CONSUMER), (TIMERS_STREAM, QUEUE_TIMERS_CONSUMER)),
+    "delivery": ((JOBS_STREAM, DELIVERY_CONSUMER),),
+    "notifier": ((EVENTS_STREAM, NOTIFIER_CONSUMER),),
+}
+
 # Each service answers $SRV.PING/INFO under this name (nats.micro).
 SERVICES = ("ingress", "policy", "queue", "delivery", "notifier")
 

@@ -8,7 +8,7 @@ import logging
 
 from nats.js import JetStreamContext
 
-from libs.common import subjects
+from libs.common import metrics, subjects
 from libs.common.config import Config
 from libs.common.runtime import Context
 from services.queue.adapters import consumer, timers
@@ -36,6 +36,7 @@ class QueueService:
         self._tasks: list[asyncio.Task[None]] = []
         self._subs: list[JetStreamContext.PullSubscription] = []
         self.processor: QueueProcessor | None = None
+        self._stats: metrics.QueueStatsCollector | None = None
 
     async def start(self) -> None:
         config = self.ctx.config
@@ -52,6 +53,7 @@ class QueueService:
             index.update(state)
         processor.seed(states.values())
         log.info("queue: %d messages in the queue at start", len(index))
+        self._stats = metrics.register_queue_stats(index.stats)
         await QueueApi(js, processor).register(self.ctx.micro)
         events_sub = await consumer.subscribe(js)
         timers_sub = await timers.subscribe(js)
@@ -70,6 +72,8 @@ class QueueService:
         ]
 
     async def stop(self) -> None:
+        if self._stats is not None:
+            metrics.unregister(self._stats)
         self._stopping.set()
         if self._tasks:
             await asyncio.gather(*self._tasks)

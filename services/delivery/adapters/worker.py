@@ -20,6 +20,7 @@ import asyncio
 import contextlib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -31,7 +32,8 @@ from opentelemetry import trace
 from pydantic import ValidationError
 
 from libs.common import bus
-from libs.common.events import DeliveryJob
+from libs.common.events import DeliveryJob, Event, event_type
+from libs.common.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from libs.common.telemetry import context_from_headers, tracer
 from services.delivery.adapters.courier import Attempt, Courier
 from services.delivery.adapters.local_store import LocalDelivery
@@ -171,6 +173,8 @@ class DeliveryWorker:
                 "smtp.recipients": len(job.recipients),
             },
         ) as span:
+            loop = asyncio.get_running_loop()
+            started = loop.time()
             stand_in = unsupported(job.destination)
             local = self._local if job.destination.kind == "local" else None
             local_replies = None
@@ -213,6 +217,7 @@ class DeliveryWorker:
             _annotate(span, attempt, [r.code for r in replies])
             # Every result must be durable before the job is acked (then it cannot vanish).
             await asyncio.gather(*(bus.publish_event(self._js, e) for e in events))
+            _count(job, events, loop.time() - started)
         if self._fault == FAULT_EXIT_BEFORE_ACK:
             log.warning("delivery: fault %s: exiting before ack of %s", self._fault, job.job_id)
             os._exit(137)
@@ -265,3 +270,17 @@ def _annotate(span: trace.Span, attempt: Attempt, codes: list[int]) -> None:
         span.set_attribute("tls.protocol.version", attempt.tls_version)
     if transcript.broken is not None:
         span.set_status(trace.StatusCode.ERROR, transcript.broken.text)
+
+
+_RESULT_LABELS = {
+    "DeliverySucceeded": "delivered",
+    "DeliveryDeferred": "deferred",
+    "DeliveryFailed": "failed",
+}
+
+
+def _count(job: DeliveryJob, events: Sequence[Event], seconds: float) -> None:
+    kind = job.destination.kind
+    DELIVERY_SECONDS.labels(kind).observe(seconds)
+    for event in events:
+        DELIVERY_ATTEMPTS.labels(kind, _RESULT_LABELS.get(event_type(event), "other")).inc()

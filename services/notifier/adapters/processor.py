@@ -31,6 +31,7 @@ from libs.common.events import (
 )
 from libs.common.history import message_history, message_received
 from libs.common.ids import derived_queue_id
+from libs.common.metrics import REPORTS_SENT
 from libs.common.submission import MessageStore
 from libs.common.telemetry import context_from_headers, current_traceparent, tracer
 from services.notifier.core import (
@@ -160,6 +161,7 @@ class NotifierProcessor:
         if await message_received(self._js, report_id) is not None:
             return report_id  # submitted before a crash; never twice
         await self._submit(trigger, received, plan, original, report_id)
+        REPORTS_SENT.labels(trigger.kind).inc()
         log.info(
             "notifier %s: %s report %s to %s", trigger.queue_id, trigger.kind, report_id, plan.to
         )

@@ -9,6 +9,8 @@ stream stays the truth: losing the index loses nothing but a restart's time.
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from datetime import datetime
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
@@ -43,6 +45,12 @@ class QueueIndex:
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def stats(self) -> tuple[dict[str, int], datetime | None]:
+        """Messages per state and the oldest arrival, for the metrics scrape."""
+        counts: Counter[str] = Counter(e.state for e in self._entries.values())
+        oldest = min((e.arrival for e in self._entries.values()), default=None)
+        return dict(counts), oldest
 
 
 async def read_all_states(js: JetStreamContext) -> dict[str, MessageState]:

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from libs.common import bus, subjects
 from libs.common.events import DeliveryJob, event_type, parse_event
+from libs.common.metrics import QUEUE_EVENTS
 from libs.common.telemetry import context_from_headers, context_from_traceparent, tracer
 from services.queue.adapters.history import load_history
 from services.queue.adapters.index import QueueIndex
@@ -141,6 +142,7 @@ class QueueProcessor:
                     await msg.nak(delay=RETRY_DELAY_S)
                     return
                 await msg.ack()
+                QUEUE_EVENTS.labels(_kind(trigger)).inc()
         if input_id:
             self._settled(input_id)
 
@@ -250,3 +252,7 @@ def _describe(trigger: Trigger) -> str:
     if isinstance(trigger, TimerFired):
         return f"{trigger.kind} timer due {trigger.due.isoformat()}"
     return trigger.event_id
+
+
+def _kind(trigger: Trigger) -> str:
+    return f"timer.{trigger.kind}" if isinstance(trigger, TimerFired) else event_type(trigger)
