@@ -185,9 +185,20 @@ def format_history(reply: dict[str, Any]) -> str:
     lines = [f"queue id {reply['queue_id']}"]
     entry = reply.get("entry")
     lines.append(f"state: {entry['state'] if entry else 'not in the queue'}")
+    lines.append(f"trace id: {trace_id(reply['events']) or '-'}")
     for e in reply["events"]:
         lines.append(f"{_time(e['occurred_at'])}  {e['type']:<19}  {_event_details(e)}")
     return "\n".join(lines)
+
+
+def trace_id(events: Sequence[dict[str, Any]]) -> str | None:
+    """The SMTP session's trace (W3C traceparent `00-<trace id>-<span id>-<flags>`),
+    to look the message up in Jaeger or any OpenTelemetry backend."""
+    for e in events:
+        parent = e.get("trace_parent") if e.get("type") == "MessageReceived" else None
+        if parent and parent.count("-") == 3:
+            return str(parent.split("-")[1])
+    return None
 
 
 def format_result(op: str, reply: dict[str, Any]) -> str:

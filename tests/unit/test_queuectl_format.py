@@ -1,0 +1,37 @@
+"""`mailbus queue show` names the message's trace, so an operator can open it."""
+
+from __future__ import annotations
+
+from libs.common.queuectl import format_history, trace_id
+
+PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_trace_id_comes_from_the_sessions_traceparent() -> None:
+    events = [
+        {"type": "DeliveryScheduled", "trace_parent": "ignored"},
+        {"type": "MessageReceived", "trace_parent": PARENT},
+    ]
+    assert trace_id(events) == "0af7651916cd43dd8448eb211c80319c"
+    assert trace_id([{"type": "MessageReceived", "trace_parent": None}]) is None
+
+
+def test_show_prints_the_trace_id() -> None:
+    reply = {
+        "queue_id": "Q1",
+        "entry": None,
+        "events": [
+            {
+                "type": "MessageReceived",
+                "occurred_at": "2026-11-28T03:30:00Z",
+                "mail_from": "a@x.test",
+                "recipients": [{"address": "b@y.test"}],
+                "size": 10,
+                "client": {"ip": "192.0.2.1"},
+                "trace_parent": PARENT,
+            }
+        ],
+    }
+    text = format_history(reply)
+    assert "trace id: 0af7651916cd43dd8448eb211c80319c" in text
+    assert "from <a@x.test> to b@y.test" in text
