@@ -83,6 +83,15 @@ async def test_one_message_is_one_trace_across_service_processes(
         assert any(s.name == "smtp deliver" for s in mine)
         assert any(s.name.startswith("policy ") for s in mine)
         assert any(s.name.startswith("queue ") for s in mine)
+        # Semantic conventions: SERVER per SMTP session, CLIENT per delivery attempt,
+        # PRODUCER per publish and CONSUMER per processed message, tagged as NATS.
+        server, client, producer, consumer = 2, 3, 4, 5  # OTLP SpanKind values
+        kinds = {(s.name.split(" ")[0], s.kind) for s in mine}
+        assert ("smtp", server) in kinds and ("smtp", client) in kinds
+        nats_spans = [s for s in mine if s.attributes.get("messaging.system") == "nats"]
+        assert {s.kind for s in nats_spans} >= {producer, consumer}
+        assert any(s.attributes.get("smtp.reply_code") == 250 for s in mine if s.kind == client)
+        assert all("mailbus.queue_id" in s.attributes for s in mine if s.kind == consumer)
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)

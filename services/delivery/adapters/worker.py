@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from libs.common import bus
 from libs.common.events import DeliveryJob, Event, event_type
 from libs.common.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
-from libs.common.telemetry import context_from_headers, tracer
+from libs.common.telemetry import context_from_headers, messaging_attributes, tracer
 from services.delivery.adapters.courier import Attempt, Courier
 from services.delivery.adapters.local_store import LocalDelivery
 from services.delivery.adapters.smtp_client import SmtpSession
@@ -171,6 +171,7 @@ class DeliveryWorker:
                 "mailbus.attempt": job.attempt,
                 "mailbus.destination": job.destination.key,
                 "smtp.recipients": len(job.recipients),
+                **messaging_attributes(msg.subject, "process", job.job_id),
             },
         ) as span:
             loop = asyncio.get_running_loop()

@@ -33,7 +33,12 @@ from libs.common.history import message_history, message_received
 from libs.common.ids import derived_queue_id
 from libs.common.metrics import REPORTS_SENT
 from libs.common.submission import MessageStore
-from libs.common.telemetry import context_from_headers, current_traceparent, tracer
+from libs.common.telemetry import (
+    context_from_headers,
+    current_traceparent,
+    messaging_attributes,
+    tracer,
+)
 from services.notifier.core import (
     NoReport,
     ReportInput,
@@ -105,7 +110,11 @@ class NotifierProcessor:
             f"notifier {event_type(event)}",
             context=context_from_headers(msg.headers),
             kind=trace.SpanKind.CONSUMER,
-            attributes={"mailbus.queue_id": event.queue_id, "mailbus.event_id": event.event_id},
+            attributes={
+                "mailbus.queue_id": event.queue_id,
+                "mailbus.event_id": event.event_id,
+                **messaging_attributes(msg.subject, "process", event.event_id),
+            },
         ) as span:
             try:
                 async with self._serialized(trigger.queue_id):

@@ -30,7 +30,12 @@ from pydantic import ValidationError
 from libs.common import bus, subjects
 from libs.common.events import DeliveryJob, event_type, parse_event
 from libs.common.metrics import QUEUE_EVENTS
-from libs.common.telemetry import context_from_headers, context_from_traceparent, tracer
+from libs.common.telemetry import (
+    context_from_headers,
+    context_from_traceparent,
+    messaging_attributes,
+    tracer,
+)
 from services.queue.adapters.history import load_history
 from services.queue.adapters.index import QueueIndex
 from services.queue.adapters.locks import KeyedLocks
@@ -149,7 +154,10 @@ class QueueProcessor:
     def _span(
         self, msg: Msg, trigger: Trigger, state: MessageState
     ) -> AbstractContextManager[trace.Span]:
-        attributes: dict[str, str] = {"mailbus.queue_id": state.queue_id or _qid(trigger)}
+        attributes: dict[str, str] = {
+            "mailbus.queue_id": state.queue_id or _qid(trigger),
+            **messaging_attributes(msg.subject, "process"),
+        }
         if isinstance(trigger, TimerFired):
             received = state.received
             origin = context_from_traceparent(received.trace_parent if received else None)
