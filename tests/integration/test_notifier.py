@@ -7,6 +7,7 @@ the event log and the Object Store for the report and the ReportSent answer.
 
 from __future__ import annotations
 
+import asyncio
 import email
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -439,6 +440,64 @@ async def test_end_to_end_failure_report_reaches_the_sender(
         ]
         (sent,) = await answered(js, qid)
         assert sent.kind == "failure"
+    finally:
+        for service in reversed(running):
+            await service.close()
+
+
+async def test_end_to_end_a_bounced_report_reaches_the_postmaster_once(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+) -> None:
+    """The original bounces, and so does its report: the postmaster hears of it once."""
+    refused = "550 5.1.1 No such user here"
+    sink, port = sink_factory(replies={"bob@remote.test": refused, SENDER: refused})
+    config = load_config_text(
+        f"server:\n  hostname: {HOST}\n  postmaster: {POSTMASTER}\n"
+        f"delivery:\n  mode: relay\n  relay_host:\n    host: 127.0.0.1\n    port: {port}\n"
+        "  tls: none\n"
+    )
+    running = [
+        await start_service(name, factory, config, [nats_server.url])
+        for name, factory in (
+            ("queue", QueueService),
+            ("delivery", DeliveryService),
+            ("notifier", NotifierService),
+        )
+    ]
+    try:
+        qid = await submit(js, Recipient(address="bob@remote.test"))
+
+        async def postmaster_told() -> bool:
+            return any(rcpts == [POSTMASTER] for _, rcpts, _ in sink.received)
+
+        await eventually(postmaster_told, "the report to the postmaster", within=60)
+        (first,) = await answered(js, qid)
+        report_id = first.report_queue_id
+        assert report_id is not None
+        (second,) = await answered(js, report_id)
+        to_postmaster = second.report_queue_id
+        assert to_postmaster is not None
+
+        async def settled() -> bool:
+            done = await message_history(js, to_postmaster)
+            if not any(e.type == "MessageCompleted" for e in done):
+                return False
+            for consumer in (subjects.QUEUE_CONSUMER, subjects.NOTIFIER_CONSUMER):
+                info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
+                if info.num_pending or info.num_ack_pending:
+                    return False
+            return True
+
+        await eventually(settled, "the report to the postmaster to complete", within=30)
+        await asyncio.sleep(1.0)  # room for anything that should not come
+        assert [(m[0], tuple(m[1])) for m in sink.received] == [(NULL_SENDER, (POSTMASTER,))]
+        parsed = parse(sink.received[0][2])
+        assert parsed["To"] == POSTMASTER
+        # What bounced is the report to the sender (the report itself is attached).
+        assert SENDER.encode() in all_failures(email.message_from_bytes(sink.received[0][2]))[1]
+        assert [r.report_of for r in await reports_in_stream(js)] == [qid, report_id]
     finally:
         for service in reversed(running):
             await service.close()

@@ -61,7 +61,9 @@ def at(minutes: float) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def received(*rcpts: str | Recipient, sender: str = "alice@example.test") -> MessageReceived:
+def received(
+    *rcpts: str | Recipient, sender: str = "alice@example.test", report_of: str | None = None
+) -> MessageReceived:
     return MessageReceived(
         event_id=f"{QID}.received",
         queue_id=QID,
@@ -70,6 +72,7 @@ def received(*rcpts: str | Recipient, sender: str = "alice@example.test") -> Mes
         recipients=tuple(r if isinstance(r, Recipient) else Recipient(address=r) for r in rcpts),
         size=42,
         client=Client(ip="127.0.0.1"),
+        report_of=report_of,
     )
 
 
@@ -407,6 +410,36 @@ def test_null_sender_gets_no_round_reports() -> None:
     )
     assert of_type(out, RecipientsFailed) == of_type(out, RecipientsDelivered) == []
     assert out[-1] == DeleteBody(QID)
+
+
+def test_a_failed_report_of_ours_is_reported() -> None:
+    """Null sender, but one of our reports: the notifier sends its failure to the postmaster."""
+    q = Queue()
+    out = q.feed(
+        [
+            (0, received("alice@one.test", sender="", report_of="Q0")),
+            (1, result("fail", "Q1.a1.d0", "alice@one.test", 1)),
+        ]
+    )
+    (report,) = of_type(out, RecipientsFailed)
+    assert [o.address for o in report.outcomes] == ["alice@one.test"]
+    assert DeleteBody(QID) not in out  # the body waits for the notifier's answer
+    assert q.feed([(2, answer("Q1.a1.failed"))]) == [DeleteBody(QID)]
+
+
+def test_an_expired_report_of_ours_is_reported_but_never_warned_about() -> None:
+    q = Queue()
+    q.feed(
+        [
+            (0, received("alice@one.test", sender="", report_of="Q0")),
+            (1, result("defer", "Q1.a1.d0", "alice@one.test", 1)),
+        ]
+    )
+    assert [t.kind for t in of_type(q.log, SetTimer)] == ["retry", "expire"]
+    out = q.feed([(180, fire("expire", 180))])
+    (expired,) = of_type(out, MessageExpired)
+    assert expired.recipients == ("alice@one.test",)
+    assert DeleteBody(QID) not in out
 
 
 def test_rebuilt_state_reports_nothing_twice() -> None:

@@ -2,9 +2,10 @@
 
 Each has a deterministic id, and each recipient is reported once: the state
 remembers who is already covered, so a redelivered input or a rebuilt state
-derives nothing new. None of them exists for a null-sender message: RFC 3461
+derives nothing new. None of them exists for a null-sender message (RFC 3461
 never reports on a report, and the queue must not wait for answers that the
-notifier will not send.
+notifier will not send), except for our own reports (`report_of` set): their
+failure goes once to the postmaster, which the notifier decides.
 """
 
 from __future__ import annotations
@@ -41,7 +42,10 @@ def round_event_id(state: MessageState, attempt: int, what: str) -> str:
 
 
 def reports_wanted(state: MessageState) -> bool:
-    return state.received is not None and state.received.mail_from != ""
+    received = state.received
+    if received is None:
+        return False
+    return received.mail_from != "" or received.report_of is not None
 
 
 def _outcome(rcpt: RecipientState, action: str, status: str) -> RecipientOutcome:
