@@ -6,10 +6,10 @@ import asyncio
 
 from nats.js import JetStreamContext
 
-from libs.common import subjects
+from libs.common import consumers, subjects
 from libs.common.config import Config
 from libs.common.runtime import Context
-from services.delivery.adapters.consumer import ack_wait_from_env, subscribe
+from services.delivery.adapters.consumer import ack_wait_from_env, jobs_consumer
 from services.delivery.adapters.courier import Courier, CourierSettings, RelayTarget
 from services.delivery.adapters.dns import MxResolver
 from services.delivery.adapters.local_store import LocalDelivery, local_settings
@@ -67,7 +67,7 @@ class DeliveryService:
         self._worker = DeliveryWorker(
             self.ctx.js, bodies, courier_of(config), settings, local=local
         )
-        self._sub = await subscribe(self.ctx.js, slots, self._ack_wait)
+        self._sub = await consumers.bind(self.ctx.js, jobs_consumer(slots, self._ack_wait))
         self._task = asyncio.create_task(
             self._worker.run(self._sub, self._stopping), name="delivery-fetch"
         )

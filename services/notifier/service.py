@@ -7,10 +7,10 @@ import logging
 
 from nats.js import JetStreamContext
 
-from libs.common import languages
+from libs.common import consumers, languages
 from libs.common.runtime import Context
 from services.notifier.adapters.catalogs import load_catalogs
-from services.notifier.adapters.consumer import fetch_loop, subscribe
+from services.notifier.adapters.consumer import FETCH, TRIGGERS_CONSUMER
 from services.notifier.adapters.processor import NotifierProcessor
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,10 @@ class NotifierService:
             postmaster=config.server.postmaster_address,
             language=language,
         )
-        self._sub = await subscribe(self.ctx.js)
+        self._sub = await consumers.bind(self.ctx.js, TRIGGERS_CONSUMER)
         self._task = asyncio.create_task(
-            fetch_loop(self._sub, processor.handle, self._stopping), name="notifier-fetch"
+            consumers.fetch_loop(self._sub, processor.handle, self._stopping, FETCH, "notifier"),
+            name="notifier-fetch",
         )
 
     async def stop(self) -> None:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import os
 
-from nats.js import JetStreamContext, api
-
 from libs.common import subjects
+from libs.common.consumers import DurableConsumer
 
 # A job not acked within ack_wait is handed to another worker. Long deliveries keep
 # their job with in_progress() every third of it. Tests shorten it through the
@@ -28,26 +27,15 @@ def ack_wait_from_env() -> float:
     return value
 
 
-def consumer_config(max_ack_pending: int, ack_wait: float) -> api.ConsumerConfig:
-    return api.ConsumerConfig(
+def jobs_consumer(max_ack_pending: int, ack_wait: float) -> DurableConsumer:
+    return DurableConsumer(
+        stream=subjects.JOBS_STREAM,
         name=subjects.DELIVERY_CONSUMER,
-        durable_name=subjects.DELIVERY_CONSUMER,
         description="delivery workers: outbound SMTP jobs",
-        filter_subjects=[subjects.JOBS_SUBJECTS],
-        deliver_policy=api.DeliverPolicy.ALL,
-        ack_policy=api.AckPolicy.EXPLICIT,
+        filters=(subjects.JOBS_SUBJECTS,),
         ack_wait=ack_wait,
         # The server hands out at most this many unacked jobs across all workers:
-        # that is what makes delivery.max_delivery_threads a cluster-wide cap.
+        # that is what makes delivery.max_delivery_threads a cluster-wide cap. The last
+        # worker to start sets the shared limits.
         max_ack_pending=max_ack_pending,
-    )
-
-
-async def subscribe(
-    js: JetStreamContext, max_ack_pending: int, ack_wait: float
-) -> JetStreamContext.PullSubscription:
-    # Create-or-update: the last worker to start sets the shared limits.
-    await js.add_consumer(subjects.JOBS_STREAM, consumer_config(max_ack_pending, ack_wait))
-    return await js.pull_subscribe_bind(
-        durable=subjects.DELIVERY_CONSUMER, stream=subjects.JOBS_STREAM
     )

@@ -9,28 +9,35 @@ idempotent (a grant is only ever extended), so a redelivery does no harm.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from nats.aio.msg import Msg
-from nats.errors import TimeoutError as NatsTimeoutError
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 from pydantic import ValidationError
 
 from libs.common import subjects
+from libs.common.consumers import DurableConsumer, FetchSettings, bind, fetch_loop
 from libs.common.events import Pop3LoginSucceeded, parse_access_event
 from services.policy.adapters.stores import GrantStore
 from services.policy.core import grant_for_login
 
 log = logging.getLogger(__name__)
 
-BATCH = 64
-FETCH_WAIT_S = 1.0
-ACK_WAIT_S = 30.0
 RETRY_DELAY_S = 1.0
 LOGIN_SUBJECT = subjects.access_subject("Pop3LoginSucceeded")
+
+LOGINS_CONSUMER = DurableConsumer(
+    stream=subjects.ACCESS_STREAM,
+    name=subjects.POLICY_GRANTS_CONSUMER,
+    description="policy: POP3 logins, turned into POP3-before-SMTP grants",
+    filters=(LOGIN_SUBJECT,),
+    ack_wait=30.0,
+)
+# One login after the other: logins from one address extend the same grant. A stop
+# need not wait for an idle fetch, since a login caught in it only comes back later.
+FETCH = FetchSettings(batch=64, concurrent=False, cancel_idle_fetch=True)
 
 
 class Pop3LoginConsumer:
@@ -47,56 +54,25 @@ class Pop3LoginConsumer:
         self._clock = clock
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
-        self._stopping = False
-        self._fetching = False
+        self._stopping = asyncio.Event()
 
     async def start(self) -> None:
-        sub = await self._js.pull_subscribe(
-            LOGIN_SUBJECT,
-            durable=subjects.POLICY_GRANTS_CONSUMER,
-            stream=subjects.ACCESS_STREAM,
-            config=api.ConsumerConfig(
-                ack_policy=api.AckPolicy.EXPLICIT,
-                ack_wait=ACK_WAIT_S,
-                deliver_policy=api.DeliverPolicy.ALL,
-                filter_subject=LOGIN_SUBJECT,
-            ),
+        self._sub = await bind(self._js, LOGINS_CONSUMER)
+        self._task = asyncio.create_task(
+            fetch_loop(self._sub, self._handle, self._stopping, FETCH, "pop3 logins"),
+            name="pop3-logins",
         )
-        self._sub = sub
-        self._task = asyncio.create_task(self._run(sub), name="pop3-logins")
 
     async def stop(self) -> None:
         """Finish the batch in hand; a fetch that is only waiting is cancelled."""
-        self._stopping = True
+        self._stopping.set()
         task, sub = self._task, self._sub
         if task is None or sub is None:
             return
-        if self._fetching:
-            task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        await task
         # A pull subscription left behind would hold the connection's drain until it
         # times out; the durable consumer itself stays on the server for the next start.
         await sub.unsubscribe()
-
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping:
-            self._fetching = True
-            try:
-                msgs = await sub.fetch(BATCH, timeout=FETCH_WAIT_S)
-            except NatsTimeoutError:
-                continue
-            except Exception as exc:  # NATS reconnecting: keep trying, gently
-                log.warning("pop3 logins: fetch failed: %s: %s", type(exc).__name__, exc)
-                await asyncio.sleep(RETRY_DELAY_S)
-                continue
-            finally:
-                self._fetching = False
-            for msg in msgs:
-                try:
-                    await self._handle(msg)
-                except Exception as exc:  # e.g. the ack itself failed: it comes back
-                    log.warning("pop3 logins: %s: %s", type(exc).__name__, exc)
 
     async def _handle(self, msg: Msg) -> None:
         try:

@@ -18,9 +18,10 @@ from __future__ import annotations
 import logging
 from datetime import UTC, datetime
 
-from nats.js import JetStreamContext, api
+from nats.js import JetStreamContext
 
-from libs.common import subjects
+from libs.common import consumers, subjects
+from libs.common.consumers import DurableConsumer
 from services.queue.core import SetTimer, TimerFired
 
 log = logging.getLogger(__name__)
@@ -28,9 +29,6 @@ log = logging.getLogger(__name__)
 SCHEDULE = "Nats-Schedule"
 SCHEDULE_TARGET = "Nats-Schedule-Target"
 MSG_ID = "Nats-Msg-Id"
-
-ACK_WAIT_S = 30.0
-MAX_ACK_PENDING = 1_000
 
 
 def rfc3339(when: datetime) -> str:
@@ -69,21 +67,15 @@ async def clear_timers(js: JetStreamContext, queue_id: str) -> None:
     await js.purge_stream(subjects.TIMERS_STREAM, subject=subjects.message_timers_filter(queue_id))
 
 
-def consumer_config() -> api.ConsumerConfig:
-    return api.ConsumerConfig(
-        name=subjects.QUEUE_TIMERS_CONSUMER,
-        durable_name=subjects.QUEUE_TIMERS_CONSUMER,
-        description="queue: fired retry, delay-warning and expiry timers",
-        filter_subject=subjects.TIMER_FIRES,
-        deliver_policy=api.DeliverPolicy.ALL,
-        ack_policy=api.AckPolicy.EXPLICIT,
-        ack_wait=ACK_WAIT_S,
-        max_ack_pending=MAX_ACK_PENDING,
-    )
+TIMERS_CONSUMER = DurableConsumer(
+    stream=subjects.TIMERS_STREAM,
+    name=subjects.QUEUE_TIMERS_CONSUMER,
+    description="queue: fired retry, delay-warning and expiry timers",
+    filters=(subjects.TIMER_FIRES,),
+    ack_wait=30.0,
+    max_ack_pending=1_000,
+)
 
 
 async def subscribe(js: JetStreamContext) -> JetStreamContext.PullSubscription:
-    await js.add_consumer(subjects.TIMERS_STREAM, consumer_config())
-    return await js.pull_subscribe_bind(
-        durable=subjects.QUEUE_TIMERS_CONSUMER, stream=subjects.TIMERS_STREAM
-    )
+    return await consumers.bind(js, TIMERS_CONSUMER)
