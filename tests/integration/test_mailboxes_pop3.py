@@ -462,6 +462,8 @@ async def test_over_quota_is_deferred_then_reported(stack: Stack) -> None:
     (gone,) = [e for e in events if isinstance(e, MessageExpired)]
     assert gone.recipients == ("dave@example.test",)
     assert "452 4.2.2 Mailbox full" in gone.outcomes[0].diagnostic
+    # The mailbox stayed full to the end: the report says so, permanently (not 4.4.7).
+    assert (gone.outcomes[0].action, gone.outcomes[0].status) == ("failed", "5.2.2")
     entries = await MailboxStore(stack.js).entries("dave@example.test")
     assert [e.queue_id for e in entries] == [first]
 

@@ -304,6 +304,62 @@ def test_expiry_fails_the_rest_and_keeps_the_body_for_the_report() -> None:
     assert q.feed([(181, answer("Q1.expired"))]) == [DeleteBody(QID)]
 
 
+def deferral(job: str, rcpt: str, minutes: float, status: str) -> DeliveryDeferred:
+    return DeliveryDeferred(
+        event_id=f"{job}.{rcpt}",
+        queue_id=QID,
+        occurred_at=at(minutes),
+        job_id=job,
+        attempt=int(job.split(".a")[1].split(".")[0]),
+        recipient=rcpt,
+        reply_code=452 if status == "4.2.2" else 451,
+        reply_text=f"{status} said the server",
+        status=status,
+    )
+
+
+@pytest.mark.parametrize(
+    ("deferrals", "expected"),
+    [
+        (["4.2.2"], "5.2.2"),  # the mailbox stayed full: say so, permanently
+        (["4.4.1", "4.2.2"], "5.2.2"),
+        (["4.2.2", "4.4.1"], "4.4.7"),  # the last deferral decides
+        (["4.4.1"], "4.4.7"),
+        (["4.7.1"], "4.4.7"),
+        ([""], "4.4.7"),
+    ],
+)
+def test_expiry_status_follows_the_last_deferral(deferrals: list[str], expected: str) -> None:
+    q = Queue()
+    q.feed([(0, received("b@one.test"))])
+    for attempt, status in enumerate(deferrals, start=1):
+        minutes = 11.0 * attempt
+        if attempt > 1:
+            q.feed([(minutes - 1, fire("retry", minutes - 1))])
+        q.feed([(minutes, deferral(f"Q1.a{attempt}.d0", "b@one.test", minutes, status))])
+    out = q.feed([(180, fire("expire", 180))])
+    (expired,) = of_type(out, MessageExpired)
+    assert [(o.action, o.status) for o in expired.outcomes] == [("failed", expected)]
+    assert expired.outcomes[0].diagnostic.endswith(f"{deferrals[-1]} said the server")
+    rcpt = q.state.recipient("b@one.test")
+    assert rcpt is not None and (rcpt.status, rcpt.reply_status) == ("failed", expected)
+
+
+def test_null_sender_over_quota_expires_as_mailbox_full_too() -> None:
+    """No report, but the state (and `mailbus queue`) tells the same story."""
+    q = Queue()
+    q.feed(
+        [
+            (0, received("b@one.test", sender="")),
+            (1, deferral("Q1.a1.d0", "b@one.test", 1, "4.2.2")),
+            (180, fire("expire", 180)),
+        ]
+    )
+    assert of_type(q.log, MessageExpired) == []
+    rcpt = q.state.recipient("b@one.test")
+    assert rcpt is not None and (rcpt.status, rcpt.reply_status) == ("failed", "5.2.2")
+
+
 def test_null_sender_expires_without_a_report() -> None:
     q = Queue()
     q.feed(

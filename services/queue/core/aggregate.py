@@ -12,7 +12,8 @@ Transitions per recipient (one place, as data):
     scheduled --DeliveryFailed----->  failed      (final)
     scheduled --DeliveryDeferred--->  deferred    (retried retry_interval after last_attempt_at)
     deferred  --DeliveryScheduled-->  scheduled(new job_id, attempt + 1)
-    pending, deferred, scheduled --MessageExpired-->  failed (4.4.7, final)
+    pending, deferred, scheduled --MessageExpired-->  failed (4.4.7, or 5.2.2 after a
+                                                      mailbox-full deferral; final)
 
 and per message: MessageHeld / MessageReleased toggle `held`, MessageCompleted
 and MessageDeleted end it (`done`); the report-triggering events and their
@@ -66,6 +67,9 @@ ACCEPTS_RESULT: frozenset[RecipientStatus] = frozenset({"scheduled"})
 SCHEDULABLE: frozenset[RecipientStatus] = frozenset({"pending", "deferred"})
 
 EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
+# Expiry statuses that say more than 4.4.7, by the last deferral's status: a mailbox that
+# stayed full until bounce_after is reported as full, permanently (RFC 3463 X.2.2).
+EXPIRED_AFTER: dict[str, str] = {"4.2.2": "5.2.2"}
 
 
 @dataclass(frozen=True)
@@ -220,10 +224,16 @@ def _replace_recipients(state: MessageState, updated: dict[str, RecipientState])
     return replace(state, recipients=tuple(updated.get(r.address, r) for r in state.recipients))
 
 
+def expiry_status(rcpt: RecipientState) -> str:
+    """The status a recipient not final at bounce_after fails with. Only deferrals leave a
+    recipient not final, so its reply_status is its last deferral's."""
+    return EXPIRED_AFTER.get(rcpt.reply_status, EXPIRED_STATUS)
+
+
 def mark_expired(state: MessageState, addresses: Iterable[str]) -> MessageState:
     wanted = set(addresses)
     updated = {
-        r.address: replace(r, status="failed", reply_status=EXPIRED_STATUS, expired=True)
+        r.address: replace(r, status="failed", reply_status=expiry_status(r), expired=True)
         for r in state.recipients
         if r.address in wanted and not r.final
     }

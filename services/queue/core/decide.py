@@ -192,7 +192,8 @@ def _completion(state: MessageState, now: datetime) -> list[Output]:
 
 
 def _expire(state: MessageState, now: datetime) -> list[Output]:
-    """bounce_after has passed: every recipient not final fails with 4.4.7."""
+    """bounce_after has passed: every recipient not final fails (4.4.7, or 5.2.2 for a
+    mailbox that stayed full; see expiry_status)."""
     out: list[Output] = []
     expired = expiry(state, now)
     if expired is not None:

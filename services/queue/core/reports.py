@@ -19,7 +19,7 @@ from libs.common.events import (
     RecipientsDelivered,
     RecipientsFailed,
 )
-from services.queue.core.aggregate import EXPIRED_STATUS, MessageState, RecipientState
+from services.queue.core.aggregate import MessageState, RecipientState, expiry_status
 from services.queue.core.timers import Timing
 
 ReportEvent = MessageDelayed | MessageExpired | RecipientsFailed | RecipientsDelivered
@@ -149,5 +149,5 @@ def expiry(state: MessageState, now: datetime) -> MessageExpired | None:
         queue_id=state.queue_id,
         occurred_at=now,
         recipients=tuple(r.address for r in waiting),
-        outcomes=tuple(_outcome(r, "failed", EXPIRED_STATUS) for r in waiting),
+        outcomes=tuple(_outcome(r, "failed", expiry_status(r)) for r in waiting),
     )
