@@ -71,6 +71,9 @@ def rules_from_config(config: Config) -> PolicyRules:
             accounts=accounts,
             postmaster=config.server.postmaster_address,
             limits=limits_from_config(config),
+            plaintext_login_listeners=[
+                entry.name for entry in config.pop3_listeners if entry.tls == "none"
+            ],
         )
     except AddressError as exc:
         raise ConfigError([f"users: {exc.reason}"]) from None

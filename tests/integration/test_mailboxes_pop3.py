@@ -63,7 +63,7 @@ GRANT_MINUTES = 30
 def config_text(sink_port: int) -> str:
     users = "\n".join(
         f'  - {{address: {name}@example.test, password_hash: "{PASSWORD_HASH}"}}'
-        for name in ("alice", "bob", "carol", "dave", "erin", "frank")
+        for name in ("alice", "bob", "carol", "dave", "erin", "frank", "henry")
     )
     return f"""
 server: {{hostname: mx.example.test, local_domains: [example.test], postmaster: alice@example.test}}
@@ -395,6 +395,33 @@ async def test_logins_need_tls_and_the_right_password(stack: Stack) -> None:
     assert "USER" in out["plain capa"]  # type: ignore[operator]
     assert out["plain user"] == b"+OK Send PASS"
     assert await failed_logins(stack.js, source) == 1
+
+
+async def test_a_tls_none_pop3_listener_logs_users_in(stack: Stack) -> None:
+    """The operator chose plain text for this listener (a trusted network): logins work."""
+    await asyncio.to_thread(send, stack, ["henry@example.test"], b"Subject: lan\r\n\r\nhi\r\n")
+    await stored(stack, "henry@example.test", 1)
+
+    def session() -> tuple[bytes, bytes, tuple[int, int], bytes]:
+        client = POP3From(stack.address("pop3-plain"), "127.0.2.4")
+        client.user("henry@example.test")
+        try:
+            client.pass_("wrong")
+            wrong = b"(logged in)"
+        except poplib.error_proto as exc:
+            wrong = exc.args[0]
+        client.user("henry@example.test")
+        welcome = client.pass_(PASSWORD)
+        stat = client.stat()
+        body = b"\r\n".join(client.retr(1)[1])
+        client.quit()
+        return wrong, welcome, stat, body
+
+    wrong, welcome, stat, body = await asyncio.to_thread(session)
+    assert wrong == b"-ERR [AUTH] Authentication credentials invalid"
+    assert welcome.startswith(b"+OK Logged in, 1 messages")
+    assert stat[0] == 1 and body.endswith(b"Subject: lan\r\n\r\nhi")
+    assert await failed_logins(stack.js, "127.0.2.4") == 1
 
 
 # --- POP3-before-SMTP ------------------------------------------------------------------------

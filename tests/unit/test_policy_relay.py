@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.common.config import IpGroup
+from libs.common.config import IpGroup, load_config_text
 from libs.common.policy_api import PolicyQuery, Session
 from services.policy.core import (
     Account,
@@ -23,11 +23,13 @@ from services.policy.core import (
     wants_pop3_grant,
 )
 from services.policy.core.failures import FailedLogins, first_failure
+from services.policy.service import rules_from_config
 
 NOW = datetime(2025, 1, 1, 12, 0, tzinfo=UTC)
 GRANT = timedelta(minutes=30)
 INSIDE = "10.1.1.1"
 OUTSIDE = "192.0.2.1"
+PLAIN_POP3 = "pop3-plain"  # a POP3 listener with tls: none
 ALICE = Account("alice@example.test", password_hash="$argon2id$...", aliases=("al@example.test",))
 
 
@@ -39,6 +41,7 @@ def rules(mode: str = "restricted", smtp_auth: bool = True, pop3: bool = True) -
         relay_for_authenticated=smtp_auth,
         pop3_grant=GRANT if pop3 else None,
         accounts=[ALICE, Account("bob@example.test")],
+        plaintext_login_listeners=[PLAIN_POP3],
     )
 
 
@@ -161,8 +164,11 @@ def auth_query(
     mechanism: str = "PLAIN",
     tls: bool = True,
     auth_user: str | None = None,
+    listener: str = "smtp",
 ) -> PolicyQuery:
-    session = Session(session_id="s", client_ip=OUTSIDE, tls=tls, auth_user=auth_user)
+    session = Session(
+        session_id="s", client_ip=OUTSIDE, tls=tls, auth_user=auth_user, listener=listener
+    )
     return PolicyQuery(
         stage="auth", session=session, mechanism=mechanism, username=username, password="pw"
     )
@@ -181,6 +187,12 @@ def auth_query(
         (auth_query("alice"), True, "535 5.7.8", "auth_failed", None),
         (auth_query(""), True, "535 5.7.8", "auth_failed", None),
         (auth_query(tls=False), True, "538 5.7.11", "auth_tls", None),
+        (auth_query(tls=False, listener="pop3"), True, "538 5.7.11", "auth_tls", None),
+        (auth_query(tls=False, listener=""), True, "538 5.7.11", "auth_tls", None),
+        # The operator's tls: none POP3 listener: plain-text logins, checked as any other.
+        (auth_query(tls=False, listener=PLAIN_POP3), True, "235 2.7.0", "auth_ok", ALICE.address),
+        (auth_query(tls=False, listener=PLAIN_POP3), False, "535 5.7.8", "auth_failed", None),
+        (auth_query(tls=True, listener=PLAIN_POP3), True, "235 2.7.0", "auth_ok", ALICE.address),
         (auth_query(mechanism="CRAM-MD5"), True, "504 5.5.4", "auth_mechanism", None),
         (auth_query(auth_user="alice@example.test"), True, "503 5.5.1", "auth_twice", None),
     ],
@@ -196,6 +208,17 @@ def test_auth(
 
 def test_auth_without_facts_never_succeeds() -> None:
     assert decide(auth_query(), rules(), NOW).rule == "auth_failed"
+
+
+def test_only_pop3_listeners_with_tls_none_take_plain_text_logins() -> None:
+    config = load_config_text(
+        "listeners:\n"
+        '  - {name: smtp, address: "127.0.0.1:25", tls: none}\n'
+        '  - {name: pop3, protocol: pop3, address: "127.0.0.1:110", tls: starttls}\n'
+        '  - {name: pop3-lan, protocol: pop3, address: "127.0.0.1:1110", tls: none}\n'
+        "tls: {cert_file: /dev/null, key_file: /dev/null}\n"
+    )
+    assert rules_from_config(config).plaintext_login_listeners == {"pop3-lan"}
 
 
 # --- grants, directory, counters ----------------------------------------------------------

@@ -172,7 +172,8 @@ class PolicyEndpoints:
         decision = decide(query, self._rules, self._clock(), facts)
         if decision.rule != "auth_failed":
             return decision
-        if checker is not None and query.session.tls:
+        # Only a login `decide` lets through without TLS gets here (a tls: none POP3 listener).
+        if checker is not None:
             # Unknown accounts are checked too (against a dummy): same time, nothing learnt.
             stored = account.password_hash if account is not None else None
             ok = await checker.verify(stored, query.password or "")

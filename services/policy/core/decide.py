@@ -68,8 +68,9 @@ def _helo(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -
 def _auth(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     if (query.mechanism or "").upper() not in AUTH_MECHANISMS:
         return reject(504, "5.5.4", "Unrecognized authentication type", "auth_mechanism")
-    if not query.session.tls:
+    if not query.session.tls and query.session.listener not in rules.plaintext_login_listeners:
         # Ingress never offers AUTH in plain text; this holds even if a listener forgot.
+        # Only a POP3 listener the operator set to `tls: none` may log in without TLS.
         return reject(
             538, "5.7.11", "Encryption required for requested authentication mechanism", "auth_tls"
         )

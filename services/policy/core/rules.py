@@ -59,6 +59,9 @@ class PolicyRules:
     # The group's name is only for messages and logs.
     allowed_ip_group_name: str | None = field(default=None, compare=False)
     limits: SecurityLimits = field(default_factory=SecurityLimits)
+    # Listeners (by name) whose logins may come without TLS: POP3 listeners the operator
+    # set to `tls: none`. SMTP AUTH is never among them.
+    plaintext_login_listeners: frozenset[str] = frozenset()
 
     @classmethod
     def build(
@@ -72,6 +75,7 @@ class PolicyRules:
         accounts: Iterable[Account] = (),
         postmaster: str = "",
         limits: SecurityLimits | None = None,
+        plaintext_login_listeners: Iterable[str] = (),
     ) -> PolicyRules:
         """Normalize the local domains once so that every comparison is exact."""
         return cls(
@@ -84,6 +88,7 @@ class PolicyRules:
             postmaster=postmaster,
             allowed_ip_group_name=allowed_ip_group_name,
             limits=limits or SecurityLimits(),
+            plaintext_login_listeners=frozenset(plaintext_login_listeners),
         )
 
     def is_local_domain(self, domain: str) -> bool:
