@@ -8,7 +8,7 @@ import logging
 
 from nats.js import JetStreamContext
 
-from libs.common import metrics, subjects
+from libs.common import consumers, metrics, subjects
 from libs.common.config import Config
 from libs.common.runtime import Context
 from services.queue.adapters import consumer, timers
@@ -55,20 +55,18 @@ class QueueService:
         log.info("queue: %d messages in the queue at start", len(index))
         self._stats = metrics.register_queue_stats(index.stats)
         await QueueApi(js, processor).register(self.ctx.micro)
-        events_sub = await consumer.subscribe(js)
-        timers_sub = await timers.subscribe(js)
+        events_sub = await consumers.bind(js, consumer.EVENTS_CONSUMER)
+        timers_sub = await consumers.bind(js, timers.TIMERS_CONSUMER)
         self._subs = [events_sub, timers_sub]
+        loops = [
+            (events_sub, processor.handle, "queue", "queue-events"),
+            (timers_sub, processor.handle_timer, "queue timers", "queue-timers"),
+        ]
         self._tasks = [
             asyncio.create_task(
-                consumer.fetch_loop(events_sub, processor.handle, self._stopping),
-                name="queue-events",
-            ),
-            asyncio.create_task(
-                consumer.fetch_loop(
-                    timers_sub, processor.handle_timer, self._stopping, what="queue timers"
-                ),
-                name="queue-timers",
-            ),
+                consumers.fetch_loop(sub, handle, self._stopping, consumer.FETCH, what), name=name
+            )
+            for sub, handle, what, name in loops
         ]
 
     async def stop(self) -> None:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
-
-from nats.js import JetStreamContext
-
-from libs.common import consumers, subjects
+from libs.common import subjects
 from libs.common.consumers import DurableConsumer, FetchSettings
 
 # The inputs of the queue: a new message, the delivery results, the notifier's answers
@@ -34,16 +30,3 @@ EVENTS_CONSUMER = DurableConsumer(
 # Handlers serialize per queue id, so a whole batch is handled at once; the fired
 # timers' consumer is fetched the same way.
 FETCH = FetchSettings(batch=64)
-
-
-async def subscribe(js: JetStreamContext) -> JetStreamContext.PullSubscription:
-    return await consumers.bind(js, EVENTS_CONSUMER)
-
-
-async def fetch_loop(
-    sub: JetStreamContext.PullSubscription,
-    handle: consumers.Handler,
-    stopping: asyncio.Event,
-    what: str = "queue",
-) -> None:
-    await consumers.fetch_loop(sub, handle, stopping, FETCH, what)

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
-from libs.common import consumers, subjects
+from libs.common import subjects
 from libs.common.consumers import DurableConsumer
 from services.queue.core import SetTimer, TimerFired
 
@@ -75,7 +75,3 @@ TIMERS_CONSUMER = DurableConsumer(
     ack_wait=30.0,
     max_ack_pending=1_000,
 )
-
-
-async def subscribe(js: JetStreamContext) -> JetStreamContext.PullSubscription:
-    return await consumers.bind(js, TIMERS_CONSUMER)
