@@ -1,5 +1,7 @@
-"""Read one message's events back from MAILBUS_EVENTS, for services that are not its owner.
+"""Read one message's events back from MAILBUS_EVENTS.
 
+The stream is the source of truth: the queue folds a message's state from this
+when its cache misses, and other services read what they need of a message here.
 Each read is a "next message on this subject filter" direct get, so reading a
 message costs one round trip per event and never a consumer.
 """

@@ -14,27 +14,12 @@ from libs.common.events import (
     DeliveryDeferred,
     DeliveryFailed,
     DeliverySucceeded,
-    parse_event,
 )
+from libs.common.history import message_history
 
 
 async def history(js: JetStreamContext, qid: str) -> list[AnyEvent]:
-    events: list[AnyEvent] = []
-    seq = 1
-    for _ in range(1000):
-        try:
-            raw = await js.get_msg(
-                subjects.EVENTS_STREAM,
-                seq=seq,
-                subject=subjects.message_events_filter(qid),
-                next=True,
-            )
-        except NotFoundError:
-            break
-        assert raw.seq is not None and raw.data is not None
-        events.append(parse_event(raw.data))
-        seq = raw.seq + 1
-    return events
+    return await message_history(js, qid)
 
 
 def types(events: list[AnyEvent]) -> list[str]:

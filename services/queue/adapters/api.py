@@ -23,7 +23,7 @@ from nats.micro.service import Service as MicroService
 
 from libs.common import bus, subjects
 from libs.common.events import Event, MessageDeleted, MessageHeld, MessageReleased
-from services.queue.adapters.history import load_history
+from libs.common.history import message_history
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.adapters.timers import fire_now
 from services.queue.core import QueueEntry, TimerFired
@@ -91,7 +91,7 @@ class QueueApi:
 
     async def _show(self, body: dict[str, Any]) -> Reply:
         qid = str(body["queue_id"])
-        events = await load_history(self._js, qid)
+        events = await message_history(self._js, qid)
         if not events:
             raise NotQueued(qid)
         entry = self._processor.index.get(qid)

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 
 from libs.common import bus, subjects
 from libs.common.events import DeliveryJob, event_type, parse_event
+from libs.common.history import message_history
 from libs.common.metrics import QUEUE_EVENTS
 from libs.common.telemetry import (
     context_from_headers,
@@ -36,7 +37,6 @@ from libs.common.telemetry import (
     messaging_attributes,
     tracer,
 )
-from services.queue.adapters.history import load_history
 from services.queue.adapters.index import QueueIndex
 from services.queue.adapters.locks import KeyedLocks
 from services.queue.adapters.timers import clear_timers, set_timer
@@ -182,7 +182,7 @@ class QueueProcessor:
         cached = self._cache.get(queue_id)
         if cached is not None:
             return cached
-        return fold(await load_history(self._js, queue_id))
+        return fold(await message_history(self._js, queue_id))
 
     async def _process(self, qid: str, trigger: Trigger, state: MessageState) -> None:
         outputs = decide(state, trigger, datetime.now(UTC), self._routing, self._timing)
