@@ -24,7 +24,7 @@ from libs.common.submission import MessageStore, StoreError
 from libs.common.telemetry import current_traceparent
 from services.ingress.adapters.auth import read_credentials
 from services.ingress.adapters.leases import ConnectionLeases
-from services.ingress.core import replies, smuggling
+from services.ingress.core import dsn, replies, smuggling
 from services.ingress.core.received import count_received, received_header, with_protocol
 
 if TYPE_CHECKING:
@@ -74,10 +74,12 @@ class IngressHandler:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        """aiosmtpd advertises `SIZE n` for a limit; with none, RFC 1870 still has `SIZE`."""
+        """aiosmtpd advertises `SIZE n` for a limit; with none, RFC 1870 still has `SIZE`.
+        DSN (RFC 3461) goes before the last line."""
         session.host_name = hostname
         if not server.data_size_limit and not any(r[4:].startswith("SIZE") for r in responses):
             responses.insert(1, "250-SIZE")
+        responses.insert(len(responses) - 1, "250-DSN")
         return responses
 
     async def handle_MAIL(
@@ -88,6 +90,10 @@ class IngressHandler:
         address: str,
         mail_options: list[str],
     ) -> str:
+        try:
+            params = dsn.parse_mail(server.dsn_parameters)
+        except dsn.DsnSyntaxError as exc:
+            return _dsn_refusal(server, exc)
         query = PolicyQuery(
             stage="mail",
             session=server.policy(),
@@ -103,6 +109,7 @@ class IngressHandler:
         envelope.mail_from = decision.canonical or address
         envelope.mail_options.extend(mail_options)
         envelope.policy_rules = [decision.rule]
+        envelope.dsn = params
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -113,6 +120,10 @@ class IngressHandler:
         address: str,
         rcpt_options: list[str],
     ) -> str:
+        try:
+            params = dsn.parse_rcpt(server.dsn_parameters)
+        except dsn.DsnSyntaxError as exc:
+            return _dsn_refusal(server, exc)
         query = PolicyQuery(
             stage="rcpt",
             session=server.policy(),
@@ -125,11 +136,13 @@ class IngressHandler:
         if not decision.accepted:
             return server.refuse(decision)
         # Where the mail goes is policy's canonical address (an alias resolved to its
-        # account); the same mailbox named twice gets the message once.
+        # account); the same mailbox named twice gets the message once, with the DSN
+        # parameters of its first RCPT.
         canonical = decision.canonical or address
         if canonical not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(canonical)
             envelope.rcpt_sent.append(address)
+            envelope.rcpt_dsn.append(params)
             envelope.policy_rules.append(decision.rule)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 Ok"
@@ -243,8 +256,10 @@ class IngressHandler:
             queue_id=qid,
             mail_from=_null_sender(envelope.mail_from or ""),
             recipients=tuple(
-                _recipient(a, sent)
-                for a, sent in zip(envelope.rcpt_tos, envelope.rcpt_sent, strict=True)
+                _recipient(a, sent, params)
+                for a, sent, params in zip(
+                    envelope.rcpt_tos, envelope.rcpt_sent, envelope.rcpt_dsn, strict=True
+                )
             ),
             size=size,
             client=Client(ip=ip, port=port, helo=helo, listener=self.settings.name),
@@ -253,15 +268,24 @@ class IngressHandler:
             # In stage order, each rule once: why this message was let in.
             policy_rules=tuple(dict.fromkeys([*envelope.policy_rules, data_rule])),
             smtputf8=envelope.smtp_utf8,
+            envid=envelope.dsn.envid,
+            ret=envelope.dsn.ret,
             trace_parent=current_traceparent(),
         )
 
 
-def _recipient(address: str, sent: str) -> Recipient:
-    """RFC 3461 section 4.2: a rewritten recipient keeps the one the client gave as ORCPT."""
-    if address.lower() == sent.lower():
-        return Recipient(address=address)
-    return Recipient(address=address, orcpt=f"rfc822;{sent}")
+def _recipient(address: str, sent: str, params: dsn.RcptParams) -> Recipient:
+    """RFC 3461 section 4.2: the client's ORCPT if it gave one; else a rewritten recipient
+    keeps the address the client wrote as its ORCPT."""
+    orcpt = params.orcpt
+    if orcpt is None and address.lower() != sent.lower():
+        orcpt = f"{'rfc822' if sent.isascii() else 'utf-8'};{sent}"
+    return Recipient(address=address, orcpt=orcpt, notify=params.notify)
+
+
+def _dsn_refusal(server: IngressSMTP, error: dsn.DsnSyntaxError) -> str:
+    server.refusals.note("dsn_syntax")
+    return f"501 5.5.4 {error}"
 
 
 def _null_sender(address: str) -> str:

@@ -10,6 +10,7 @@ are its stages. The listener's hooks (policy, acceptance) are in `handler.py`.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -32,7 +33,7 @@ from libs.common.policy_api import Session as PolicySession
 from libs.common.telemetry import tracer
 from services.ingress.adapters.data import read_message
 from services.ingress.adapters.refusals import Refusals
-from services.ingress.core import replies
+from services.ingress.core import dsn, replies
 from services.ingress.core.data import DataAssembler, DataState
 from services.ingress.core.paths import split_path
 from services.ingress.core.refusals import FAILED_COMMANDS_RULE, TOO_MANY_FAILURES
@@ -119,6 +120,9 @@ class IngressEnvelope(Envelope):
         self.policy_rules: list[str] = []
         # The recipients as the client wrote them, parallel to rcpt_tos (canonical).
         self.rcpt_sent: list[str] = []
+        # DSN (RFC 3461): per recipient, parallel to rcpt_tos; per message from MAIL.
+        self.rcpt_dsn: list[dsn.RcptParams] = []
+        self.dsn: dsn.MailParams = dsn.MailParams()
 
 
 class IngressSMTP(SMTP):
@@ -154,6 +158,8 @@ class IngressSMTP(SMTP):
         self._in_helo = False
         self._close_after_reply = False
         self._proxied_peer: tuple[str, int] | None = None
+        # The DSN parameters of the MAIL or RCPT being handled, as the client wrote them.
+        self.dsn_parameters: tuple[str, ...] = ()
         self.refusals = Refusals(self.session_id, s.max_failed_commands)
         self._smtp_methods = {
             name: self._command(name, method) for name, method in self._smtp_methods.items()
@@ -309,7 +315,32 @@ class IngressSMTP(SMTP):
         await self._helo_reply(super().smtp_HELO(hostname))
 
     async def smtp_EHLO(self, hostname: str) -> None:
+        # aiosmtpd grows class-wide limits at every EHLO of every session: ours are our own.
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
         await self._helo_reply(super().smtp_EHLO(hostname))
+        # RFC 3461 section 5: room for the DSN parameters (ORCPT alone may take 500).
+        self.command_size_limits["MAIL"] += dsn.MAIL_LINE_EXTRA
+        self.command_size_limits["RCPT"] += dsn.RCPT_LINE_EXTRA
+
+    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        await super().smtp_MAIL(self._take_dsn(arg, "FROM:", dsn.MAIL_KEYWORDS))
+
+    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        await super().smtp_RCPT(self._take_dsn(arg, "TO:", dsn.RCPT_KEYWORDS))
+
+    def _take_dsn(self, arg: str | None, keyword: str, names: frozenset[str]) -> str | None:
+        """The command without its DSN parameters, which go to `dsn_parameters` for the
+        handler: aiosmtpd would refuse them and upper-case what ENVID and ORCPT say."""
+        self.dsn_parameters = ()
+        if arg is None or self.session is None or not self.session.extended_smtp:
+            return arg  # after HELO, aiosmtpd refuses any parameter
+        rest = self._strip_command_keyword(keyword, arg)
+        if rest is None:
+            return arg
+        kept, self.dsn_parameters = dsn.extract(rest, names)
+        return f"{keyword}{kept}"
 
     async def _helo_reply(self, reply: Awaitable[None]) -> None:
         self._in_helo = True
