@@ -68,6 +68,7 @@ class IngressService:
                     policy,
                     self.ctx.js,
                     tls_context,
+                    leases=self.leases,
                 )
                 self._pop3.append(pop3)
                 self.addresses[entry.name] = await pop3.start(entry.host, entry.port)

@@ -8,7 +8,7 @@ connections. Each test uses its own client addresses (127.0.2.x; 127.0.9.x
 are in the exempt group), since the counts are per address:
 
     limit                      here   refused with
-    max_connections_per_ip       3    421 4.7.0 at connect
+    max_connections_per_ip       3    421 4.7.0 at connect (POP3: -ERR [SYS/TEMP])
     max_messages_per_hour_per_ip 3    450 4.7.1 at MAIL
     directory_harvest            3    421 4.7.0 (block of 10 minutes)
     max_recipients               3    452 4.5.3
@@ -60,12 +60,13 @@ MEMORY_BOUND_KB = 24 * 1024
 IO_TIMEOUT_S = 20.0
 
 
-def config_text(smtp_port: int, smtps_port: int, dns_port: int) -> str:
+def config_text(smtp_port: int, smtps_port: int, pop3_port: int, dns_port: int) -> str:
     return f"""
 server: {{hostname: mx.example.test, local_domains: [example.test]}}
 listeners:
   - {{name: smtp, address: "127.0.0.1:{smtp_port}", tls: none}}
   - {{name: smtps, address: "127.0.0.1:{smtps_port}", tls: implicit}}
+  - {{name: pop3, protocol: pop3, address: "127.0.0.1:{pop3_port}", tls: none}}
 ip_groups:
   trusted: ["{EXEMPT_NET}"]
 users:
@@ -100,6 +101,7 @@ class Proc:
     metrics_port: int
     smtp: tuple[str, int] = ("127.0.0.1", 0)
     smtps: tuple[str, int] = ("127.0.0.1", 0)
+    pop3: tuple[str, int] = ("127.0.0.1", 0)
 
     async def ready(self) -> None:
         deadline = time.monotonic() + 30
@@ -226,11 +228,11 @@ async def cluster(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Clu
     try:
         ingress: dict[str, Proc] = {}
         for name in ("A", "B", "C"):
-            ports = free_port(), free_port()
+            ports = free_port(), free_port(), free_port()
             path = tmp / f"ingress-{name}.yaml"
             path.write_text(config_text(*ports, dns.port))
             proc = await spawn("ingress", f"ingress-{name}", path, server.url, tmp)
-            proc.smtp, proc.smtps = ("127.0.0.1", ports[0]), ("127.0.0.1", ports[1])
+            proc.smtp, proc.smtps, proc.pop3 = (("127.0.0.1", p) for p in ports)
             ingress[name] = proc
             procs.append(proc)
         policies = []
@@ -403,16 +405,55 @@ async def test_exempt_connections_are_not_limited(cluster: Cluster) -> None:
             await c.close()
 
 
-async def eventually_greeted(addr: tuple[str, int], ip: str, within: float = 10.0) -> Smtp:
+async def eventually_greeted(
+    addr: tuple[str, int], ip: str, within: float = 10.0, greeting: str = "220"
+) -> Smtp:
     deadline = time.monotonic() + within
     while True:
         client = await Smtp.open(addr, ip)
-        if client.greeting.startswith("220"):
+        if client.greeting.startswith(greeting):
             return client
         await client.close()
         if time.monotonic() > deadline:
             raise AssertionError(f"{ip} still refused: {client.greeting}")
         await asyncio.sleep(0.2)
+
+
+async def test_pop3_sessions_count_with_smtp_sessions(cluster: Cluster) -> None:
+    """POP3 sessions hold leases too: one limit for both protocols, across replicas."""
+    ip = "127.0.2.30"
+    pop3_a, pop3_b = cluster.ingress["A"].pop3, cluster.ingress["B"].pop3
+    # The line client reads a POP3 greeting as well: it is one line.
+    held = [
+        await Smtp.open(pop3_a, ip),
+        await Smtp.open(pop3_b, ip),
+        await Smtp.open(cluster.a, ip),
+    ]
+    try:
+        assert [c.greeting.split()[0] for c in held] == ["+OK", "+OK", "220"]
+        fourth = await Smtp.open(pop3_b, ip)
+        assert fourth.greeting.startswith("-ERR [SYS/TEMP] Too many connections from 127.0.2.30")
+        assert await fourth.closed()
+        await fourth.close()
+        smtp = await Smtp.open(cluster.b, ip)
+        assert code(smtp.greeting) == "421 4.7.0"  # the POP3 sessions count for SMTP too
+        await smtp.close()
+        # A POP3 session that ends gives its place back.
+        await held.pop(0).close()
+        held.append(await eventually_greeted(pop3_a, ip, greeting="+OK"))
+    finally:
+        for c in held:
+            await c.close()
+
+
+async def test_exempt_pop3_sessions_are_not_limited(cluster: Cluster) -> None:
+    ip = "127.0.9.2"
+    held = [await Smtp.open(cluster.ingress["AB"[i % 2]].pop3, ip) for i in range(5)]
+    try:
+        assert [c.greeting.split()[0] for c in held] == ["+OK"] * 5
+    finally:
+        for c in held:
+            await c.close()
 
 
 # --- max_messages_per_hour_per_ip -------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Leases on open SMTP connections, so policy can count them across every ingress instance.
+"""Leases on open SMTP and POP3 connections, so policy can count them across every ingress instance.
 
 Each open connection is one key in CONNECTIONS_BUCKET (see
 `subjects.connection_lease_key`), written before policy is asked at connect

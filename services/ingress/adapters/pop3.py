@@ -10,6 +10,10 @@ logins are counted per client address in the same place. After a successful
 login the mailbox is locked for this session, and a `Pop3LoginSucceeded`
 access event is published before the `+OK`: that is what makes
 POP3-before-SMTP grants on every ingress replica.
+
+With `security.max_connections_per_ip` set, each session holds a connection
+lease like an SMTP session, taken before policy is asked at connect: POP3 and
+SMTP connections of an address count against the same limit.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from libs.common.mailbox import MailboxEntry, MailboxLock, MailboxStore
 from libs.common.policy_api import PolicyClient, PolicyQuery, publish_pop3_login
 from libs.common.policy_api import Session as PolicySession
 from libs.common.telemetry import tracer
+from services.ingress.adapters.leases import ConnectionLeases
 from services.ingress.core import pop3
 from services.ingress.core.pop3 import DropMessage, Pop3Session, Step, TlsMode
 
@@ -71,8 +76,10 @@ class Pop3Server:
         js: JetStreamContext,
         tls_context: ssl.SSLContext | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        leases: ConnectionLeases | None = None,
     ) -> None:
         self.settings = settings
+        self.leases = leases
         self.policy = policy
         self.js = js
         self.mailboxes = MailboxStore(js)
@@ -169,6 +176,9 @@ class Pop3Connection:
             await asyncio.shield(self._finish())
 
     async def _converse(self) -> None:
+        leases = self.server.leases
+        if leases is not None:
+            await leases.acquire(self.session_id, self.peer[0], self.server.settings.name)
         refusal = await self._connect_refusal()
         if refusal is not None:
             await self._send(pop3.err(refusal))
@@ -361,6 +371,8 @@ class Pop3Connection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
         await self._unlock()
+        if self.server.leases is not None:
+            self.server.leases.release(self.session_id)
         self.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), CLOSE_WAIT_S)
@@ -372,6 +384,10 @@ class Pop3Connection:
         with _tracer.start_as_current_span("pop3 connect"):
             decision = await self.server.policy.ask(query)
         if decision.accepted:
+            leases, limits = self.server.leases, decision.limits
+            if leases is not None and limits is not None and limits.exempt:
+                # The exempt group is never limited: its sessions need not be counted.
+                leases.release(self.session_id)
             return None
         return f"[SYS/{'TEMP' if decision.code < 500 else 'PERM'}] {decision.message}"
 
