@@ -8,6 +8,7 @@ from nats.js import JetStreamContext
 
 from libs.common import consumers, subjects
 from libs.common.config import Config
+from libs.common.dns import resolver_of
 from libs.common.runtime import Context
 from services.delivery.adapters.consumer import ack_wait_from_env, jobs_consumer
 from services.delivery.adapters.courier import Courier, CourierSettings, RelayTarget
@@ -41,10 +42,7 @@ def courier_of(config: Config) -> Courier:
         mx_port=delivery.mx_port,
         relay=relay_target(config),
     )
-    resolver = MxResolver(
-        [(s.host, s.port) for s in config.dns.servers], config.dns.timeout.total_seconds()
-    )
-    return Courier(settings, resolver)
+    return Courier(settings, MxResolver(resolver_of(config.dns)))
 
 
 class DeliveryService:

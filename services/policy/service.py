@@ -14,7 +14,7 @@ from services.policy.adapters.admin import BlocksEndpoints
 from services.policy.adapters.blocks import BlockStore
 from services.policy.adapters.connections import ConnectionCounter
 from services.policy.adapters.counters import SlidingCounters
-from services.policy.adapters.dns import SenderDomainResolver
+from services.policy.adapters.dns import sender_domain_resolver
 from services.policy.adapters.facts import FactFinder
 from services.policy.adapters.nats_micro import Lookups, PolicyEndpoints, utc_now
 from services.policy.adapters.passwords import PasswordChecker
@@ -98,12 +98,9 @@ class PolicyService:
         failures = FailedLoginCounter(ctx.js)
         counters = SlidingCounters(ctx.js, HOUR)
         blocks = BlockStore(ctx.js)
-        dns_config = ctx.config.dns
         resolver = None
         if self.rules.limits.require_sender_domain_dns:
-            resolver = SenderDomainResolver(
-                [(s.host, s.port) for s in dns_config.servers], dns_config.timeout.total_seconds()
-            )
+            resolver = sender_domain_resolver(ctx.config.dns)
         facts = FactFinder(
             self.rules,
             counters=counters,

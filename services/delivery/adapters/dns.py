@@ -1,8 +1,6 @@
-"""MX and address look-ups with dnspython's asyncio resolver, turned into a `Route`.
+"""MX and address look-ups (libs.common.dns), turned into a `Route`.
 
-`dns.servers` empty means the system's resolvers; otherwise only those (tests
-point it at a DNS server on loopback). `dns.timeout` bounds each look-up; a
-time-out or SERVFAIL is a temporary failure (the mail is deferred), NXDOMAIN
+A time-out or SERVFAIL is a temporary failure (the mail is deferred), NXDOMAIN
 and a null MX are permanent. Which hosts and addresses, in which order, is
 decided in `services.delivery.core.mx`.
 """
@@ -12,14 +10,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import random
-from collections.abc import Sequence
 
-import dns.asyncresolver
-import dns.exception
-import dns.nameserver
-import dns.rdatatype
-import dns.resolver
-
+from libs.common.dns import NoData, NoDomain, Resolver, TempFail, lookup
 from services.delivery.core.mx import (
     ADDRESS_LIMIT,
     MxRecord,
@@ -37,49 +29,13 @@ from services.delivery.core.mx import (
 log = logging.getLogger(__name__)
 
 
-class TempFail(Exception):
-    pass
-
-
-class NoData(Exception):
-    pass
-
-
-class NoDomain(Exception):
-    pass
-
-
 class MxResolver:
-    def __init__(
-        self,
-        servers: Sequence[tuple[str, int]],
-        timeout: float,
-        rng: random.Random | None = None,
-    ) -> None:
-        if servers:
-            resolver = dns.asyncresolver.Resolver(configure=False)
-            resolver.nameservers = [dns.nameserver.Do53Nameserver(h, p) for h, p in servers]
-        else:
-            resolver = dns.asyncresolver.Resolver()
-        resolver.lifetime = timeout
-        resolver.timeout = timeout
+    def __init__(self, resolver: Resolver, rng: random.Random | None = None) -> None:
         self._resolver = resolver
         self._rng = rng or random.Random()
 
     async def _query(self, name: str, rdtype: str) -> list[str]:
-        try:
-            answer = await self._resolver.resolve(name + ".", rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
-            raise NoDomain(name) from None
-        except dns.resolver.NoAnswer:
-            raise NoData(name) from None
-        except dns.resolver.NoNameservers as exc:  # SERVFAIL or REFUSED from every server
-            raise TempFail(f"{rdtype} {name}: no server could answer ({exc})") from None
-        except dns.exception.Timeout:
-            raise TempFail(f"{rdtype} {name}: timed out") from None
-        except dns.exception.DNSException as exc:
-            raise TempFail(f"{rdtype} {name}: {exc}") from None
-        return [rr.to_text() for rr in answer]
+        return [rr.to_text() for rr in await lookup(self._resolver, name, rdtype)]
 
     async def _mx(self, domain: str) -> list[MxRecord]:
         records = []
