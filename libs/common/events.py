@@ -101,6 +101,9 @@ class _DeliveryResult(Event):
 
 class DeliverySucceeded(_DeliveryResult):
     type: Literal["DeliverySucceeded"] = "DeliverySucceeded"
+    # Whether the receiving server offered DSN (RFC 3461), so took over the NOTIFY
+    # duty; None for local delivery and for results from before this field.
+    remote_dsn: bool | None = None
 
 
 class DeliveryDeferred(_DeliveryResult):

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from libs.common.events import Destination
+from libs.common.events import DeliveryJob, Destination
 from services.delivery.adapters.dns import MxResolver
 from services.delivery.adapters.pop3 import pop3_login
 from services.delivery.adapters.smtp_client import SessionSettings, SmtpSession
@@ -58,6 +58,8 @@ class Attempt:
     tls_version: str | None = None
     remote_host: str = ""
     endpoint: Endpoint | None = None
+    # Whether the server that answered offered DSN; None when none was reached.
+    remote_dsn: bool | None = None
 
 
 class Courier:
@@ -128,19 +130,17 @@ class Courier:
 
     async def deliver(
         self,
-        destination: Destination,
+        job: DeliveryJob,
         route: Route | NoRoute,
-        sender: str,
-        recipients: list[str],
         body: bytes,
-        size: int,
         reuse: SmtpSession | None = None,
     ) -> tuple[Attempt, SmtpSession | None]:
         """One transaction; returns what happened and a session fit for the next job."""
+        destination = job.destination
         if isinstance(route, NoRoute):
             return Attempt(Transcript(broken=route.reply)), reuse
         if reuse is not None and reuse.healthy:
-            transcript = await reuse.transact(sender, recipients, body, size)
+            transcript = await reuse.transact(job, body)
             if not (try_next_address(transcript) and transcript.mail is None):
                 return self._attempt(reuse, transcript), await _keep(reuse)
             await reuse.close()  # it went stale between jobs: start over below
@@ -156,7 +156,7 @@ class Courier:
                 if destination.kind == "relay" and broken.status == "4.7.0":
                     break  # our login was refused: no other address will take it
                 continue
-            transcript = await session.transact(sender, recipients, body, size)
+            transcript = await session.transact(job, body)
             last = self._attempt(session, transcript)
             if more and try_next_address(transcript):
                 await session.close()
@@ -166,7 +166,9 @@ class Courier:
 
     @staticmethod
     def _attempt(session: SmtpSession, transcript: Transcript) -> Attempt:
-        return Attempt(transcript, session.tls_version, session.label, session.endpoint)
+        return Attempt(
+            transcript, session.tls_version, session.label, session.endpoint, session.offers_dsn
+        )
 
 
 async def _keep(session: SmtpSession) -> SmtpSession | None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -24,6 +23,8 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
+from libs.common.events import DeliveryJob, Recipient
+from services.delivery.core import dsn
 from services.delivery.core.mx import Endpoint
 from services.delivery.core.plan import tls_missing, tls_step
 from services.delivery.core.replies import (
@@ -104,6 +105,11 @@ class SmtpSession:
     def label(self) -> str:
         return self.endpoint.label
 
+    @property
+    def offers_dsn(self) -> bool:
+        """The server's last EHLO (after STARTTLS, if any) offered DSN (RFC 3461)."""
+        return self.smtp.supports_extension("dsn")
+
     async def open(self) -> Reply | None:
         """None once ready for MAIL; else the stand-in reply (and the session is closed)."""
         try:
@@ -181,10 +187,9 @@ class SmtpSession:
         except SMTPException as exc:
             raise _Broken(Reply(0, f"AUTH at {self.label}: {exc}", AUTH_FAILED)) from None
 
-    async def transact(
-        self, sender: str, recipients: Sequence[str], body: bytes, size: int
-    ) -> Transcript:
-        """MAIL, one RCPT per recipient, DATA once if anyone was accepted; never raises."""
+    async def transact(self, job: DeliveryJob, body: bytes) -> Transcript:
+        """MAIL, one RCPT per recipient, DATA once if anyone was accepted; never raises.
+        The DSN parameters go along only to a server that offers DSN."""
         mail: Reply | None = None
         rcpts: list[Reply] = []
         data: Reply | None = None
@@ -193,10 +198,10 @@ class SmtpSession:
             if self.transactions:
                 await self.smtp.rset()  # a clean slate after the previous job
             self.transactions += 1
-            mail = await self._mail(sender, size)
+            mail = await self._mail(job)
             if mail.outcome == "succeeded":
-                for address in recipients:
-                    rcpts.append(await self._rcpt(address))
+                for recipient in job.recipients:
+                    rcpts.append(await self._rcpt(recipient))
                 if Transcript(mail=mail, rcpts=tuple(rcpts)).needs_data:
                     data = await self._data(body)
         except (SMTPServerDisconnected, SMTPTimeoutError, TimeoutError, OSError) as exc:
@@ -212,17 +217,20 @@ class SmtpSession:
             self.healthy = False
         return _reply(exc)
 
-    async def _mail(self, sender: str, size: int) -> Reply:
-        options = [f"SIZE={size}"] if self.smtp.supports_extension("size") else []
+    async def _mail(self, job: DeliveryJob) -> Reply:
+        options = [f"SIZE={job.size}"] if self.smtp.supports_extension("size") else []
+        if self.offers_dsn:
+            options += dsn.mail_parameters(job)
         try:
-            resp = await self.smtp.mail(sender, options=options)
+            resp = await self.smtp.mail(job.mail_from, options=options)
         except SMTPResponseException as exc:
             return self._refused(exc)
         return Reply(resp.code, resp.message)
 
-    async def _rcpt(self, recipient: str) -> Reply:
+    async def _rcpt(self, recipient: Recipient) -> Reply:
+        options = dsn.rcpt_parameters(recipient) if self.offers_dsn else []
         try:
-            resp = await self.smtp.rcpt(recipient)
+            resp = await self.smtp.rcpt(recipient.address, options=options)
         except SMTPResponseException as exc:
             return self._refused(exc)
         return Reply(resp.code, resp.message)

@@ -196,15 +196,7 @@ class DeliveryWorker:
                 else:
                     assert route is not None
                     reused = session is not None
-                    attempt, session = await self._courier.deliver(
-                        job.destination,
-                        route,
-                        job.mail_from,
-                        [r.address for r in job.recipients],
-                        body,
-                        job.size,
-                        session,
-                    )
+                    attempt, session = await self._courier.deliver(job, route, body, session)
                     span.set_attribute("smtp.session_reused", reused)
             replies = local_replies or replies_for(attempt.transcript, len(job.recipients))
             events = result_events(
@@ -212,6 +204,7 @@ class DeliveryWorker:
                 replies,
                 remote_host=attempt.remote_host,
                 tls_version=attempt.tls_version,
+                remote_dsn=attempt.remote_dsn,
                 worker=self._settings.instance,
                 now=datetime.now(UTC),
             )

@@ -85,24 +85,28 @@ def result_events(
     tls_version: str | None,
     worker: str,
     now: datetime,
+    remote_dsn: bool | None = None,
 ) -> list[ResultEvent]:
+    """`remote_dsn`: whether the server offered DSN; the queue needs it for successes
+    (a requested success report says "relayed" when it did not)."""
     events: list[ResultEvent] = []
     for index, (recipient, reply) in enumerate(zip(job.recipients, replies, strict=True)):
         cls = _EVENT_TYPES[reply.outcome]
-        events.append(
-            cls(
-                event_id=result_event_id(job.job_id, index),
-                queue_id=job.queue_id,
-                occurred_at=now,
-                job_id=job.job_id,
-                attempt=job.attempt,
-                recipient=recipient.address,
-                remote_host=remote_host,
-                reply_code=reply.code,
-                reply_text=reply.text,
-                status=reply.enhanced_status,
-                tls_version=tls_version,
-                worker=worker,
-            )
+        event = cls(
+            event_id=result_event_id(job.job_id, index),
+            queue_id=job.queue_id,
+            occurred_at=now,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            recipient=recipient.address,
+            remote_host=remote_host,
+            reply_code=reply.code,
+            reply_text=reply.text,
+            status=reply.enhanced_status,
+            tls_version=tls_version,
+            worker=worker,
         )
+        if isinstance(event, DeliverySucceeded) and remote_dsn is not None:
+            event = event.model_copy(update={"remote_dsn": remote_dsn})
+        events.append(event)
     return events

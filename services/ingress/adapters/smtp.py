@@ -318,7 +318,7 @@ class IngressSMTP(SMTP):
         # aiosmtpd grows class-wide limits at every EHLO of every session: ours are our own.
         self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit)
         await self._helo_reply(super().smtp_EHLO(hostname))
-        # RFC 3461 section 5: room for the DSN parameters (ORCPT alone may take 500).
+        # RFC 3461: room for the DSN parameters (ORCPT alone may take 500).
         self.command_size_limits["MAIL"] += dsn.MAIL_LINE_EXTRA
         self.command_size_limits["RCPT"] += dsn.RCPT_LINE_EXTRA
 

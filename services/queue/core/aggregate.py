@@ -85,6 +85,8 @@ class RecipientState:
     # Time of the last result; a deferred recipient is due retry_interval after it.
     last_attempt_at: datetime | None = None
     expired: bool = False
+    # Delivered to a server that offered DSN (RFC 3461), which took NOTIFY=SUCCESS over.
+    remote_dsn: bool | None = None
 
     @property
     def final(self) -> bool:
@@ -213,6 +215,7 @@ def _result(state: MessageState, event: DeliveryResult) -> MessageState:
         reply_text=event.reply_text,
         remote_host=event.remote_host,
         last_attempt_at=event.occurred_at,
+        remote_dsn=event.remote_dsn if isinstance(event, DeliverySucceeded) else None,
     )
     state = _replace_recipients(state, {updated.address: updated})
     if updated.status == "deferred" and not state.ever_deferred:

@@ -109,6 +109,8 @@ def round_reports(state: MessageState, now: datetime) -> list[ReportEvent]:
             if r.attempt == attempt
             and r.address not in state.reported_delivered
             and _wants_success(state, r.address)
+            # A server that offers DSN got the NOTIFY: the success report is its to send.
+            and not r.remote_dsn
         ]
         if delivered:
             out.append(
