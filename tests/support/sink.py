@@ -7,7 +7,7 @@ import datetime as dt
 import socket
 import ssl
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -32,6 +32,7 @@ class Sink:
     """Records every transaction; answers RCPT from `replies` when the address is there.
 
     `relay_gate` set: RCPT is refused (554 5.7.1) unless the client's address passes it.
+    `dsn`: EHLO offers DSN (RFC 3461) and MAIL/RCPT take its parameters.
     """
 
     replies: dict[str, str] = field(default_factory=dict)
@@ -47,6 +48,18 @@ class Sink:
     sessions: int = 0
     mail_from_seen: int = 0  # MAIL commands: more than `sessions` means reused sessions
     auth_logins: list[str] = field(default_factory=list)
+    dsn: bool = False
+    # Every MAIL and RCPT argument as the client sent it ("FROM:<a@b> RET=HDRS").
+    mail_args: list[str] = field(default_factory=list)
+    rcpt_args: list[str] = field(default_factory=list)
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        if self.dsn:
+            responses.insert(len(responses) - 1, "250-DSN")
+        return responses
 
     async def handle_MAIL(
         self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
@@ -79,7 +92,25 @@ class Sink:
         return "250 2.0.0 queued"
 
 
+_DSN_PARAMETERS = frozenset({"RET", "ENVID", "NOTIFY", "ORCPT"})
+
+
 class _CountingSMTP(SMTP):
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        self.event_handler.mail_args.append(arg or "")
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        self.event_handler.rcpt_args.append(arg or "")
+        await super().smtp_RCPT(arg)
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        # aiosmtpd refuses every parameter it does not know; a DSN sink knows these.
+        found = super()._getparams(params)
+        if found is None or not self.event_handler.dsn:
+            return found
+        return {k: v for k, v in found.items() if k not in _DSN_PARAMETERS}
+
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         sink: Sink = self.event_handler
         sink.sessions += 1
@@ -172,10 +203,12 @@ def sink_factory() -> Iterator[Callable[..., tuple[Sink, int]]]:
         users: dict[str, str] | None = None,
         relay_gate: RelayGate | None = None,
         broken_tls: bool = False,
+        dsn: bool = False,
     ) -> tuple[Sink, int]:
         """`users`: AUTH required with one of these (user -> password), over plain text too.
-        `broken_tls` (with `tls`): STARTTLS is offered but every handshake fails."""
-        sink = Sink(replies or {}, data_delay=data_delay, relay_gate=relay_gate)
+        `broken_tls` (with `tls`): STARTTLS is offered but every handshake fails.
+        `dsn`: the sink offers DSN and takes its parameters (recorded in mail/rcpt_args)."""
+        sink = Sink(replies or {}, data_delay=data_delay, relay_gate=relay_gate, dsn=dsn)
         port = port or free_port(host)
         extra: dict[str, Any] = {"tls_context": tls, "require_starttls": False} if tls else {}
         if users is not None:
@@ -190,6 +223,8 @@ def sink_factory() -> Iterator[Callable[..., tuple[Sink, int]]]:
         controller.start()
         # start() made one connection of its own to check the server is up: not ours.
         sink.sessions = sink.max_sessions_open = 0
+        sink.mail_args.clear()
+        sink.rcpt_args.clear()
         controllers.append(controller)
         return sink, port
 
