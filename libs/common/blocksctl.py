@@ -12,15 +12,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
-import sys
 from collections.abc import Sequence
 from typing import Any
 
-from libs.common import subjects
+from libs.common import ctl, subjects
+from libs.common.ctl import time_text as _time
 
-DEFAULT_URL = "nats://127.0.0.1:4222"
 HISTORY_TYPES = ("ClientBlocked", "ClientUnblocked")
 HISTORY_LIMIT = 10_000
 
@@ -28,10 +26,7 @@ HISTORY_LIMIT = 10_000
 def add_parser(sub: Any) -> None:
     """Adds `blocks` and its subcommands to the `mailbus` parser."""
     p_blocks = sub.add_parser("blocks", help="client addresses blocked by the security limits")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--nats-url", action="append", default=None, help="repeatable")
-    common.add_argument("--config", default=None, help="take nats.url and credentials from FILE")
-    common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for policy")
+    common = ctl.connection_options("policy")
     ops = p_blocks.add_subparsers(dest="blocks_command", required=True)
     p = ops.add_parser("list", parents=[common], help="blocks in force (or every one, --history)")
     p.add_argument("--json", action="store_true")
@@ -45,48 +40,21 @@ def blocks_command(args: argparse.Namespace) -> int:
     return asyncio.run(_run(args))
 
 
-def _servers(args: argparse.Namespace) -> tuple[list[str], str | None]:
-    if args.nats_url:
-        return list(args.nats_url), None
-    if args.config:
-        from libs.common.config import load_config
-
-        config = load_config(args.config)
-        return list(config.nats.url) or [DEFAULT_URL], config.nats.credentials_file
-    return [DEFAULT_URL], None
-
-
 async def _run(args: argparse.Namespace) -> int:
-    from libs.common import bus
-
     op = args.blocks_command
-    servers, credentials = _servers(args)
     try:
-        nc = await bus.connect(servers, name="mailbus-blocksctl", credentials_file=credentials)
-    except Exception as exc:
-        print(f"mailbus blocks {op}: cannot reach NATS: {exc!r}", file=sys.stderr)
-        return 2
-    try:
-        if op == "list" and args.history:
-            events = await read_history(nc.jetstream())
-            print(json.dumps(events, indent=2) if args.json else format_history(events))
-            return 0
-        body: dict[str, Any] = {}
-        if op == "remove":
-            body = {"address": args.address, "operator": _operator()}
-        try:
-            msg = await nc.request(
-                subjects.blocks_api_subject(op), json.dumps(body).encode(), timeout=args.timeout
-            )
-        except Exception as exc:  # no responders, time-out
-            print(f"mailbus blocks {op}: policy does not answer: {exc!r}", file=sys.stderr)
-            return 2
-    finally:
-        await nc.close()
-    reply: dict[str, Any] = json.loads(msg.data)
-    if "error" in reply:
-        print(f"mailbus blocks {op}: {reply['error']}", file=sys.stderr)
-        return 1
+        async with ctl.connection(args, "mailbus-blocksctl") as nc:
+            if op == "list" and args.history:
+                events = await read_history(nc.jetstream())
+                print(json.dumps(events, indent=2) if args.json else format_history(events))
+                return 0
+            body: dict[str, Any] = {}
+            if op == "remove":
+                body = {"address": args.address, "operator": ctl.operator()}
+            subject = subjects.blocks_api_subject(op)
+            reply = await ctl.request(nc, subject, body, args.timeout, "policy")
+    except ctl.CtlError as exc:
+        return ctl.report(f"mailbus blocks {op}", exc)
     if op == "list":
         blocks = reply["blocks"]
         print(json.dumps(blocks, indent=2) if args.json else format_blocks(blocks))
@@ -97,35 +65,15 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def read_history(js: Any) -> list[dict[str, Any]]:
     """Every ClientBlocked / ClientUnblocked event still in the stream, oldest first."""
-    from nats.js.errors import NotFoundError
+    from libs.common.history import by_subject
 
     events: list[dict[str, Any]] = []
     for kind in HISTORY_TYPES:
-        seq = 1
-        for _ in range(HISTORY_LIMIT):
-            try:
-                raw = await js.get_msg(
-                    subjects.ACCESS_STREAM,
-                    seq=seq,
-                    subject=subjects.access_subject(kind),
-                    next=True,
-                )
-            except NotFoundError:
-                break
-            events.append(json.loads(raw.data))
-            seq = raw.seq + 1
+        subject = subjects.access_subject(kind)
+        async for raw in by_subject(js, subjects.ACCESS_STREAM, subject, HISTORY_LIMIT):
+            if raw.data:
+                events.append(json.loads(raw.data))
     return sorted(events, key=lambda e: str(e.get("occurred_at", "")))
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return ""
-
-
-def _time(value: str | None) -> str:
-    return value.replace("T", " ")[:19] if value else "-"
 
 
 def format_blocks(blocks: Sequence[dict[str, Any]]) -> str:

@@ -9,8 +9,10 @@ message costs one round trip per event and never a consumer.
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 
 from nats.js import JetStreamContext
+from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
@@ -23,33 +25,45 @@ log = logging.getLogger(__name__)
 MAX_EVENTS = 100_000
 
 
+async def by_subject(
+    js: JetStreamContext, stream: str, subject: str, limit: int
+) -> AsyncIterator[RawStreamMsg]:
+    """The messages on `subject` (wildcards allowed) in `stream`, oldest first, `limit` at
+    most: one "next message on this subject" direct get each."""
+    seq = 1
+    for _ in range(limit):
+        try:
+            raw = await js.get_msg(stream, seq=seq, subject=subject, next=True)
+        except NotFoundError:
+            return
+        if raw.seq is None:
+            return
+        yield raw
+        seq = raw.seq + 1
+
+
 async def message_history(js: JetStreamContext, queue_id: str) -> list[AnyEvent]:
     """Every event of `queue_id` this version can read, in stream order."""
     pattern = subjects.message_events_filter(queue_id)
     found: list[AnyEvent] = []
-    seq = 1
-    for _ in range(MAX_EVENTS):
-        try:
-            raw = await js.get_msg(subjects.EVENTS_STREAM, seq=seq, subject=pattern, next=True)
-        except NotFoundError:
-            return found
-        if raw.seq is None:
-            return found
-        seq = raw.seq + 1
+    read = 0
+    async for raw in by_subject(js, subjects.EVENTS_STREAM, pattern, MAX_EVENTS):
+        read += 1
         try:
             found.append(parse_event(raw.data or b""))
         except ValidationError as exc:
             # A type from a newer version: whoever reads history here cannot act on it.
             log.warning("%s: skipping unreadable event at seq %s: %s", queue_id, raw.seq, exc)
-    raise RuntimeError(f"{queue_id}: more than {MAX_EVENTS} events")
+    if read >= MAX_EVENTS:
+        raise RuntimeError(f"{queue_id}: {MAX_EVENTS} events or more")
+    return found
 
 
 async def message_received(js: JetStreamContext, queue_id: str) -> MessageReceived | None:
     """The message's MessageReceived, or None when the stream does not hold it."""
     subject = subjects.event_subject(queue_id, "MessageReceived")
-    try:
-        raw = await js.get_msg(subjects.EVENTS_STREAM, seq=1, subject=subject, next=True)
-    except NotFoundError:
+    first = [raw async for raw in by_subject(js, subjects.EVENTS_STREAM, subject, 1)]
+    if not first:
         return None
-    event = parse_event(raw.data or b"")
+    event = parse_event(first[0].data or b"")
     return event if isinstance(event, MessageReceived) else None

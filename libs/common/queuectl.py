@@ -9,28 +9,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import getpass
 import json
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from libs.common import subjects
-
-DEFAULT_URL = "nats://127.0.0.1:4222"
+from libs.common import ctl, subjects
+from libs.common.ctl import time_text as _time
 
 
 def add_parser(sub: Any) -> None:
     """Adds `queue` and its subcommands to the `mailbus` parser."""
     p_queue = sub.add_parser("queue", help="look at and act on the delivery queue")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--nats-url", action="append", default=None, help="repeatable")
-    common.add_argument("--config", default=None, help="take nats.url and credentials from FILE")
-    common.add_argument(
-        "--data-dir", default=None, help="`mailbus up`'s data dir: use its nats-admin.url"
-    )
-    common.add_argument("--timeout", type=float, default=15.0, help="seconds to wait for the queue")
+    common = ctl.connection_options("the queue")
     ops = p_queue.add_subparsers(dest="queue_command", required=True)
 
     p = ops.add_parser("list", parents=[common], help="messages in the queue")
@@ -56,65 +46,19 @@ def queue_command(args: argparse.Namespace) -> int:
     return asyncio.run(_run(args))
 
 
-async def _request(args: argparse.Namespace, op: str, body: dict[str, Any]) -> dict[str, Any]:
-    import nats
-
-    servers, credentials = _servers(args)
-    options: dict[str, Any] = {"user_credentials": credentials} if credentials else {}
-
-    async def quiet(exc: Exception) -> None:
-        pass  # the failure is reported once, below, not per reconnect attempt
-
-    # A command, not a service: give up quickly instead of reconnecting forever.
-    nc = await nats.connect(
-        servers=servers,
-        name="mailbus-queuectl",
-        connect_timeout=min(args.timeout, 5.0),
-        allow_reconnect=False,
-        max_reconnect_attempts=1,  # per server; 0 would mean "forever" here
-        error_cb=quiet,
-        **options,
-    )
-    try:
-        msg = await nc.request(
-            subjects.queue_api_subject(op), json.dumps(body).encode(), timeout=args.timeout
-        )
-    finally:
-        await nc.close()
-    reply: dict[str, Any] = json.loads(msg.data)
-    return reply
-
-
-def _servers(args: argparse.Namespace) -> tuple[list[str], str | None]:
-    if args.nats_url:
-        return list(args.nats_url), None
-    if args.data_dir:
-        # `mailbus up` writes the operator's URL (with its password) there, owner-only.
-        url = (Path(args.data_dir) / "nats-admin.url").read_text().strip()
-        return [url], None
-    if args.config:
-        from libs.common.config import load_config
-
-        config = load_config(args.config)
-        return list(config.nats.url) or [DEFAULT_URL], config.nats.credentials_file
-    return [DEFAULT_URL], None
-
-
 async def _run(args: argparse.Namespace) -> int:
     op = args.queue_command
-    body: dict[str, Any] = {"operator": _operator()}
+    body: dict[str, Any] = {"operator": ctl.operator()}
     if getattr(args, "queue_id", None):
         body["queue_id"] = args.queue_id
     if getattr(args, "all", False):
         body["all"] = True
     try:
-        reply = await _request(args, op, body)
-    except Exception as exc:  # no responders, time-out, NATS unreachable
-        print(f"mailbus queue {op}: cannot reach the queue service: {exc!r}", file=sys.stderr)
-        return 2
-    if "error" in reply:
-        print(f"mailbus queue {op}: {reply['error']}", file=sys.stderr)
-        return 1
+        async with ctl.connection(args, "mailbus-queuectl") as nc:
+            subject = subjects.queue_api_subject(op)
+            reply = await ctl.request(nc, subject, body, args.timeout, "the queue service")
+    except ctl.CtlError as exc:
+        return ctl.report(f"mailbus queue {op}", exc)
     if getattr(args, "json", False):
         print(json.dumps(reply.get("entries", reply), indent=2, sort_keys=True))
     elif op == "list":
@@ -124,17 +68,6 @@ async def _run(args: argparse.Namespace) -> int:
     else:
         print(format_result(op, reply))
     return 0
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except Exception:
-        return ""
-
-
-def _time(value: str | None) -> str:
-    return value.replace("T", " ")[:19] if value else "-"
 
 
 def format_list(entries: Sequence[dict[str, Any]]) -> str:
