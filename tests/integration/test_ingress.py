@@ -6,7 +6,6 @@ import asyncio
 import base64
 import smtplib
 import socket
-import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -27,6 +26,7 @@ from libs.common.runtime import Running, start_service
 from libs.common.telemetry import setup_telemetry
 from services.ingress.service import IngressService
 from services.policy.service import PolicyService
+from tests.support.stack import unverified
 
 CONFIG = """
 server:
@@ -108,13 +108,6 @@ async def ingress(nats_server: EmbeddedNats, js: JetStreamContext) -> AsyncItera
         yield running
     finally:
         await running.close()
-
-
-def unverified() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def transaction(

@@ -11,25 +11,14 @@ from __future__ import annotations
 import asyncio
 import poplib
 import smtplib
-import socket
-import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiosmtpd.controller import Controller
 from aiosmtpd.lmtp import LMTP
-from argon2 import PasswordHasher, Type
-from nats.aio.client import Client as NATS
-from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 
-from libs.common import bus, subjects
-from libs.common.config import Config, load_config_text
-from libs.common.embedded_nats import EmbeddedNats
 from libs.common.events import (
     DeliveryDeferred,
     DeliveryJob,
@@ -38,24 +27,26 @@ from libs.common.events import (
     Recipient,
 )
 from libs.common.mailbox import MailboxStore
-from libs.common.runtime import Running, start_service
+from libs.common.runtime import start_service
 from services.delivery.adapters.lmtp import LmtpTarget
 from services.delivery.adapters.local_store import LocalDelivery, LocalSettings
 from services.delivery.core import result_events
-from services.delivery.service import DeliveryService
 from services.ingress.service import IngressService
-from services.policy.core.failures import FailedLogins
-from services.policy.service import PolicyService
-from services.queue.service import QueueService
-from tests.support.sink import Sink, free_port
+from tests.support.sink import free_port
+from tests.support.stack import (
+    PASSWORD,
+    PASSWORD_HASH,
+    POP3From,
+    Stack,
+    failed_logins,
+    grant_of,
+    running_stack,
+    unverified,
+)
 from tests.support.streams import eventually, history
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-PASSWORD = "correct horse battery"
-PASSWORD_HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID).hash(
-    PASSWORD
-)
 QUOTA = 6000
 GRANT_MINUTES = 30
 
@@ -91,87 +82,15 @@ delivery:
 """
 
 
-@dataclass
-class Clock:
-    """Policy's clock, movable: a grant can expire without waiting half an hour."""
-
-    offset: timedelta = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-
-@dataclass
-class Stack:
-    config: Config
-    nc: NATS
-    js: JetStreamContext
-    sink: Sink
-    clock: Clock
-    url: str
-    ingress: list[IngressService] = field(default_factory=list)
-
-    def address(self, listener: str, replica: int = 0) -> tuple[str, int]:
-        return self.ingress[replica].addresses[listener]
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    services = ("policy", "queue", "delivery", "ingress", "ingress")
     tmp = tmp_path_factory.mktemp("mailboxes")
-    server = EmbeddedNats(data_dir=tmp / "nats", log_file=tmp / "nats.log")
-    server.start()
-    sink = Sink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    config = load_config_text(config_text(port))
-    nc = await bus.connect([server.url], name="test")
-    js = await bus.wait_for_jetstream(nc)
-    await bus.ensure_topology(js)
-    clock = Clock()
-    stack = Stack(config, nc, js, sink, clock, server.url)
-    running: list[Running] = []
-    try:
-        for name, factory in (
-            ("policy", lambda ctx: PolicyService(ctx, clock=clock)),
-            ("queue", QueueService),
-            ("delivery", DeliveryService),
-            ("ingress", IngressService),
-            ("ingress", IngressService),
-        ):
-            running.append(await start_service(name, factory, config, [server.url]))
-            if isinstance(running[-1].service, IngressService):
-                stack.ingress.append(running[-1].service)
+    async with running_stack(tmp, config_text, services) as stack:
         yield stack
-    finally:
-        for r in reversed(running):
-            await r.close()
-        await nc.close()
-        controller.stop()
-        server.stop()
 
 
 # --- clients ---------------------------------------------------------------------------------
-
-
-def unverified() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
-
-
-class POP3From(poplib.POP3):
-    """poplib's client, bound to a chosen loopback address."""
-
-    def __init__(self, addr: tuple[str, int], source: str = "127.0.0.1") -> None:
-        self.source = source
-        super().__init__(*addr, timeout=10)
-
-    def _create_socket(self, timeout: Any) -> socket.socket:
-        return socket.create_connection(
-            (self.host, self.port), timeout, source_address=(self.source, 0)
-        )
 
 
 def pop3_login(stack: Stack, user: str, source: str = "127.0.0.1", replica: int = 0) -> POP3From:
@@ -347,16 +266,6 @@ async def test_a_lock_expires_and_its_holder_knows(stack: Stack) -> None:
 # --- listeners and logins --------------------------------------------------------------------
 
 
-async def failed_logins(js: JetStreamContext, ip: str) -> int:
-    kv = await js.key_value(subjects.AUTH_FAILURES_BUCKET)
-    try:
-        entry = await kv.get(subjects.token(ip))
-    except KeyNotFoundError:
-        return 0
-    counted = FailedLogins.decode(entry.value or b"")
-    return counted.count if counted else 0
-
-
 async def test_logins_need_tls_and_the_right_password(stack: Stack) -> None:
     source = "127.0.2.1"
 
@@ -435,15 +344,6 @@ def relay_reply(stack: Stack, source: str, replica: int) -> str:
         code, text = client.rcpt("friend@remote.test")
         client.rset()
     return f"{code} {text.decode()}"
-
-
-async def grant_of(js: JetStreamContext, ip: str) -> bool:
-    kv = await js.key_value(subjects.POP3_GRANTS_BUCKET)
-    try:
-        await kv.get(subjects.token(ip))
-    except KeyNotFoundError:
-        return False
-    return True
 
 
 async def test_pop3_login_on_one_replica_lets_relay_through_the_other(stack: Stack) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -19,19 +19,13 @@ from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from libs.common import bus, subjects
 from libs.common.config import Config, load_config_text
 from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import (
-    Client,
-    MessageReceived,
-    Recipient,
-)
 from libs.common.mailbox import MailboxStore
-from libs.common.runtime import Running, start_service
-from libs.common.telemetry import current_traceparent, setup_telemetry
-from services.delivery.service import DeliveryService
-from services.queue.service import QueueService
+from libs.common.runtime import Running
+from libs.common.telemetry import setup_telemetry
+from tests.support import queue
+from tests.support.queue import ACK_WAIT_S, BODY, receive, start_delivery, start_queue
 from tests.support.sink import Sink, self_signed
 from tests.support.streams import (
     body_exists,
@@ -45,18 +39,7 @@ from tests.support.streams import (
 )
 
 REPO = Path(__file__).resolve().parents[2]
-ACK_WAIT_S = 2.0
-BODY = (
-    b"From: alice@example.test\r\n"
-    b"To: several@remote.test\r\n"
-    b"Subject: walking skeleton\r\n"
-    b"\r\n"
-    b"Hello.\r\n"
-    b".a line that starts with a dot\r\n"
-    b"..and one with two\r\n"
-    b"8-bit: \xc3\xa9t\xc3\xa9\r\n"
-    b"\r\n"
-)
+services = queue.services  # a shared fixture
 
 
 # --- helpers -----------------------------------------------------------------------------
@@ -80,45 +63,6 @@ delivery:
 
 def make_config(port: int, tls: str = "opportunistic", threads: int = 4) -> Config:
     return load_config_text(config_text(port, tls, threads))
-
-
-async def start_queue(config: Config, server: EmbeddedNats) -> Running:
-    return await start_service("queue", QueueService, config, [server.url])
-
-
-async def start_delivery(config: Config, server: EmbeddedNats) -> Running:
-    return await start_service(
-        "delivery", lambda ctx: DeliveryService(ctx, ack_wait=ACK_WAIT_S), config, [server.url]
-    )
-
-
-@pytest.fixture
-async def services() -> AsyncIterator[list[Running]]:
-    """Whatever a test starts goes here and is closed even when the test fails."""
-    running: list[Running] = []
-    yield running
-    for item in reversed(running):
-        try:
-            await item.close()
-        except Exception:  # already closed by the test
-            pass
-
-
-async def receive(js: JetStreamContext, qid: str, recipients: list[str]) -> None:
-    """What ingress does: the body into the Object Store, then MessageReceived."""
-    store = await js.object_store(subjects.BODIES_BUCKET)
-    await store.put(qid, BODY)
-    event = MessageReceived(
-        event_id=f"{qid}.received",
-        queue_id=qid,
-        mail_from="alice@example.test",
-        recipients=tuple(Recipient(address=a) for a in recipients),
-        size=len(BODY),
-        client=Client(ip="127.0.0.1"),
-        trace_parent=current_traceparent(),
-    )
-    ack = await bus.publish_event(js, event)
-    assert not ack.duplicate
 
 
 # --- tests -------------------------------------------------------------------------------

@@ -15,46 +15,34 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import poplib
 import smtplib
 import socket
-import ssl
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 import pytest
 import pytest_asyncio
-from aiosmtpd.controller import Controller
-from argon2 import PasswordHasher, Type
-from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import KeyNotFoundError
 
-from libs.common import bus, subjects
-from libs.common.config import Config, load_config_text
-from libs.common.embedded_nats import EmbeddedNats
+from libs.common import subjects
 from libs.common.events import MessageReceived, parse_event
-from libs.common.runtime import Running, ServiceFactory, start_service
-from services.delivery.service import DeliveryService
-from services.ingress.service import IngressService
-from services.policy.core.failures import FailedLogins
-from services.policy.service import PolicyService
-from services.queue.service import QueueService
-from tests.support.sink import Sink, free_port
+from tests.support.stack import (
+    PASSWORD,
+    PASSWORD_HASH,
+    POP3From,
+    Stack,
+    failed_logins,
+    grant_of,
+    running_stack,
+    unverified,
+)
 from tests.support.streams import eventually
 from tests.unit.test_policy_addresses import FORMS, Form
 from tests.unit.test_policy_relay import RECIPIENTS, expected
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-PASSWORD = "correct horse battery"
-# Cheap parameters keep the suite fast; verification reads them from the hash itself.
-PASSWORD_HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID).hash(
-    PASSWORD
-)
 GRANT_MINUTES = 30
 
 # (inside the allowed group?, grant) -> client address
@@ -103,44 +91,6 @@ delivery:
 """
 
 
-@dataclass
-class Clock:
-    """Policy's clock; moved past a grant's end, the grant has expired."""
-
-    offset: timedelta = timedelta(0)
-
-    def __call__(self) -> datetime:
-        return datetime.now(UTC) + self.offset
-
-
-@dataclass
-class Stack:
-    config: Config
-    nc: NATS
-    js: JetStreamContext
-    sink: Sink
-    clock: Clock = field(default_factory=Clock)
-    running: dict[str, Running] = field(default_factory=dict)
-
-    def address(self, listener: str) -> tuple[str, int]:
-        ingress = self.running["ingress"].service
-        assert isinstance(ingress, IngressService)
-        return ingress.addresses[listener]
-
-
-class POP3From(poplib.POP3):
-    """poplib's client, bound to a chosen loopback address."""
-
-    def __init__(self, addr: tuple[str, int], source: str) -> None:
-        self.source = source
-        super().__init__(*addr, timeout=10)
-
-    def _create_socket(self, timeout: Any) -> socket.socket:
-        return socket.create_connection(
-            (self.host, self.port), timeout, source_address=(self.source, 0)
-        )
-
-
 def pop3_login(addr: tuple[str, int], source: str) -> None:
     """A real POP3 login, the way a mail client checks for mail before it sends."""
     client = POP3From(addr, source)
@@ -150,50 +100,18 @@ def pop3_login(addr: tuple[str, int], source: str) -> None:
     client.quit()
 
 
-async def grants_stored(js: JetStreamContext, ips: list[str]) -> bool:
-    kv = await js.key_value(subjects.POP3_GRANTS_BUCKET)
-    for ip in ips:
-        try:
-            await kv.get(subjects.token(ip))
-        except KeyNotFoundError:
-            return False
-    return True
-
-
 async def start_stack(mode: str, tmp: Path, services: tuple[str, ...]) -> AsyncIterator[Stack]:
-    server = EmbeddedNats(data_dir=tmp / "nats", log_file=tmp / "nats.log")
-    server.start()
-    sink = Sink()
-    port = free_port()
-    controller = Controller(sink, hostname="127.0.0.1", port=port)
-    controller.start()
-    config = load_config_text(config_text(mode, port))
-    nc = await bus.connect([server.url], name="test")
-    js = await bus.wait_for_jetstream(nc)
-    await bus.ensure_topology(js)
-    stack = Stack(config, nc, js, sink)
-    clock = stack.clock
-    factories: dict[str, ServiceFactory] = {
-        "policy": lambda ctx: PolicyService(ctx, clock=clock),
-        "queue": QueueService,
-        "delivery": DeliveryService,
-        "ingress": IngressService,
-    }
-    try:
-        for name in services:
-            stack.running[name] = await start_service(name, factories[name], config, [server.url])
+    async with running_stack(tmp, lambda port: config_text(mode, port), services) as stack:
         for (_, kind), ip in CLIENTS.items():
             if kind != "none":
                 await asyncio.to_thread(pop3_login, stack.address("pop3"), ip)
         granted = [ip for (_, kind), ip in CLIENTS.items() if kind != "none"]
-        await eventually(lambda: grants_stored(js, granted), "the grants to be stored")
+
+        async def all_granted() -> bool:
+            return all([await grant_of(stack.js, ip) for ip in granted])
+
+        await eventually(all_granted, "the grants to be stored")
         yield stack
-    finally:
-        for running in reversed(list(stack.running.values())):
-            await running.close()
-        await nc.close()
-        controller.stop()
-        server.stop()
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -207,13 +125,6 @@ async def restricted(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[
 async def open_relay(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     async for stack in start_stack("open", tmp_path_factory.mktemp("open"), ("policy", "ingress")):
         yield stack
-
-
-def unverified() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def reply_text(reply: tuple[int, bytes]) -> str:
@@ -453,17 +364,6 @@ async def test_hidden_group_received_header(restricted: Stack) -> None:
 
 
 # --- listeners and AUTH ---------------------------------------------------------------------
-
-
-async def failed_logins(js: JetStreamContext, ip: str) -> int:
-    kv = await js.key_value(subjects.AUTH_FAILURES_BUCKET)
-    try:
-        entry = await kv.get(subjects.token(ip))
-    except KeyNotFoundError:
-        return 0
-    assert entry.value is not None
-    counted = FailedLogins.decode(entry.value)
-    return counted.count if counted else 0
 
 
 def b64(text: str) -> str:
