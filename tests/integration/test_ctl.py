@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import socket
-import sys
 from pathlib import Path
 
 import pytest
 
 from libs.common import ctl
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.support.cli import mailbus
 
 
 def _args(**given: object) -> argparse.Namespace:
@@ -37,19 +34,6 @@ def _closed_port() -> int:
 @pytest.mark.parametrize("command", [("queue", "list"), ("blocks", "list")])
 async def test_no_nats_is_exit_code_2(command: tuple[str, str]) -> None:
     url = f"nats://127.0.0.1:{_closed_port()}"
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "libs.common.cli",
-        *command,
-        "--nats-url",
-        url,
-        "--timeout",
-        "2",
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    _, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 2
-    assert f"mailbus {' '.join(command)}: cannot reach NATS" in err.decode()
+    rc, _, err = await mailbus(*command, "--nats-url", url, "--timeout", "2")
+    assert rc == 2
+    assert f"mailbus {' '.join(command)}: cannot reach NATS" in err

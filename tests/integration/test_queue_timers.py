@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +25,7 @@ from libs.common.events import MessageDelayed, MessageExpired
 from libs.common.runtime import Running
 from libs.common.telemetry import setup_telemetry
 from tests.support import queue
+from tests.support.cli import mailbus
 from tests.support.queue import (
     answer_report,
     equals,
@@ -170,21 +170,7 @@ async def test_one_delay_warning_then_expiry_across_restarts(
 
 
 async def mailbus_queue(server: EmbeddedNats, *args: str) -> tuple[int, str, str]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "libs.common.cli",
-        "queue",
-        *args,
-        "--nats-url",
-        server.url,
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode is not None
-    return proc.returncode, out.decode(), err.decode()
+    return await mailbus("queue", *args, "--nats-url", server.url)
 
 
 async def listed(server: EmbeddedNats) -> dict[str, dict[str, object]]:

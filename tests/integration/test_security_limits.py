@@ -38,10 +38,11 @@ import pytest_asyncio
 from argon2 import PasswordHasher, Type
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from libs.common import bus, subjects
 from libs.common.embedded_nats import EmbeddedNats, free_port
+from libs.common.history import by_subject
+from tests.support.cli import mailbus
 from tests.support.dns import DnsServer
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -550,39 +551,16 @@ async def test_exempt_clients_are_never_blocked(cluster: Cluster) -> None:
 
 
 async def access_events(js: JetStreamContext, kind: str) -> list[dict[str, object]]:
-    found: list[dict[str, object]] = []
-    seq = 1
-    for _ in range(100):
-        try:
-            raw = await js.get_msg(
-                subjects.ACCESS_STREAM, seq=seq, subject=subjects.access_subject(kind), next=True
-            )
-        except NotFoundError:
-            break
-        assert raw.data is not None and raw.seq is not None
-        found.append(json.loads(raw.data))
-        seq = raw.seq + 1
-    return found
+    subject = subjects.access_subject(kind)
+    found = [raw async for raw in by_subject(js, subjects.ACCESS_STREAM, subject, 100)]
+    return [json.loads(raw.data or b"") for raw in found]
 
 
 async def blocks_cli(cluster: Cluster, *args: str) -> str:
     """`mailbus blocks ...` as an operator runs it (a process of its own)."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "libs.common.cli",
-        "blocks",
-        *args[:1],
-        "--nats-url",
-        cluster.nats_url,
-        *args[1:],
-        cwd=ROOT,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    out, err = await asyncio.wait_for(proc.communicate(), 30)
-    assert proc.returncode == 0, (out + err).decode()
-    return out.decode()
+    rc, out, err = await mailbus("blocks", *args[:1], "--nats-url", cluster.nats_url, *args[1:])
+    assert rc == 0, out + err
+    return out
 
 
 # --- require_sender_domain_dns against the DNS server on loopback ------------------------------

@@ -1,0 +1,25 @@
+"""`mailbus ...` as an operator runs it: a process of its own, from the repository root."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+async def mailbus(*args: str, within: float = 30.0) -> tuple[int, str, str]:
+    """The exit code, stdout and stderr of `mailbus ARGS`."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "libs.common.cli",
+        *args,
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), within)
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
