@@ -4,9 +4,7 @@ through shows what happened, in counts an operator can alert on."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import smtplib
-import sys
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +15,7 @@ from libs.common import subjects
 from libs.common.embedded_nats import free_port
 from tests.support.sink import Sink
 from tests.support.streams import eventually
+from tests.support.up import mailbus_up, relay_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -43,31 +42,8 @@ async def test_scrape_after_mail_shows_the_counts(
     sink, sink_port = sink_factory(replies={"gone@remote.test": "550 5.1.1 No such user"})
     smtp_port, metrics_port = free_port(), free_port()
     port = {svc: metrics_port + i for i, svc in enumerate(subjects.SERVICES)}
-    cfg = tmp_path / "mailbus.yaml"
-    cfg.write_text(
-        "server: {hostname: mx.metrics.test, local_domains: [metrics.test]}\n"
-        "listeners:\n"
-        f"  - {{name: smtp, protocol: smtp, address: '127.0.0.1:{smtp_port}', tls: none}}\n"
-        "ip_groups: {lan: [127.0.0.0/8]}\n"
-        "relay: {allowed_ip_group: lan}\n"
-        "security: {require_sender_domain_dns: false}\n"
-        "antispam: {spf: false}\n"
-        "delivery:\n"
-        f"  {{mode: relay, relay_host: {{host: 127.0.0.1, port: {sink_port}}}, tls: none}}\n"
-        f"telemetry: {{metrics_address: '127.0.0.1:{metrics_port}'}}\n"
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libs.common.cli", "up", "--config", str(cfg),
-        "--data-dir", str(tmp_path / "var"),
-        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    drain: asyncio.Task[bytes] | None = None
-    try:
-        async with asyncio.timeout(90):
-            while b"ready:" not in (line := await proc.stdout.readline()):
-                assert line, "mailbus up exited early"
-        drain = asyncio.create_task(proc.stdout.read())
+    extra = f"telemetry: {{metrics_address: '127.0.0.1:{metrics_port}'}}\n"
+    async with mailbus_up(tmp_path, relay_config("mx.metrics.test", smtp_port, sink_port, extra)):
 
         def send() -> None:
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
@@ -119,13 +95,6 @@ async def test_scrape_after_mail_shows_the_counts(
         )
         assert failed == 1
         assert value(notifier, "mailbus_bounce_reports_sent_total", kind="failure") == 1
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(15):
-                await proc.wait()
-        if drain is not None:
-            drain.cancel()
 
 
 async def _now(value: bool) -> bool:

@@ -4,10 +4,7 @@ service's spans over OTLP/HTTP, and one message's spans share one trace id."""
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import smtplib
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -16,6 +13,7 @@ import pytest
 from libs.common.embedded_nats import free_port
 from tests.support.otlp import OtlpReceiver
 from tests.support.sink import Sink
+from tests.support.up import mailbus_up, relay_config
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -33,35 +31,13 @@ async def test_one_message_is_one_trace_across_service_processes(
 ) -> None:
     sink, sink_port = sink_factory()
     smtp_port = free_port()
-    cfg = tmp_path / "mailbus.yaml"
-    cfg.write_text(
-        "server: {hostname: mx.otel.test, local_domains: [otel.test]}\n"
-        "listeners:\n"
-        f"  - {{name: smtp, protocol: smtp, address: '127.0.0.1:{smtp_port}', tls: none}}\n"
-        "ip_groups: {lan: [127.0.0.0/8]}\n"
-        "relay: {allowed_ip_group: lan}\n"
-        "security: {require_sender_domain_dns: false}\n"
-        "antispam: {spf: false}\n"
-        "delivery:\n"
-        f"  {{mode: relay, relay_host: {{host: 127.0.0.1, port: {sink_port}}}, tls: none}}\n"
-    )
-    env = dict(
-        os.environ,
-        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.endpoint,
-        OTEL_EXPORTER_OTLP_PROTOCOL="http/protobuf",
-        OTEL_BSP_SCHEDULE_DELAY="100",
-    )
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libs.common.cli", "up", "--config", str(cfg),
-        "--data-dir", str(tmp_path / "var"),
-        cwd=ROOT, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    assert proc.stdout is not None
-    try:
-        async with asyncio.timeout(90):
-            while b"ready:" not in (line := await proc.stdout.readline()):
-                assert line, "mailbus up exited early"
-        drain = asyncio.create_task(proc.stdout.read())
+    env = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    config = relay_config("mx.otel.test", smtp_port, sink_port)
+    async with mailbus_up(tmp_path, config, env):
 
         def send() -> None:
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
@@ -92,9 +68,3 @@ async def test_one_message_is_one_trace_across_service_processes(
         assert {s.kind for s in nats_spans} >= {producer, consumer}
         assert any(s.attributes.get("smtp.reply_code") == 250 for s in mine if s.kind == client)
         assert all("mailbus.queue_id" in s.attributes for s in mine if s.kind == consumer)
-    finally:
-        if proc.returncode is None:
-            proc.send_signal(signal.SIGTERM)
-            async with asyncio.timeout(15):
-                await proc.wait()
-    drain.cancel()
