@@ -171,6 +171,7 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
         subjects.POP3_GRANTS_BUCKET,
         subjects.AUTH_FAILURES_BUCKET,
         subjects.BLOCKS_BUCKET,
+        subjects.QUEUE_LEADER_BUCKET,
     ):
         await js.create_key_value(
             api.KeyValueConfig(

@@ -50,6 +50,7 @@ def _stream_names() -> list[str]:
                 s.AUTH_FAILURES_BUCKET,
                 s.CONNECTIONS_BUCKET,
                 s.BLOCKS_BUCKET,
+                s.QUEUE_LEADER_BUCKET,
             )
         ),
     ]
@@ -191,6 +192,7 @@ def service_permissions() -> dict[str, Permissions]:
                 f"$JS.API.STREAM.PURGE.{s.TIMERS_STREAM}",
                 *_consume(s.TIMERS_STREAM, s.QUEUE_TIMERS_CONSUMER),
                 *_object_store(bodies, write=True),
+                *_kv(s.QUEUE_LEADER_BUCKET, write=True),
             ],
             subscribe=[f"{s.QUEUE_API_PREFIX}.*"],
         ),

@@ -105,6 +105,12 @@ CONNECTIONS_BUCKET = "mailbus-connections"
 BLOCKS_BUCKET = "mailbus-blocks"
 
 
+# The queue's single-writer lease (libs/common/lease.py): one key, held by the one
+# queue process that may decide; a standby waits until it is free.
+QUEUE_LEADER_BUCKET = "mailbus-queue-leader"
+QUEUE_LEADER_KEY = "queue"
+
+
 def connection_lease_key(client_ip: str, instance: str, session_id: str) -> str:
     """`client_ip` canonical (policy_api.canonical_ip); `session_id` a valid key token."""
     return f"{token(client_ip)}.{token(instance)}.{session_id}"

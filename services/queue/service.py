@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 
 from nats.js import JetStreamContext
 
 from libs.common import consumers, metrics, subjects
 from libs.common.config import Config
+from libs.common.lease import Lease
 from libs.common.runtime import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
@@ -37,10 +40,17 @@ class QueueService:
         self._subs: list[JetStreamContext.PullSubscription] = []
         self.processor: QueueProcessor | None = None
         self._stats: metrics.QueueStatsCollector | None = None
+        self._lease: Lease | None = None
 
     async def start(self) -> None:
         config = self.ctx.config
         js = self.ctx.js
+        # One writer: a second queue process stands by here until the first is gone.
+        self._lease = Lease(
+            js, subjects.QUEUE_LEADER_BUCKET, subjects.QUEUE_LEADER_KEY, self.ctx.instance
+        )
+        await self._lease.acquire()
+        self._lease.keep(self._lost)
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
         timing = timing_of(config)
         bodies = await js.object_store(subjects.BODIES_BUCKET)
@@ -77,3 +87,14 @@ class QueueService:
             await asyncio.gather(*self._tasks)
         for sub in self._subs:
             await sub.unsubscribe()
+        self._subs = []
+        if self._lease is not None:
+            await self._lease.release()  # the standby takes over at once
+
+    async def _lost(self) -> None:
+        """Another process holds the lease now (this one was cut off longer than its
+        TTL): stop deciding at once, then end the process so its supervisor
+        (Kubernetes, `mailbus up`) starts it again as a standby."""
+        self._stopping.set()
+        log.critical("queue: lease lost; no further decisions from %s", self.ctx.instance)
+        os.kill(os.getpid(), signal.SIGTERM)

@@ -17,7 +17,7 @@ from nats.js import JetStreamContext
 
 from libs.common import bus, subjects
 from libs.common.events import ClientBlocked, ClientUnblocked, event_type
-from services.policy.adapters.kv import CAS_ATTEMPTS, Bucket, backoff
+from libs.common.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.adapters.stores import ContentionError
 from services.policy.core import Block, BlockFormatError
 from services.policy.core.blocks import unblock_event_id

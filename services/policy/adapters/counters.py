@@ -14,7 +14,7 @@ from datetime import datetime
 from nats.js import JetStreamContext
 
 from libs.common import subjects
-from services.policy.adapters.kv import CAS_ATTEMPTS, Bucket, backoff
+from libs.common.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.adapters.stores import ContentionError
 from services.policy.core import CountFormatError, SlidingCount, Window
 

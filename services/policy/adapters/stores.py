@@ -14,7 +14,7 @@ from datetime import datetime, timedelta
 from nats.js import JetStreamContext
 
 from libs.common import subjects
-from services.policy.adapters.kv import CAS_ATTEMPTS, Bucket, backoff
+from libs.common.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.core import GrantFormatError, Pop3Grant, canonical_ip, later
 from services.policy.core.failures import FAILURE_WINDOW, FailedLogins, first_failure
 

@@ -12,7 +12,7 @@ import asyncio
 import random
 
 from nats.js import JetStreamContext, api
-from nats.js.errors import APIError, KeyNotFoundError
+from nats.js.errors import APIError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 # JSStreamWrongLastSequenceErrF and its constant variant: someone wrote first.
@@ -62,11 +62,12 @@ class Bucket:
         info = await self._js.stream_info(f"KV_{self.name}", subjects_filter=f"{prefix}>")
         return sorted(subject[len(prefix) :] for subject in (info.state.subjects or {}))
 
-    async def swap(self, key: str, value: bytes, last_revision: int, ttl_s: float) -> bool:
-        """Write if the key is still at `last_revision` (0: absent); False when it moved on."""
+    async def swap(self, key: str, value: bytes, last_revision: int, ttl_s: float) -> int | None:
+        """Write if the key is still at `last_revision` (0: absent); the new revision,
+        or None when someone else wrote first."""
         headers = {api.Header.EXPECTED_LAST_SUBJECT_SEQUENCE.value: str(last_revision)}
         try:
-            await self._js.publish(
+            ack = await self._js.publish(
                 f"$KV.{self.name}.{key}",
                 value,
                 headers=headers,
@@ -74,6 +75,15 @@ class Bucket:
             )
         except APIError as exc:
             if exc.err_code in _WRONG_LAST_SEQUENCE:
-                return False
+                return None
             raise
-        return True
+        return int(ack.seq)
+
+    async def last_revision(self, key: str) -> int:
+        """The sequence of the key's last message of any kind (a value or a purge or
+        delete marker), 0 when it has none: what a compare-and-set must expect."""
+        try:
+            msg = await self._js.get_last_msg(f"KV_{self.name}", f"$KV.{self.name}.{key}")
+        except NotFoundError:
+            return 0
+        return int(msg.seq or 0)

@@ -1,0 +1,84 @@
+"""One queue decides at a time: the single-holder lease on a real nats-server."""
+
+from __future__ import annotations
+
+import asyncio
+
+from nats.js import JetStreamContext
+
+from libs.common import subjects
+from libs.common.config import load_config_text
+from libs.common.embedded_nats import EmbeddedNats
+from libs.common.lease import Lease
+from libs.common.runtime import start_service
+from services.queue.service import QueueService
+
+BUCKET, KEY = subjects.QUEUE_LEADER_BUCKET, "test"
+
+
+async def test_one_holder_standby_takes_over_after_release(js: JetStreamContext) -> None:
+    first = Lease(js, BUCKET, KEY, "first", ttl_s=3)
+    second = Lease(js, BUCKET, KEY, "second", ttl_s=3)
+    await first.acquire()
+    waiting = asyncio.create_task(second.acquire())
+    await asyncio.sleep(1.5)
+    assert not waiting.done() and first.held and not second.held
+    await first.release()
+    async with asyncio.timeout(5):
+        await waiting
+    assert second.held
+    await second.release()
+
+
+async def test_a_silent_holder_expires_and_the_renewing_one_keeps_it(js: JetStreamContext) -> None:
+    lost: list[str] = []
+
+    async def on_lost() -> None:
+        lost.append("renewing")
+
+    # A holder that dies without a word (no renewal, no release) frees the key by its TTL.
+    silent = Lease(js, BUCKET, KEY, "silent", ttl_s=2)
+    await silent.acquire()
+    renewing = Lease(js, BUCKET, KEY, "renewing", ttl_s=2)
+    async with asyncio.timeout(8):
+        await renewing.acquire()
+    renewing.keep(on_lost)
+    # Renewed every TTL/3, it outlives several TTLs, and a third process stays out.
+    third = Lease(js, BUCKET, KEY, "third", ttl_s=2)
+    waiting = asyncio.create_task(third.acquire())
+    await asyncio.sleep(5)
+    assert renewing.held and not waiting.done() and lost == []
+    waiting.cancel()
+    await renewing.release()
+
+
+async def test_a_holder_whose_key_moved_on_learns_it_lost(js: JetStreamContext) -> None:
+    lost = asyncio.Event()
+
+    async def on_lost() -> None:
+        lost.set()
+
+    holder = Lease(js, BUCKET, KEY, "holder", ttl_s=3)
+    await holder.acquire()
+    holder.keep(on_lost)
+    # Someone else writes the key (as after a partition longer than the TTL).
+    kv = await js.key_value(BUCKET)
+    await kv.put(KEY, b"usurper")
+    async with asyncio.timeout(5):
+        await lost.wait()
+    assert not holder.held
+    await holder.release()  # must not remove the other holder's key
+    entry = await kv.get(KEY)
+    assert entry.value == b"usurper"
+
+
+async def test_a_second_queue_service_stands_by(nats_server: EmbeddedNats) -> None:
+    config = load_config_text("server: {hostname: mx.example.test}\n")
+    first = await start_service("queue", QueueService, config, [nats_server.url])
+    second = asyncio.create_task(start_service("queue", QueueService, config, [nats_server.url]))
+    await asyncio.sleep(1.5)
+    assert not second.done()  # standing by: no consumer bound, no decision made
+    await first.close()
+    async with asyncio.timeout(10):
+        running = await second
+    await running.close()
