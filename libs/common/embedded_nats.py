@@ -8,6 +8,7 @@ server has acknowledged survives a power cut: durability before speed.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import shutil
 import signal
@@ -17,6 +18,17 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def die_with_parent() -> None:
+    """Linux only, in a child before exec: SIGTERM it when its parent goes away,
+    even by SIGKILL, so a supervisor's children never outlive it."""
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+        pr_set_pdeathsig = 1
+        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
+    except OSError:
+        pass
 
 
 def nats_server_binary() -> str:
@@ -44,6 +56,9 @@ class EmbeddedNats:
     port: int = 0
     extra_config: str = ""
     log_file: Path | None = None
+    # `mailbus up` sets it: the server must not outlive a supervisor killed by SIGKILL.
+    # Only for a start() from the main thread: Linux ties it to the forking thread.
+    die_with_parent: bool = False
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -76,6 +91,7 @@ class EmbeddedNats:
                 stdout=out or subprocess.DEVNULL,
                 stderr=out or subprocess.DEVNULL,
                 start_new_session=True,  # Ctrl-C reaches us, and we stop it in order
+                preexec_fn=die_with_parent if self.die_with_parent else None,
             )
         finally:
             if out is not None:

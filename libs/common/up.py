@@ -8,7 +8,6 @@ cut off from the bus. Children die with the supervisor even if it is killed.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import json
 import os
 import secrets
@@ -23,21 +22,11 @@ import nats
 from libs.common import permissions, subjects
 from libs.common.config import Config
 from libs.common.config.fieldtypes import split_host_port
-from libs.common.embedded_nats import EmbeddedNats
+from libs.common.embedded_nats import EmbeddedNats, die_with_parent
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 8.0
 RESTART_DELAY_S = 1.0
-
-
-def _die_with_parent() -> None:
-    """Linux only: SIGTERM this child when the supervisor goes away, even by SIGKILL."""
-    try:
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        pr_set_pdeathsig = 1
-        libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
-    except OSError:
-        pass
 
 
 def _say(line: str) -> None:
@@ -91,7 +80,7 @@ class Supervisor:
             stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         self.children[name] = proc
         self._tasks.append(asyncio.create_task(self._pipe(name, proc.stdout)))
@@ -185,8 +174,10 @@ class Supervisor:
             data_dir=self.data_dir / "nats",
             log_file=self.data_dir / "nats-server.log",
             extra_config=permissions.authorization_block(passwords, admin),
+            die_with_parent=True,
         )
-        url = await self.nats.astart()
+        # In this (the main) thread: die_with_parent follows the thread that forks.
+        url = self.nats.start()
         self.servers = [url]
         hostport = url.removeprefix("nats://")
         for svc, password in passwords.items():

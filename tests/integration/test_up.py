@@ -15,6 +15,7 @@ import nats
 
 from libs.common import subjects
 from libs.common.embedded_nats import free_port
+from tests.support.streams import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -111,3 +112,37 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_a_killed_supervisor_leaves_no_process_behind(tmp_path: Path) -> None:
+    """SIGKILL gives `mailbus up` no chance to stop anything: its children (NATS and the
+    services) must end by themselves (Linux parent-death signal)."""
+    cfg = tmp_path / "mailbus.yaml"
+    cfg.write_text(
+        "listeners:\n"
+        f"  - {{name: smtp, protocol: smtp, address: '127.0.0.1:{free_port()}', tls: none}}\n"
+        "security: {require_sender_domain_dns: false}\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "libs.common.cli", "up", "--config", str(cfg),
+        "--data-dir", str(tmp_path / "var"),
+        cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(90):
+            while b"ready:" not in (line := await proc.stdout.readline()):
+                assert line, "mailbus up exited early"
+        family = _children(proc.pid)
+        assert len(family) >= 6, family
+        proc.kill()
+        await proc.wait()
+        await eventually(lambda: _none_alive(family), "every child to end", within=15)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def _none_alive(pids: set[int]) -> bool:
+    return not [pid for pid in pids if _alive(pid)]
