@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping, Sequence
 from contextlib import AbstractContextManager
 
 from opentelemetry import context as otel_context
@@ -17,6 +17,8 @@ from opentelemetry.propagate import extract, inject
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import SpanProcessor, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter, SpanExporter
+from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
+from opentelemetry.util.types import Attributes
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +49,37 @@ def _exporter_from_env() -> SpanExporter | None:
     return None
 
 
+class _Recording(Sampler):
+    """Record spans only while somebody reads them (an exporter or a test's processor).
+
+    With nothing to export, spans still get trace and span ids, so trace context
+    and `MessageReceived.trace_parent` flow as usual, but none is recorded: the
+    hot path does not pay for attributes, events and processors that nobody reads.
+    """
+
+    def __init__(self) -> None:
+        self.on = False
+
+    def should_sample(
+        self,
+        parent_context: otel_context.Context | None,
+        trace_id: int,
+        name: str,
+        kind: trace.SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[trace.Link] | None = None,
+        trace_state: trace.TraceState | None = None,
+    ) -> SamplingResult:
+        decision = Decision.RECORD_AND_SAMPLE if self.on else Decision.DROP
+        return SamplingResult(decision, attributes if self.on else None, trace_state)
+
+    def get_description(self) -> str:
+        return f"mailbus-recording({'on' if self.on else 'off'})"
+
+
+_sampler = _Recording()
+
+
 def setup_telemetry(
     service: str, prefix: str = "mailbus", processor: SpanProcessor | None = None
 ) -> TracerProvider:
@@ -59,13 +92,18 @@ def setup_telemetry(
     if _configured and isinstance(current, TracerProvider):
         if processor is not None:
             current.add_span_processor(processor)
+            _sampler.on = True
         return current
-    provider = TracerProvider(resource=Resource.create({"service.name": f"{prefix}-{service}"}))
+    provider = TracerProvider(
+        resource=Resource.create({"service.name": f"{prefix}-{service}"}), sampler=_sampler
+    )
     if processor is not None:
         provider.add_span_processor(processor)
+        _sampler.on = True
     exporter = _exporter_from_env()
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
+        _sampler.on = True
     trace.set_tracer_provider(provider)
     _configured = True
     return provider
