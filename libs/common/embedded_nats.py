@@ -126,10 +126,6 @@ class EmbeddedNats:
             self.proc.kill()
             self.proc.wait()
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     async def astart(self) -> str:
         return await asyncio.to_thread(self.start)
 

@@ -223,10 +223,3 @@ def token(value: str) -> str:
     Unpadded URL-safe base64 keeps it reversible and free of '.', '*', '>' and spaces.
     """
     return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=") or "_"
-
-
-def untoken(value: str) -> str:
-    if value == "_":
-        return ""
-    pad = "=" * (-len(value) % 4)
-    return base64.urlsafe_b64decode(value + pad).decode()

@@ -31,7 +31,6 @@ _DERIVED: dict[int, str] = {
 # No reply at all (connection refused, timeout, lost): RFC 3463 network statuses.
 CONNECT_FAILED = "4.4.1"  # no answer from host
 CONNECTION_LOST = "4.4.2"  # bad connection
-ROUTING_FAILED = "4.4.0"
 ENCRYPTION_NEEDED = "4.7.10"  # RFC 5248 registry: TLS required but not available
 TLS_FAILED = "4.7.5"  # cryptographic failure (the TLS handshake)
 AUTH_FAILED = "4.7.0"  # our login at the relay host was refused: an operator's fix

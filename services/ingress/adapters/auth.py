@@ -14,8 +14,6 @@ from aiosmtpd.smtp import MISSING
 if TYPE_CHECKING:
     from services.ingress.adapters.smtp import IngressSMTP
 
-MECHANISMS = ("PLAIN", "LOGIN")
-
 
 async def read_credentials(
     server: IngressSMTP, mechanism: str, initial: str | None

@@ -16,7 +16,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 TimerKind = Literal["retry", "warn", "expire"]
-TIMER_KINDS: tuple[TimerKind, ...] = ("retry", "warn", "expire")
 
 # Fires may reach us a little before `due` by our own clock (another host set it).
 CLOCK_SLACK = timedelta(seconds=1)
