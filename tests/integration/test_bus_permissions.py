@@ -26,24 +26,13 @@ from libs.common import bus, permissions, subjects
 from libs.common.config import load_config_text
 from libs.common.embedded_nats import EmbeddedNats
 from libs.common.events import EVENT_TYPES, DeliverySucceeded
-from libs.common.runtime import Running, start_service
-from services.delivery.service import DeliveryService
-from services.ingress.service import IngressService
-from services.notifier.service import NotifierService
-from services.policy.service import PolicyService
-from services.queue.service import QueueService
+from libs.common.runtime import Running
+from tests.support.pipeline import pipeline, smtp_address
 from tests.support.sink import Sink
 from tests.support.streams import eventually, history, types
 
 PASSWORD = "pop3-password"
 HASH = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID).hash(PASSWORD)
-FACTORIES: dict[str, Callable[..., object]] = {
-    "policy": PolicyService,
-    "queue": QueueService,
-    "delivery": DeliveryService,
-    "notifier": NotifierService,
-    "ingress": IngressService,
-}
 
 
 @dataclass
@@ -61,9 +50,7 @@ class Secured:
         return self.url(subjects.service_name(service), self.passwords[service])
 
     def address(self, listener: str) -> tuple[str, int]:
-        ingress = self.running["ingress"].service
-        assert isinstance(ingress, IngressService)
-        return ingress.addresses[listener]
+        return smtp_address(self.running, listener)
 
     def violations(self) -> list[str]:
         assert self.server.log_file is not None
@@ -100,17 +87,10 @@ delivery: {{mode: relay, relay_host: {{host: 127.0.0.1, port: {sink_port}}}, tls
     )
     state = Secured(server, passwords, admin, sink, {})
     try:
-        for name, factory in FACTORIES.items():
-            state.running[name] = await start_service(
-                name,
-                factory,  # type: ignore[arg-type]
-                config,
-                [state.service_url(name)],
-            )
-        yield state
+        async with pipeline(config, lambda name: [state.service_url(name)]) as running:
+            state.running = running
+            yield state
     finally:
-        for item in reversed(list(state.running.values())):
-            await item.close()
         server.stop()
 
 

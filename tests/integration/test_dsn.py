@@ -12,6 +12,7 @@ import asyncio
 import email
 import smtplib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from email import policy
 from email.message import EmailMessage, Message
@@ -23,12 +24,8 @@ from libs.common import subjects
 from libs.common.config import Config, load_config_text
 from libs.common.embedded_nats import EmbeddedNats
 from libs.common.events import DeliverySucceeded, MessageReceived, Recipient, ReportSent
-from libs.common.runtime import Running, start_service
-from services.delivery.service import DeliveryService
-from services.ingress.service import IngressService
-from services.notifier.service import NotifierService
-from services.policy.service import PolicyService
-from services.queue.service import QueueService
+from libs.common.runtime import Running
+from tests.support.pipeline import pipeline, smtp_address
 from tests.support.sink import Sink
 from tests.support.streams import eventually, history
 
@@ -63,15 +60,6 @@ delivery:
     )
 
 
-FACTORIES = {
-    "policy": PolicyService,
-    "queue": QueueService,
-    "delivery": DeliveryService,
-    "notifier": NotifierService,
-    "ingress": IngressService,
-}
-
-
 @dataclass
 class Stack:
     sink: Sink
@@ -79,9 +67,7 @@ class Stack:
 
     @property
     def smtp(self) -> tuple[str, int]:
-        ingress = self.running["ingress"].service
-        assert isinstance(ingress, IngressService)
-        return ingress.addresses["smtp"]
+        return smtp_address(self.running)
 
     def reports(self) -> list[tuple[str, list[str], bytes]]:
         return [m for m in self.sink.received if m[0] == NULL_SENDER]
@@ -94,18 +80,14 @@ StartStack = Callable[..., Awaitable[Stack]]
 async def start_stack(
     nats_server: EmbeddedNats, sink_factory: Callable[..., tuple[Sink, int]]
 ) -> AsyncIterator[StartStack]:
-    running: dict[str, Running] = {}
+    async with AsyncExitStack() as stacks:
 
-    async def start(**sink_options: object) -> Stack:
-        sink, port = sink_factory(**sink_options)
-        cfg = config(port)
-        for name, factory in FACTORIES.items():
-            running[name] = await start_service(name, factory, cfg, [nats_server.url])
-        return Stack(sink, running)
+        async def start(**sink_options: object) -> Stack:
+            sink, port = sink_factory(**sink_options)
+            running = await stacks.enter_async_context(pipeline(config(port), [nats_server.url]))
+            return Stack(sink, running)
 
-    yield start
-    for item in reversed(list(running.values())):
-        await item.close()
+        yield start
 
 
 @dataclass(frozen=True)

@@ -19,12 +19,9 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from libs.common import subjects
 from libs.common.config import Config, load_config_text
 from libs.common.embedded_nats import EmbeddedNats
-from libs.common.runtime import Running, start_service
+from libs.common.runtime import Running
 from libs.common.telemetry import setup_telemetry
-from services.delivery.service import DeliveryService
-from services.ingress.service import IngressService
-from services.policy.service import PolicyService
-from services.queue.service import QueueService
+from tests.support.pipeline import pipeline, smtp_address
 from tests.support.sink import Sink
 from tests.support.streams import body_exists, eventually, history, types
 
@@ -70,17 +67,7 @@ class Stack:
 
     @property
     def smtp(self) -> tuple[str, int]:
-        ingress = self.running["ingress"].service
-        assert isinstance(ingress, IngressService)
-        return ingress.addresses["smtp"]
-
-
-FACTORIES = {
-    "policy": PolicyService,
-    "queue": QueueService,
-    "delivery": DeliveryService,
-    "ingress": IngressService,
-}
+        return smtp_address(self.running)
 
 
 @pytest.fixture
@@ -89,14 +76,8 @@ async def stack(
 ) -> AsyncIterator[Stack]:
     sink, port = sink_factory()
     cfg = config(port)
-    running: dict[str, Running] = {}
-    try:
-        for name, factory in FACTORIES.items():
-            running[name] = await start_service(name, factory, cfg, [nats_server.url])
+    async with pipeline(cfg, [nats_server.url]) as running:
         yield Stack(nats_server, cfg, sink, running)
-    finally:
-        for item in reversed(list(running.values())):
-            await item.close()
 
 
 def send(
