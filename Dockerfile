@@ -24,6 +24,7 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY libs ./libs
 COPY services ./services
+COPY ops ./ops
 
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1
 # The pip cache survives between builds (cache mount), and never enters a layer.

@@ -25,7 +25,7 @@ import aiosmtplib
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from libs.common.embedded_nats import free_port  # noqa: E402
+from libs.common.runtime.embedded_nats import free_port  # noqa: E402
 
 CONFIG = """\
 server: {{hostname: mx.bench.test, local_domains: [bench.test]}}
@@ -139,7 +139,7 @@ async def run(args: argparse.Namespace) -> None:
     up = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "libs.common.cli",
+        "ops.cli",
         "up",
         "--config",
         str(cfg),

@@ -9,8 +9,8 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from libs.common import bus
-from libs.common.embedded_nats import EmbeddedNats
+from libs.common.runtime import bus
+from libs.common.runtime.embedded_nats import EmbeddedNats
 from tests.support.sink import sink_factory  # noqa: F401  (a fixture shared by modules)
 
 

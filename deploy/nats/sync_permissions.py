@@ -4,8 +4,8 @@
 
 Writes `deploy/nats/permissions.conf` (included by nats-server.conf) and the
 `permissions.conf` key of the nats-config ConfigMap in deploy/k8s/nats.yaml,
-both exactly `python -m libs.common.permissions`. Run it after changing
-libs/common/permissions.py or subjects.py; tests/integration/
+both exactly `python -m libs.common.contract.permissions`. Run it after changing
+libs/common/contract/permissions.py or subjects.py; tests/integration/
 test_deploy_manifests.py fails until both copies match the module again.
 """
 
@@ -34,7 +34,7 @@ def configmap_with(yaml_text: str, conf: str) -> str:
 
 def main() -> int:
     sys.path.insert(0, str(ROOT))
-    from libs.common.permissions import deploy_file
+    from libs.common.contract.permissions import deploy_file
 
     conf = deploy_file()
     PERMISSIONS_CONF.write_text(conf)

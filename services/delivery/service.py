@@ -6,10 +6,11 @@ import asyncio
 
 from nats.js import JetStreamContext
 
-from libs.common import consumers, subjects
 from libs.common.config import Config
-from libs.common.dns import resolver_of
-from libs.common.runtime import Context
+from libs.common.contract import subjects
+from libs.common.mail.dns import resolver_of
+from libs.common.runtime import consumers
+from libs.common.runtime.service import Context
 from services.delivery.adapters.consumer import ack_wait_from_env, jobs_consumer
 from services.delivery.adapters.courier import Courier, CourierSettings, RelayTarget
 from services.delivery.adapters.dns import MxResolver

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from libs.common.runtime import main as run_main
+from libs.common.runtime.service import main as run_main
 from services.ingress.service import IngressService
 
 

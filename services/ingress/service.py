@@ -6,10 +6,10 @@ import asyncio
 import logging
 import ssl
 
-from libs.common.policy_api import PolicyClient
-from libs.common.runtime import Context
-from libs.common.submission import MessageStore
-from libs.common.tlsutil import server_context
+from libs.common.mail.submission import MessageStore
+from libs.common.mail.tlsutil import server_context
+from libs.common.runtime.policy_client import PolicyClient
+from libs.common.runtime.service import Context
 from services.ingress.adapters.handler import IngressHandler
 from services.ingress.adapters.leases import ConnectionLeases, lease_ttl
 from services.ingress.adapters.pop3 import Pop3Server, Pop3Settings

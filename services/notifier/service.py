@@ -7,8 +7,9 @@ import logging
 
 from nats.js import JetStreamContext
 
-from libs.common import consumers, languages
-from libs.common.runtime import Context
+from libs.common.mail import languages
+from libs.common.runtime import consumers
+from libs.common.runtime.service import Context
 from services.notifier.adapters.catalogs import load_catalogs
 from services.notifier.adapters.consumer import FETCH, TRIGGERS_CONSUMER
 from services.notifier.adapters.processor import NotifierProcessor

@@ -6,10 +6,10 @@ import logging
 from collections.abc import Callable
 from datetime import datetime
 
-from libs.common import subjects
 from libs.common.config import Config, ConfigError, IpGroup
-from libs.common.runtime import Context
-from libs.common.userhash import is_argon2id
+from libs.common.contract import subjects
+from libs.common.mail.userhash import is_argon2id
+from libs.common.runtime.service import Context
 from services.policy.adapters.admin import BlocksEndpoints
 from services.policy.adapters.blocks import BlockStore
 from services.policy.adapters.connections import ConnectionCounter

@@ -10,10 +10,11 @@ import signal
 
 from nats.js import JetStreamContext
 
-from libs.common import consumers, metrics, subjects
 from libs.common.config import Config
-from libs.common.lease import Lease
-from libs.common.runtime import Context
+from libs.common.contract import subjects
+from libs.common.runtime import consumers, metrics
+from libs.common.runtime.lease import Lease
+from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
 from services.queue.adapters.index import QueueIndex, read_all_states

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from libs.common import bus, subjects
-from libs.common.events import Client, MessageReceived, Recipient, parse_event
+from libs.common.contract import subjects
+from libs.common.contract.events import Client, MessageReceived, Recipient, parse_event
+from libs.common.runtime import bus
 
 
 async def test_topology_is_idempotent(js: JetStreamContext) -> None:

@@ -1,5 +1,5 @@
 """Least privilege on the bus: every service runs as its own NATS user with the
-permissions of libs/common/permissions.py, the whole mail path works (relay,
+permissions of libs/common/contract/permissions.py, the whole mail path works (relay,
 failure report, local mailbox, POP3, operator commands), the server logs no
 permission violation while it does, and forbidden publishes and subscriptions
 are refused."""
@@ -22,11 +22,12 @@ from argon2 import PasswordHasher, Type
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from libs.common import bus, permissions, subjects
 from libs.common.config import load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import EVENT_TYPES, DeliverySucceeded
-from libs.common.runtime import Running
+from libs.common.contract import permissions, subjects
+from libs.common.contract.events import EVENT_TYPES, DeliverySucceeded
+from libs.common.runtime import bus
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running
 from tests.support.pipeline import pipeline, smtp_address
 from tests.support.sink import Sink
 from tests.support.streams import eventually, history, types

@@ -1,4 +1,4 @@
-"""libs/common/consumers.py on a real nats-server: create-or-update, fetch loop, stop."""
+"""libs/common/runtime/consumers.py on a real nats-server: create-or-update, fetch loop, stop."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ import asyncio
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
-from libs.common import subjects
-from libs.common.consumers import DurableConsumer, FetchSettings, bind, fetch_loop
+from libs.common.contract import subjects
+from libs.common.runtime.consumers import DurableConsumer, FetchSettings, bind, fetch_loop
 
 JOBS = DurableConsumer(
     stream=subjects.JOBS_STREAM,

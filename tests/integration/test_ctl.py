@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common import ctl
+from ops import ctl
 from tests.support.cli import mailbus
 
 

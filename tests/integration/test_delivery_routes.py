@@ -15,8 +15,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from libs.common.config import Config, load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.runtime import Running
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running
 from tests.support import pop3, queue
 from tests.support.dns import DnsServer
 from tests.support.pop3 import USER, Pop3Server

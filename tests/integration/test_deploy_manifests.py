@@ -10,7 +10,7 @@ each validator actually rejects a broken file, so a green run means something.
 
 Bus permissions: compose and Kubernetes include the same generated
 deploy/nats/permissions.conf, which must stay exactly what
-libs/common/permissions.py prints, and every service connects as its own user.
+libs/common/contract/permissions.py prints, and every service connects as its own user.
 """
 
 from __future__ import annotations
@@ -38,10 +38,10 @@ import nats.errors
 import pytest
 import yaml
 
-from libs.common import permissions, subjects
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
-from libs.common.embedded_nats import EmbeddedNats, nats_server_binary
+from libs.common.contract import permissions, subjects
+from libs.common.runtime.embedded_nats import EmbeddedNats, nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"

@@ -1,10 +1,10 @@
-"""libs/common/dns.py against a real DNS server on loopback: answers and the three failures."""
+"""libs/common/mail/dns.py against a real DNS server on loopback: answers and the three failures."""
 
 from __future__ import annotations
 
 import pytest
 
-from libs.common.dns import LookupFailed, NoData, NoDomain, TempFail, lookup, make_resolver
+from libs.common.mail.dns import LookupFailed, NoData, NoDomain, TempFail, lookup, make_resolver
 from tests.support.dns import DnsServer
 
 

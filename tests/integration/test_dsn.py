@@ -20,11 +20,11 @@ from email.message import EmailMessage, Message
 import pytest
 from nats.js import JetStreamContext
 
-from libs.common import subjects
 from libs.common.config import Config, load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import DeliverySucceeded, MessageReceived, Recipient, ReportSent
-from libs.common.runtime import Running
+from libs.common.contract import subjects
+from libs.common.contract.events import DeliverySucceeded, MessageReceived, Recipient, ReportSent
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running
 from tests.support.pipeline import pipeline, smtp_address
 from tests.support.sink import Sink
 from tests.support.streams import eventually, history

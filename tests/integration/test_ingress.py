@@ -17,13 +17,13 @@ from nats.js.errors import NotFoundError
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from libs.common import subjects
 from libs.common.config import load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import MessageReceived, parse_event
-from libs.common.policy_api import PolicyDecision, PolicyQuery
-from libs.common.runtime import Running, start_service
-from libs.common.telemetry import setup_telemetry
+from libs.common.contract import subjects
+from libs.common.contract.events import MessageReceived, parse_event
+from libs.common.contract.policy import PolicyDecision, PolicyQuery
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running, start_service
+from libs.common.runtime.telemetry import setup_telemetry
 from services.ingress.service import IngressService
 from services.policy.service import PolicyService
 from tests.support.stack import unverified

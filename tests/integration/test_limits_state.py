@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from nats.js import JetStreamContext
 
-from libs.common import bus, subjects
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import ClientBlocked, parse_access_event
+from libs.common.contract import subjects
+from libs.common.contract.events import ClientBlocked, parse_access_event
+from libs.common.runtime import bus
+from libs.common.runtime.embedded_nats import EmbeddedNats
 from services.ingress.adapters.leases import ConnectionLeases
 from services.policy.adapters.blocks import BlockStore
 from services.policy.adapters.connections import ConnectionCounter

@@ -19,15 +19,15 @@ import pytest
 import pytest_asyncio
 from aiosmtpd.lmtp import LMTP
 
-from libs.common.events import (
+from libs.common.contract.events import (
     DeliveryDeferred,
     DeliveryJob,
     Destination,
     MessageExpired,
     Recipient,
 )
-from libs.common.mailbox import MailboxStore
-from libs.common.runtime import start_service
+from libs.common.mail.mailbox import MailboxStore
+from libs.common.runtime.service import start_service
 from services.delivery.adapters.lmtp import LmtpTarget
 from services.delivery.adapters.local_store import LocalDelivery, LocalSettings
 from services.delivery.core import result_events

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from libs.common import subjects
-from libs.common.embedded_nats import free_port
+from libs.common.contract import subjects
+from libs.common.runtime.embedded_nats import free_port
 from tests.support.sink import Sink
 from tests.support.streams import eventually
 from tests.support.up import mailbus_up, relay_config

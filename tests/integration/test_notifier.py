@@ -21,10 +21,9 @@ from nats.js import JetStreamContext
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from libs.common import bus, subjects
 from libs.common.config import load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import (
+from libs.common.contract import subjects
+from libs.common.contract.events import (
     Client,
     Event,
     MessageDelayed,
@@ -36,11 +35,13 @@ from libs.common.events import (
     ReportSent,
     encode,
 )
-from libs.common.history import message_history, message_received
-from libs.common.ids import new_queue_id
-from libs.common.runtime import Running, start_service
-from libs.common.submission import MessageStore
-from libs.common.telemetry import setup_telemetry, tracer
+from libs.common.contract.ids import new_queue_id
+from libs.common.mail.history import message_history, message_received
+from libs.common.mail.submission import MessageStore
+from libs.common.runtime import bus
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running, start_service
+from libs.common.runtime.telemetry import setup_telemetry, tracer
 from services.delivery.service import DeliveryService
 from services.notifier.adapters.catalogs import load_catalogs
 from services.notifier.adapters.processor import NotifierProcessor

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common.embedded_nats import free_port
+from libs.common.runtime.embedded_nats import free_port
 from tests.support.otlp import OtlpReceiver
 from tests.support.sink import Sink
 from tests.support.up import mailbus_up, relay_config

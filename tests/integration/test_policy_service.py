@@ -14,19 +14,14 @@ from nats.js import JetStreamContext
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from libs.common import subjects
 from libs.common.config import Config, load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import Pop3LoginSucceeded
-from libs.common.policy_api import (
-    PolicyClient,
-    PolicyDecision,
-    PolicyQuery,
-    Session,
-    publish_pop3_login,
-)
-from libs.common.runtime import Running, start_service
-from libs.common.telemetry import setup_telemetry, tracer
+from libs.common.contract import subjects
+from libs.common.contract.events import Pop3LoginSucceeded
+from libs.common.contract.policy import PolicyDecision, PolicyQuery, Session
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.policy_client import PolicyClient, publish_pop3_login
+from libs.common.runtime.service import Running, start_service
+from libs.common.runtime.telemetry import setup_telemetry, tracer
 from services.policy.service import PolicyService
 from tests.support.streams import eventually
 

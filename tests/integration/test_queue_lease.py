@@ -6,11 +6,11 @@ import asyncio
 
 from nats.js import JetStreamContext
 
-from libs.common import subjects
 from libs.common.config import load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.lease import Lease
-from libs.common.runtime import start_service
+from libs.common.contract import subjects
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.lease import Lease
+from libs.common.runtime.service import start_service
 from services.queue.service import QueueService
 
 BUCKET, KEY = subjects.QUEUE_LEADER_BUCKET, "test"

@@ -20,10 +20,10 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from libs.common.config import Config, load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import MessageDelayed, MessageExpired
-from libs.common.runtime import Running
-from libs.common.telemetry import setup_telemetry
+from libs.common.contract.events import MessageDelayed, MessageExpired
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running
+from libs.common.runtime.telemetry import setup_telemetry
 from tests.support import queue
 from tests.support.cli import mailbus
 from tests.support.queue import (

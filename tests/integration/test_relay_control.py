@@ -25,8 +25,8 @@ import pytest
 import pytest_asyncio
 from nats.js import JetStreamContext
 
-from libs.common import subjects
-from libs.common.events import MessageReceived, parse_event
+from libs.common.contract import subjects
+from libs.common.contract.events import MessageReceived, parse_event
 from tests.support.stack import (
     PASSWORD,
     PASSWORD_HASH,

@@ -39,9 +39,10 @@ from argon2 import PasswordHasher, Type
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from libs.common import bus, subjects
-from libs.common.embedded_nats import EmbeddedNats, free_port
-from libs.common.history import by_subject
+from libs.common.contract import subjects
+from libs.common.mail.history import by_subject
+from libs.common.runtime import bus
+from libs.common.runtime.embedded_nats import EmbeddedNats, free_port
 from tests.support.cli import mailbus
 from tests.support.dns import DnsServer
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import nats
 
-from libs.common import subjects
-from libs.common.embedded_nats import free_port
+from libs.common.contract import subjects
+from libs.common.runtime.embedded_nats import free_port
 from tests.support.streams import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ async def test_up_runs_everything_and_stops_cleanly(tmp_path: Path) -> None:
         f"telemetry: {{metrics_address: '127.0.0.1:{metrics_port}'}}\n"
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libs.common.cli", "up", "--config", str(cfg),
+        sys.executable, "-m", "ops.cli", "up", "--config", str(cfg),
         "--data-dir", str(tmp_path / "var"),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
@@ -124,7 +124,7 @@ async def test_a_killed_supervisor_leaves_no_process_behind(tmp_path: Path) -> N
         "security: {require_sender_domain_dns: false}\n"
     )
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libs.common.cli", "up", "--config", str(cfg),
+        sys.executable, "-m", "ops.cli", "up", "--config", str(cfg),
         "--data-dir", str(tmp_path / "var"),
         cwd=ROOT, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip

@@ -16,11 +16,11 @@ from nats.js import JetStreamContext
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from libs.common import subjects
 from libs.common.config import Config, load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.runtime import Running
-from libs.common.telemetry import setup_telemetry
+from libs.common.contract import subjects
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running
+from libs.common.runtime.telemetry import setup_telemetry
 from tests.support.pipeline import pipeline, smtp_address
 from tests.support.sink import Sink
 from tests.support.streams import body_exists, eventually, history, types

@@ -14,7 +14,7 @@ async def mailbus(*args: str, within: float = 30.0) -> tuple[int, str, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "libs.common.cli",
+        "ops.cli",
         *args,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,

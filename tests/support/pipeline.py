@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 
 from libs.common.config import Config
-from libs.common.runtime import Running, ServiceFactory, start_service
+from libs.common.runtime.service import Running, ServiceFactory, start_service
 from services.delivery.service import DeliveryService
 from services.ingress.service import IngressService
 from services.notifier.service import NotifierService

@@ -8,12 +8,13 @@ from datetime import datetime
 import pytest
 from nats.js import JetStreamContext
 
-from libs.common import bus, subjects
 from libs.common.config import Config
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.events import Client, MessageReceived, Recipient, ReportSent
-from libs.common.runtime import Running, start_service
-from libs.common.telemetry import current_traceparent
+from libs.common.contract import subjects
+from libs.common.contract.events import Client, MessageReceived, Recipient, ReportSent
+from libs.common.runtime import bus
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running, start_service
+from libs.common.runtime.telemetry import current_traceparent
 from services.delivery.service import DeliveryService
 from services.queue.service import QueueService
 

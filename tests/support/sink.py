@@ -15,7 +15,7 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from libs.common.tlsutil import self_signed_pem
+from libs.common.mail.tlsutil import self_signed_pem
 
 
 class RelayGate(Protocol):

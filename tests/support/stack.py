@@ -23,10 +23,11 @@ from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 from nats.js.errors import KeyNotFoundError
 
-from libs.common import bus, subjects
 from libs.common.config import Config, load_config_text
-from libs.common.embedded_nats import EmbeddedNats
-from libs.common.runtime import Running, ServiceFactory, start_service
+from libs.common.contract import subjects
+from libs.common.runtime import bus
+from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import Running, ServiceFactory, start_service
 from services.delivery.service import DeliveryService
 from services.ingress.service import IngressService
 from services.policy.core.failures import FailedLogins

@@ -8,14 +8,14 @@ from collections.abc import Awaitable, Callable
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
 
-from libs.common import subjects
-from libs.common.events import (
+from libs.common.contract import subjects
+from libs.common.contract.events import (
     AnyEvent,
     DeliveryDeferred,
     DeliveryFailed,
     DeliverySucceeded,
 )
-from libs.common.history import message_history
+from libs.common.mail.history import message_history
 
 
 async def history(js: JetStreamContext, qid: str) -> list[AnyEvent]:

@@ -49,7 +49,7 @@ async def mailbus_up(
     cfg = tmp_path / "mailbus.yaml"
     cfg.write_text(config_text)
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "libs.common.cli", "up", "--config", str(cfg),
+        sys.executable, "-m", "ops.cli", "up", "--config", str(cfg),
         "--data-dir", str(tmp_path / "var"),
         cwd=ROOT, env=dict(os.environ, **(env or {})),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.common.bus import split_credentials
+from libs.common.runtime.bus import split_credentials
 
 
 @pytest.mark.parametrize(

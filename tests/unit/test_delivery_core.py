@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from libs.common.events import (
+from libs.common.contract.events import (
     DeliveryDeferred,
     DeliveryFailed,
     DeliveryJob,

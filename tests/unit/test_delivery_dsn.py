@@ -7,7 +7,7 @@ from typing import Literal
 
 import pytest
 
-from libs.common.events import (
+from libs.common.contract.events import (
     Client,
     DeliveryJob,
     DeliverySucceeded,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from libs.common import events as ev
+from libs.common.contract import events as ev
 
 GOLDEN = Path(__file__).parent.parent / "golden"
 AT = datetime(2026, 11, 28, 3, 30, 0, tzinfo=UTC)

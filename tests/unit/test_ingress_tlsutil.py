@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from libs.common.tlsutil import self_signed_pem, server_context
+from libs.common.mail.tlsutil import self_signed_pem, server_context
 
 NOW = datetime(2025, 3, 4, tzinfo=UTC)
 

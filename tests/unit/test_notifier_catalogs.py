@@ -22,7 +22,7 @@ from babel.messages.extract import extract_from_file
 from babel.messages.plurals import get_plural
 from babel.messages.pofile import read_po
 
-from libs.common import languages
+from libs.common.mail import languages
 from services.notifier.adapters.catalogs import LOCALES, load_catalog, po_path
 
 TEXT_SOURCE = Path(__file__).parents[2] / "services" / "notifier" / "core" / "text.py"

@@ -7,9 +7,8 @@ from typing import Literal
 
 import pytest
 
-from libs.common import languages
 from libs.common.config import ConfigError, load_config_text
-from libs.common.events import (
+from libs.common.contract.events import (
     AnyEvent,
     Client,
     DeliverySucceeded,
@@ -21,7 +20,8 @@ from libs.common.events import (
     RecipientsDelivered,
     RecipientsFailed,
 )
-from libs.common.ids import _ALPHABET, derived_queue_id
+from libs.common.contract.ids import _ALPHABET, derived_queue_id
+from libs.common.mail import languages
 from services.notifier.core import (
     NoReport,
     OriginalHeaders,

@@ -11,8 +11,8 @@ from email.message import EmailMessage, Message
 import pytest
 from flufl.bounce import all_failures
 
-from libs.common import languages
-from libs.common.events import Event, MessageReceived, Recipient
+from libs.common.contract.events import Event, MessageReceived, Recipient
+from libs.common.mail import languages
 from services.notifier.adapters.catalogs import load_catalogs
 from services.notifier.core import (
     ReportInput,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from libs.common.config import IpGroup
-from libs.common.policy_api import PolicyQuery, Session
+from libs.common.contract.policy import PolicyQuery, Session
 from services.ingress.core.paths import split_path
 from services.policy.core import Account, PolicyRules, decide
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from libs.common.config import IpGroup
-from libs.common.policy_api import PolicyQuery, Session
+from libs.common.contract.policy import PolicyQuery, Session
 from services.policy.core import (
     Account,
     AddressError,

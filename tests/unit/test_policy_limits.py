@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.common.config import IpGroup
-from libs.common.policy_api import PolicyDecision, PolicyQuery, Session
+from libs.common.contract.policy import PolicyDecision, PolicyQuery, Session
 from services.policy.core import (
     HOUR,
     NO_FACTS,

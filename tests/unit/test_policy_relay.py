@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from libs.common.config import IpGroup, load_config_text
-from libs.common.policy_api import PolicyQuery, Session
+from libs.common.contract.policy import PolicyQuery, Session
 from services.policy.core import (
     Account,
     Directory,

@@ -11,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.common.events import (
+from libs.common.contract.events import (
     Client,
     DeliveryDeferred,
     DeliveryFailed,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from libs.common.queuectl import format_history, trace_id
+from ops.queuectl import format_history, trace_id
 
 PARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 

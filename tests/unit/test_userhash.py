@@ -7,14 +7,14 @@ import io
 import pytest
 from argon2 import PasswordHasher, Type
 
-from libs.common import cli
-from libs.common.userhash import (
+from libs.common.mail.userhash import (
     PasswordInputError,
     hash_password,
     read_password,
     user_hash_command,
     verify_password,
 )
+from ops import cli
 
 CHEAP = PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.ID)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from libs.common import xtext
+from libs.common.mail import xtext
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
-from libs.common import languages
+from libs.common.mail import languages
 
 from .base import Section
 from .fieldtypes import (

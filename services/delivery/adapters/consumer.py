@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import os
 
-from libs.common import subjects
-from libs.common.consumers import DurableConsumer
+from libs.common.contract import subjects
+from libs.common.runtime.consumers import DurableConsumer
 
 # A job not acked within ack_wait is handed to another worker. Long deliveries keep
 # their job with in_progress() every third of it. Tests shorten it through the

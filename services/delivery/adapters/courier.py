@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass
 from typing import Literal
 
-from libs.common.events import DeliveryJob, Destination
+from libs.common.contract.events import DeliveryJob, Destination
 from services.delivery.adapters.dns import MxResolver
 from services.delivery.adapters.pop3 import pop3_login
 from services.delivery.adapters.smtp_client import SessionSettings, SmtpSession

@@ -1,4 +1,4 @@
-"""MX and address look-ups (libs.common.dns), turned into a `Route`.
+"""MX and address look-ups (libs.common.mail.dns), turned into a `Route`.
 
 A time-out or SERVFAIL is a temporary failure (the mail is deferred), NXDOMAIN
 and a null MX are permanent. Which hosts and addresses, in which order, is
@@ -11,7 +11,7 @@ import ipaddress
 import logging
 import random
 
-from libs.common.dns import NoData, NoDomain, Resolver, TempFail, lookup
+from libs.common.mail.dns import NoData, NoDomain, Resolver, TempFail, lookup
 from services.delivery.core.mx import (
     ADDRESS_LIMIT,
     MxRecord,

@@ -20,8 +20,8 @@ from nats.js import JetStreamContext
 
 from libs.common.config import Config
 from libs.common.config.fieldtypes import split_host_port
-from libs.common.events import DeliveryJob
-from libs.common.mailbox import MailboxStore, message_uid
+from libs.common.contract.events import DeliveryJob
+from libs.common.mail.mailbox import MailboxStore, message_uid
 from services.delivery.adapters.lmtp import LmtpTarget, deliver_lmtp
 from services.delivery.core.local import (
     DELIVERED,

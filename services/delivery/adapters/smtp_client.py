@@ -23,7 +23,7 @@ from aiosmtplib import (
     SMTPTimeoutError,
 )
 
-from libs.common.events import DeliveryJob, Recipient
+from libs.common.contract.events import DeliveryJob, Recipient
 from services.delivery.core import dsn
 from services.delivery.core.mx import Endpoint
 from services.delivery.core.plan import tls_missing, tls_step

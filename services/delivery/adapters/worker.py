@@ -31,10 +31,10 @@ from nats.js.object_store import ObjectStore
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from libs.common import bus
-from libs.common.events import DeliveryJob, Event, event_type
-from libs.common.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
-from libs.common.telemetry import context_from_headers, messaging_attributes, tracer
+from libs.common.contract.events import DeliveryJob, Event, event_type
+from libs.common.runtime import bus
+from libs.common.runtime.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
+from libs.common.runtime.telemetry import context_from_headers, messaging_attributes, tracer
 from services.delivery.adapters.courier import Attempt, Courier
 from services.delivery.adapters.local_store import LocalDelivery
 from services.delivery.adapters.smtp_client import SmtpSession

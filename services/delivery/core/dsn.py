@@ -7,8 +7,8 @@ requested success itself as "relayed".
 
 from __future__ import annotations
 
-from libs.common import xtext
-from libs.common.events import DeliveryJob, Recipient
+from libs.common.contract.events import DeliveryJob, Recipient
+from libs.common.mail import xtext
 
 
 def mail_parameters(job: DeliveryJob) -> list[str]:

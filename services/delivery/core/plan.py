@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from libs.common.events import Destination
+from libs.common.contract.events import Destination
 from services.delivery.core.replies import ENCRYPTION_NEEDED, NOT_IMPLEMENTED, TLS_FAILED, Reply
 
 TlsMode = Literal["opportunistic", "required", "none"]

@@ -16,7 +16,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from libs.common.events import DeliveryDeferred, DeliveryFailed, DeliveryJob, DeliverySucceeded
+from libs.common.contract.events import (
+    DeliveryDeferred,
+    DeliveryFailed,
+    DeliveryJob,
+    DeliverySucceeded,
+)
 from services.delivery.core.replies import PROTOCOL_ERROR, Reply
 
 # Should a transaction end without a break and without a reply for someone, this

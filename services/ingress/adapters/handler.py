@@ -16,12 +16,13 @@ from typing import TYPE_CHECKING
 from aiosmtpd.smtp import Session
 from opentelemetry.trace import Span
 
-from libs.common.events import Client, MessageReceived, Recipient
-from libs.common.ids import new_queue_id
-from libs.common.metrics import SMTPD_MESSAGE_BYTES, SMTPD_MESSAGES_ACCEPTED
-from libs.common.policy_api import PolicyClient, PolicyDecision, PolicyQuery
-from libs.common.submission import MessageStore, StoreError
-from libs.common.telemetry import current_traceparent
+from libs.common.contract.events import Client, MessageReceived, Recipient
+from libs.common.contract.ids import new_queue_id
+from libs.common.contract.policy import PolicyDecision, PolicyQuery
+from libs.common.mail.submission import MessageStore, StoreError
+from libs.common.runtime.metrics import SMTPD_MESSAGE_BYTES, SMTPD_MESSAGES_ACCEPTED
+from libs.common.runtime.policy_client import PolicyClient
+from libs.common.runtime.telemetry import current_traceparent
 from services.ingress.adapters.auth import read_credentials
 from services.ingress.adapters.leases import ConnectionLeases
 from services.ingress.core import dsn, replies, smuggling

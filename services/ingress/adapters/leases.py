@@ -21,9 +21,9 @@ from dataclasses import dataclass
 
 from nats.js import JetStreamContext
 
-from libs.common import subjects
 from libs.common.config import ConfigError
-from libs.common.policy_api import canonical_ip
+from libs.common.contract import subjects
+from libs.common.contract.policy import canonical_ip
 
 log = logging.getLogger(__name__)
 

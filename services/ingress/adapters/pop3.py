@@ -31,11 +31,12 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
-from libs.common.events import Pop3LoginSucceeded
-from libs.common.mailbox import MailboxEntry, MailboxLock, MailboxStore
-from libs.common.policy_api import PolicyClient, PolicyQuery, publish_pop3_login
-from libs.common.policy_api import Session as PolicySession
-from libs.common.telemetry import tracer
+from libs.common.contract.events import Pop3LoginSucceeded
+from libs.common.contract.policy import PolicyQuery
+from libs.common.contract.policy import Session as PolicySession
+from libs.common.mail.mailbox import MailboxEntry, MailboxLock, MailboxStore
+from libs.common.runtime.policy_client import PolicyClient, publish_pop3_login
+from libs.common.runtime.telemetry import tracer
 from services.ingress.adapters.leases import ConnectionLeases
 from services.ingress.core import pop3
 from services.ingress.core.pop3 import DropMessage, Pop3Session, Step, TlsMode

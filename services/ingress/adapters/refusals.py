@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from libs.common.metrics import SMTPD_REFUSALS
+from libs.common.runtime.metrics import SMTPD_REFUSALS
 from services.ingress.core.refusals import counts_as_failure, library_rule, reply_code
 
 log = logging.getLogger(__name__)

@@ -26,11 +26,11 @@ from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
-from libs.common.events import TlsInfo
-from libs.common.metrics import SMTPD_CONNECTIONS, SMTPD_SESSIONS_ACTIVE
-from libs.common.policy_api import PolicyDecision, SessionLimits
-from libs.common.policy_api import Session as PolicySession
-from libs.common.telemetry import tracer
+from libs.common.contract.events import TlsInfo
+from libs.common.contract.policy import PolicyDecision, SessionLimits
+from libs.common.contract.policy import Session as PolicySession
+from libs.common.runtime.metrics import SMTPD_CONNECTIONS, SMTPD_SESSIONS_ACTIVE
+from libs.common.runtime.telemetry import tracer
 from services.ingress.adapters.data import read_message
 from services.ingress.adapters.refusals import Refusals
 from services.ingress.core import dsn, replies

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from libs.common import xtext
+from libs.common.mail import xtext
 from services.ingress.core.paths import split_path
 
 MAIL_KEYWORDS = frozenset({"RET", "ENVID"})

@@ -14,7 +14,7 @@ from pathlib import Path
 from babel.messages.mofile import write_mo
 from babel.messages.pofile import read_po
 
-from libs.common import languages
+from libs.common.mail import languages
 
 LOCALES = Path(__file__).resolve().parent.parent / "locales"
 DOMAIN = "mailbus"

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from libs.common import subjects
-from libs.common.consumers import DurableConsumer, FetchSettings
+from libs.common.contract import subjects
+from libs.common.runtime.consumers import DurableConsumer, FetchSettings
 from services.notifier.core import TRIGGER_TYPES
 
 TRIGGERS_CONSUMER = DurableConsumer(

@@ -8,10 +8,8 @@ submitted again), publish ReportSent, and only then ack the trigger.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import Mapping
 from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
@@ -20,8 +18,8 @@ from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from libs.common import bus, subjects
-from libs.common.events import (
+from libs.common.contract import subjects
+from libs.common.contract.events import (
     Client,
     MessageReceived,
     Recipient,
@@ -29,11 +27,13 @@ from libs.common.events import (
     event_type,
     parse_event,
 )
-from libs.common.history import message_history, message_received
-from libs.common.ids import derived_queue_id
-from libs.common.metrics import REPORTS_SENT
-from libs.common.submission import MessageStore
-from libs.common.telemetry import (
+from libs.common.contract.ids import derived_queue_id
+from libs.common.mail.history import message_history, message_received
+from libs.common.mail.submission import MessageStore
+from libs.common.runtime import bus
+from libs.common.runtime.locks import KeyedLocks
+from libs.common.runtime.metrics import REPORTS_SENT
+from libs.common.runtime.telemetry import (
     context_from_headers,
     current_traceparent,
     messaging_attributes,
@@ -79,21 +79,7 @@ class NotifierProcessor:
         self._store = MessageStore(js)
         # Triggers of one message are answered one at a time, so a duplicate in the
         # same batch sees the first one's ReportSent instead of racing it.
-        self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    @asynccontextmanager
-    async def _serialized(self, queue_id: str) -> AsyncIterator[None]:
-        lock, users = self._locks.get(queue_id, (asyncio.Lock(), 0))
-        self._locks[queue_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[queue_id]
-            if users == 1:
-                del self._locks[queue_id]
-            else:
-                self._locks[queue_id] = (lock, users - 1)
+        self._locks = KeyedLocks()
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -117,7 +103,7 @@ class NotifierProcessor:
             },
         ) as span:
             try:
-                async with self._serialized(trigger.queue_id):
+                async with self._locks.hold(trigger.queue_id):
                     report_id = await self.answer(trigger)
             except Exception as exc:
                 span.record_exception(exc)

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from libs.common import languages
-from libs.common.events import MessageReceived, Recipient, RecipientOutcome
+from libs.common.contract.events import MessageReceived, Recipient, RecipientOutcome
+from libs.common.mail import languages
 
 from .original import OriginalHeaders
 from .triggers import Kind, Trigger

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from email.utils import format_datetime
 
-from libs.common.events import RecipientOutcome
+from libs.common.contract.events import RecipientOutcome
 
 from .decide import ReportedRecipient
 

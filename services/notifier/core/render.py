@@ -25,7 +25,7 @@ from email.policy import EmailPolicy
 from email.utils import format_datetime
 from typing import Literal
 
-from libs.common.events import MessageReceived
+from libs.common.contract.events import MessageReceived
 
 from . import dsn
 from .decide import ReportPlan

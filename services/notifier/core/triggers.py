@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
 
-from libs.common.events import (
+from libs.common.contract.events import (
     AnyEvent,
     MessageDelayed,
     MessageExpired,

@@ -21,7 +21,7 @@ from typing import Any
 from nats.micro.request import Handler, Request
 from nats.micro.service import Service as MicroService
 
-from libs.common import subjects
+from libs.common.contract import subjects
 from services.policy.adapters.blocks import BlockStore
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.core import Block, canonical_ip

@@ -15,9 +15,10 @@ from datetime import datetime, timedelta
 
 from nats.js import JetStreamContext
 
-from libs.common import bus, subjects
-from libs.common.events import ClientBlocked, ClientUnblocked, event_type
-from libs.common.kv import CAS_ATTEMPTS, Bucket, backoff
+from libs.common.contract import subjects
+from libs.common.contract.events import ClientBlocked, ClientUnblocked, event_type
+from libs.common.runtime import bus
+from libs.common.runtime.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.adapters.stores import ContentionError
 from services.policy.core import Block, BlockFormatError
 from services.policy.core.blocks import unblock_event_id

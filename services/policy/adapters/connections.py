@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from nats.js import JetStreamContext
 
-from libs.common import subjects
+from libs.common.contract import subjects
 
 
 class ConnectionCounter:

@@ -13,8 +13,8 @@ from datetime import datetime
 
 from nats.js import JetStreamContext
 
-from libs.common import subjects
-from libs.common.kv import CAS_ATTEMPTS, Bucket, backoff
+from libs.common.contract import subjects
+from libs.common.runtime.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.adapters.stores import ContentionError
 from services.policy.core import CountFormatError, SlidingCount, Window
 

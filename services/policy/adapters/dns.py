@@ -16,7 +16,15 @@ import dns.rdatatype
 import dns.resolver
 
 from libs.common.config.sections import DnsSection
-from libs.common.dns import LookupFailed, NoData, NoDomain, Resolver, TempFail, lookup, resolver_of
+from libs.common.mail.dns import (
+    LookupFailed,
+    NoData,
+    NoDomain,
+    Resolver,
+    TempFail,
+    lookup,
+    resolver_of,
+)
 from services.policy.core import SenderDomain
 
 log = logging.getLogger(__name__)

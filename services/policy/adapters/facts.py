@@ -13,8 +13,8 @@ from dataclasses import replace
 from datetime import datetime
 from typing import Any
 
-from libs.common import subjects
-from libs.common.policy_api import PolicyDecision, PolicyQuery
+from libs.common.contract import subjects
+from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from services.policy.adapters.blocks import BlockStore
 from services.policy.adapters.connections import ConnectionCounter
 from services.policy.adapters.counters import SlidingCounters

@@ -21,10 +21,10 @@ from nats.micro.service import Service as MicroService
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from pydantic import ValidationError
 
-from libs.common import subjects
-from libs.common.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
-from libs.common.policy_api import PolicyDecision, PolicyQuery
-from libs.common.telemetry import context_from_headers, tracer
+from libs.common.contract import subjects
+from libs.common.contract.policy import PolicyDecision, PolicyQuery
+from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
+from libs.common.runtime.telemetry import context_from_headers, tracer
 from services.policy.adapters.facts import FactFinder, LimitsUnavailable
 from services.policy.adapters.passwords import PasswordChecker
 from services.policy.adapters.stores import FailedLoginCounter, GrantStore

@@ -12,7 +12,7 @@ import asyncio
 import os
 from concurrent.futures import ThreadPoolExecutor
 
-from libs.common.userhash import verify_password
+from libs.common.mail.userhash import verify_password
 
 
 class PasswordChecker:

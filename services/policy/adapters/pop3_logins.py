@@ -17,9 +17,9 @@ from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from pydantic import ValidationError
 
-from libs.common import subjects
-from libs.common.consumers import DurableConsumer, FetchSettings, bind, fetch_loop
-from libs.common.events import Pop3LoginSucceeded, parse_access_event
+from libs.common.contract import subjects
+from libs.common.contract.events import Pop3LoginSucceeded, parse_access_event
+from libs.common.runtime.consumers import DurableConsumer, FetchSettings, bind, fetch_loop
 from services.policy.adapters.stores import GrantStore
 from services.policy.core import grant_for_login
 

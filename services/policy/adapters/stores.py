@@ -13,8 +13,8 @@ from datetime import datetime, timedelta
 
 from nats.js import JetStreamContext
 
-from libs.common import subjects
-from libs.common.kv import CAS_ATTEMPTS, Bucket, backoff
+from libs.common.contract import subjects
+from libs.common.runtime.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.core import GrantFormatError, Pop3Grant, canonical_ip, later
 from services.policy.core.failures import FAILURE_WINDOW, FailedLogins, first_failure
 

@@ -1,8 +1,8 @@
 """The pure decision logic of policy: no I/O, the clock passed in as `now`."""
 
+from libs.common.contract.policy import canonical_ip
 from services.policy.core.address import AddressError, Mailbox, parse_path, routing_trick
 from services.policy.core.blocks import Block, BlockFormatError, blocked, harvest_block
-from services.policy.core.clients import canonical_ip
 from services.policy.core.decide import (
     NO_FACTS,
     Facts,

@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from libs.common.policy_api import PolicyDecision
+from libs.common.contract.policy import PolicyDecision
 from services.policy.core.rules import SecurityLimits
 
 HARVEST_RULE = "directory_harvest"

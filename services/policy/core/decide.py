@@ -12,11 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from libs.common.policy_api import PolicyDecision, PolicyQuery
+from libs.common.contract.policy import PolicyDecision, PolicyQuery, canonical_ip
 from services.policy.core import security
 from services.policy.core.address import AddressError, Mailbox, parse_path, routing_trick
 from services.policy.core.blocks import Block
-from services.policy.core.clients import canonical_ip
 from services.policy.core.directory import mailbox_key
 from services.policy.core.failures import FailedLogins
 from services.policy.core.grants import Pop3Grant

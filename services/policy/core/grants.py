@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from services.policy.core.clients import canonical_ip
+from libs.common.contract.policy import canonical_ip
 
 
 class GrantFormatError(ValueError):

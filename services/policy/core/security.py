@@ -13,10 +13,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from libs.common.policy_api import PolicyDecision, PolicyQuery, SessionLimits
+from libs.common.contract.policy import PolicyDecision, PolicyQuery, SessionLimits, canonical_ip
 from services.policy.core.address import Mailbox
 from services.policy.core.blocks import Block, blocked
-from services.policy.core.clients import canonical_ip
 from services.policy.core.failures import FAILURE_WINDOW, FailedLogins
 from services.policy.core.rules import PolicyRules, SecurityLimits
 from services.policy.core.window import HOUR, SlidingCount

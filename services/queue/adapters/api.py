@@ -1,6 +1,6 @@
 """`mailbus queue ...` on the bus: nats.micro endpoints of the queue service.
 
-Requests and replies are JSON (`libs.common.queuectl` is the client). Commands
+Requests and replies are JSON (`ops.queuectl` is the client). Commands
 that change a message are events in its log (MessageHeld, MessageReleased,
 MessageDeleted) or a fired retry timer; the endpoint publishes them, waits until
 the queue's consumer has processed them like any other input, then answers.
@@ -21,9 +21,10 @@ from nats.js import JetStreamContext
 from nats.micro.request import Request
 from nats.micro.service import Service as MicroService
 
-from libs.common import bus, subjects
-from libs.common.events import Event, MessageDeleted, MessageHeld, MessageReleased
-from libs.common.history import message_history
+from libs.common.contract import subjects
+from libs.common.contract.events import Event, MessageDeleted, MessageHeld, MessageReleased
+from libs.common.mail.history import message_history
+from libs.common.runtime import bus
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.adapters.timers import fire_now
 from services.queue.core import QueueEntry, TimerFired

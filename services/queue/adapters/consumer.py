@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from libs.common import subjects
-from libs.common.consumers import DurableConsumer, FetchSettings
+from libs.common.contract import subjects
+from libs.common.runtime.consumers import DurableConsumer, FetchSettings
 
 # The inputs of the queue: a new message, the delivery results, the notifier's answers
 # and the operator's commands. What the queue publishes itself is not read back.

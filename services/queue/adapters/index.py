@@ -16,8 +16,8 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from libs.common import subjects
-from libs.common.events import parse_event
+from libs.common.contract import subjects
+from libs.common.contract.events import parse_event
 from services.queue.core import MessageState, QueueEntry, Timing, apply, summarize
 
 log = logging.getLogger(__name__)

@@ -27,18 +27,19 @@ from opentelemetry import trace
 from opentelemetry.trace import Link
 from pydantic import ValidationError
 
-from libs.common import bus, subjects
-from libs.common.events import DeliveryJob, event_type, parse_event
-from libs.common.history import message_history
-from libs.common.metrics import QUEUE_EVENTS
-from libs.common.telemetry import (
+from libs.common.contract import subjects
+from libs.common.contract.events import DeliveryJob, event_type, parse_event
+from libs.common.mail.history import message_history
+from libs.common.runtime import bus
+from libs.common.runtime.locks import KeyedLocks
+from libs.common.runtime.metrics import QUEUE_EVENTS
+from libs.common.runtime.telemetry import (
     context_from_headers,
     context_from_traceparent,
     messaging_attributes,
     tracer,
 )
 from services.queue.adapters.index import QueueIndex
-from services.queue.adapters.locks import KeyedLocks
 from services.queue.adapters.timers import clear_timers, set_timer
 from services.queue.core import (
     ClearTimers,

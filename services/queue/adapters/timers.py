@@ -20,8 +20,8 @@ from datetime import UTC, datetime
 
 from nats.js import JetStreamContext
 
-from libs.common import subjects
-from libs.common.consumers import DurableConsumer
+from libs.common.contract import subjects
+from libs.common.runtime.consumers import DurableConsumer
 from services.queue.core import SetTimer, TimerFired
 
 log = logging.getLogger(__name__)

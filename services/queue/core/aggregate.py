@@ -30,7 +30,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Literal
 
-from libs.common.events import (
+from libs.common.contract.events import (
     DeliveryDeferred,
     DeliveryFailed,
     DeliveryScheduled,

@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from libs.common.events import (
+from libs.common.contract.events import (
     DeliveryDeferred,
     DeliveryFailed,
     DeliveryJob,

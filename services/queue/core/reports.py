@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from libs.common.events import (
+from libs.common.contract.events import (
     MessageDelayed,
     MessageExpired,
     RecipientOutcome,

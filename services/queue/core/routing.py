@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from libs.common.events import Destination
+from libs.common.contract.events import Destination
 
 DeliveryMode = Literal["relay", "mx"]
 

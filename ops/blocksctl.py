@@ -16,8 +16,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from libs.common import ctl, subjects
-from libs.common.ctl import time_text as _time
+from libs.common.contract import subjects
+from ops import ctl
+from ops.ctl import time_text as _time
 
 HISTORY_TYPES = ("ClientBlocked", "ClientUnblocked")
 HISTORY_LIMIT = 10_000
@@ -65,7 +66,7 @@ async def _run(args: argparse.Namespace) -> int:
 
 async def read_history(js: Any) -> list[dict[str, Any]]:
     """Every ClientBlocked / ClientUnblocked event still in the stream, oldest first."""
-    from libs.common.history import by_subject
+    from libs.common.mail.history import by_subject
 
     events: list[dict[str, Any]] = []
     for kind in HISTORY_TYPES:

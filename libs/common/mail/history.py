@@ -16,8 +16,8 @@ from nats.js.api import RawStreamMsg
 from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
-from libs.common import subjects
-from libs.common.events import AnyEvent, MessageReceived, parse_event
+from libs.common.contract import subjects
+from libs.common.contract.events import AnyEvent, MessageReceived, parse_event
 
 log = logging.getLogger(__name__)
 

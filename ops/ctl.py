@@ -64,7 +64,8 @@ async def connection(args: argparse.Namespace, name: str) -> AsyncIterator[NATS]
     """Raises CtlError (2) when NATS cannot be reached."""
     import nats
 
-    from libs.common import bus, subjects
+    from libs.common.contract import subjects
+    from libs.common.runtime import bus
 
     urls, credentials = servers(args)
     plain, user, password = bus.split_credentials(urls)

@@ -3,8 +3,8 @@
 mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
 mailbus config check FILE                   validate, print the effective config
 mailbus user hash                           print the argon2id hash of a password
-mailbus queue list|show|retry|hold|release|delete   the delivery queue (libs.common.queuectl)
-mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (libs.common.blocksctl)
+mailbus queue list|show|retry|hold|release|delete   the delivery queue (ops.queuectl)
+mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (ops.blocksctl)
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from libs.common.config import ConfigError, load_config
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
-    from libs.common.runtime import setup_logging
-    from libs.common.up import up
+    from libs.common.runtime.service import setup_logging
+    from ops.up import up
 
     setup_logging(args.log_level)
     try:
@@ -37,7 +37,7 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_user_hash(args: argparse.Namespace) -> int:
-    from libs.common.userhash import user_hash_command
+    from libs.common.mail.userhash import user_hash_command
 
     return user_hash_command()
 
@@ -65,11 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p_hash.set_defaults(func=_cmd_user_hash)
 
-    from libs.common.queuectl import add_parser as add_queue_parser
+    from ops.queuectl import add_parser as add_queue_parser
 
     add_queue_parser(sub)
 
-    from libs.common.blocksctl import add_parser as add_blocks_parser
+    from ops.blocksctl import add_parser as add_blocks_parser
 
     add_blocks_parser(sub)
     return parser

@@ -1,27 +1,18 @@
-"""The request/reply contract between ingress and policy, and its typed client.
+"""The request/reply contract between ingress and policy: the models both sides agree on.
 
 Ingress asks; policy decides. A decision carries its SMTP reply and the name
 of the rule that made it, so logs, metrics and the MessageReceived event can
-say why. When policy does not answer in time the client fails closed with
-451 4.3.0: nothing is accepted on a guess.
+say why. When policy does not answer in time the client
+(`libs/common/runtime/policy_client.py`) fails closed with `POLICY_UNAVAILABLE`:
+nothing is accepted on a guess. Pure: no NATS here, so policy's core can use it.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import logging
 from typing import Literal
 
-from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError
-from nats.js import JetStreamContext, api
 from pydantic import BaseModel, ConfigDict
-
-from libs.common import bus, subjects
-from libs.common.events import Pop3LoginSucceeded, event_type
-from libs.common.telemetry import inject_headers
-
-log = logging.getLogger(__name__)
 
 Action = Literal["accept", "reject", "defer", "disconnect"]
 Stage = Literal["connect", "helo", "auth", "mail", "rcpt", "data"]
@@ -116,44 +107,3 @@ POLICY_UNAVAILABLE = PolicyDecision(
     message="Policy service unavailable, try again later",
     rule="policy_unavailable",
 )
-
-
-class PolicyClient:
-    """Ask policy over NATS request/reply; never raises for a missing answer."""
-
-    def __init__(self, nc: NATS, timeout: float = 5.0) -> None:
-        self._nc = nc
-        self._timeout = timeout
-
-    async def ask(self, query: PolicyQuery) -> PolicyDecision:
-        subject = subjects.policy_subject(query.stage)
-        try:
-            msg = await self._nc.request(
-                subject,
-                query.model_dump_json().encode(),
-                timeout=self._timeout,
-                headers=inject_headers(),
-            )
-        except (TimeoutError, NoRespondersError) as exc:
-            log.warning(
-                "policy %s: no answer (%s); failing closed", query.stage, type(exc).__name__
-            )
-            return POLICY_UNAVAILABLE
-        if msg.headers and msg.headers.get("Nats-Service-Error-Code"):
-            log.error("policy %s: service error %s", query.stage, msg.headers)
-            return POLICY_UNAVAILABLE
-        try:
-            return PolicyDecision.model_validate_json(msg.data)
-        except ValueError:
-            log.error("policy %s: malformed answer %r", query.stage, msg.data[:200])
-            return POLICY_UNAVAILABLE
-
-
-async def publish_pop3_login(js: JetStreamContext, event: Pop3LoginSucceeded) -> api.PubAck:
-    """Tell policy about a POP3 login (the POP3 listener's side of POP3-before-SMTP).
-
-    Give the event a deterministic id (e.g. from the POP3 session): a retried
-    publish is then dropped as a duplicate by JetStream.
-    """
-    subject = subjects.access_subject(event_type(event))
-    return await bus.publish_model(js, subject, event, msg_id=event.event_id)

@@ -17,9 +17,9 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import BadRequestError
 from pydantic import BaseModel
 
-from libs.common import subjects
-from libs.common.events import Event, encode, event_type
-from libs.common.telemetry import inject_headers, producer_span
+from libs.common.contract import subjects
+from libs.common.contract.events import Event, encode, event_type
+from libs.common.runtime.telemetry import inject_headers, producer_span
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ async def connect(servers: Sequence[str], name: str, credentials_file: str | Non
         servers=plain,
         name=name,
         # A reply inbox of its own per service, so bus permissions can let a service
-        # read only its own replies (libs/common/permissions.py).
+        # read only its own replies (libs/common/contract/permissions.py).
         inbox_prefix=subjects.inbox_prefix(name),
         max_reconnect_attempts=-1,
         reconnect_time_wait=0.5,

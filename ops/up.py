@@ -19,10 +19,10 @@ from pathlib import Path
 
 import nats
 
-from libs.common import permissions, subjects
 from libs.common.config import Config
 from libs.common.config.fieldtypes import split_host_port
-from libs.common.embedded_nats import EmbeddedNats, die_with_parent
+from libs.common.contract import permissions, subjects
+from libs.common.runtime.embedded_nats import EmbeddedNats, die_with_parent
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 8.0
@@ -162,7 +162,7 @@ class Supervisor:
             await self.shutdown()
 
     async def _start_embedded(self) -> None:
-        """Start nats-server with one user per service (libs/common/permissions.py).
+        """Start nats-server with one user per service (libs/common/contract/permissions.py).
 
         Passwords are made anew at every start; the operator's (admin) URL is
         written to `<data-dir>/nats-admin.url`, readable by its owner only, for

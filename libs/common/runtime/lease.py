@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
 
-from libs.common.kv import Bucket
+from libs.common.runtime.kv import Bucket
 
 log = logging.getLogger(__name__)
 

@@ -24,12 +24,13 @@ from nats.micro import add_service
 from nats.micro.service import Service as MicroService
 from nats.micro.service import ServiceConfig
 
-from libs.common import bus, subjects
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
-from libs.common.health import Health
-from libs.common.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
-from libs.common.telemetry import setup_telemetry
+from libs.common.contract import subjects
+from libs.common.runtime import bus
+from libs.common.runtime.health import Health
+from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
+from libs.common.runtime.telemetry import setup_telemetry
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 from nats.js.object_store import ObjectStore
 
-from libs.common import subjects
+from libs.common.contract import subjects
 
 log = logging.getLogger(__name__)
 

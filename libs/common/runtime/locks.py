@@ -1,4 +1,8 @@
-"""One asyncio lock per key, created on demand and dropped when nobody holds or waits."""
+"""One asyncio lock per key, created on demand and dropped when nobody holds or waits.
+
+The queue serializes the inputs of one message with it, the notifier the report
+triggers of one message.
+"""
 
 from __future__ import annotations
 

@@ -13,8 +13,9 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from libs.common import ctl, subjects
-from libs.common.ctl import time_text as _time
+from libs.common.contract import subjects
+from ops import ctl
+from ops.ctl import time_text as _time
 
 
 def add_parser(sub: Any) -> None:

@@ -105,7 +105,7 @@ CONNECTIONS_BUCKET = "mailbus-connections"
 BLOCKS_BUCKET = "mailbus-blocks"
 
 
-# The queue's single-writer lease (libs/common/lease.py): one key, held by the one
+# The queue's single-writer lease (libs/common/runtime/lease.py): one key, held by the one
 # queue process that may decide; a standby waits until it is free.
 QUEUE_LEADER_BUCKET = "mailbus-queue-leader"
 QUEUE_LEADER_KEY = "queue"

@@ -12,10 +12,10 @@ import logging
 
 from nats.js import JetStreamContext
 
-from libs.common import bus
-from libs.common.events import MessageReceived
-from libs.common.subjects import BODIES_BUCKET
-from libs.common.telemetry import tracer
+from libs.common.contract.events import MessageReceived
+from libs.common.contract.subjects import BODIES_BUCKET
+from libs.common.runtime import bus
+from libs.common.runtime.telemetry import tracer
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
