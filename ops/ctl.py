@@ -14,6 +14,8 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from libs.common.contract.errors import MailbusError
+
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
 
@@ -21,7 +23,7 @@ DEFAULT_URL = "nats://127.0.0.1:4222"
 ADMIN_URL_FILE = "nats-admin.url"
 
 
-class CtlError(Exception):
+class CtlError(MailbusError):
     """A command's failure: the line for stderr and the exit code."""
 
     def __init__(self, message: str, code: int) -> None:

@@ -105,11 +105,14 @@ def deployment(service: str) -> dict[str, Any]:
 def container(workload: dict[str, Any]) -> dict[str, Any]:
     containers = workload["spec"]["template"]["spec"]["containers"]
     assert len(containers) == 1, "one container per pod"
-    return containers[0]
+    only: dict[str, Any] = containers[0]
+    return only
 
 
 def configmap_text() -> str:
-    return named("ConfigMap", "mailbus-config")["data"]["mailbus.yaml"]
+    text = named("ConfigMap", "mailbus-config")["data"]["mailbus.yaml"]
+    assert isinstance(text, str)
+    return text
 
 
 def secrets_by_name() -> dict[str, dict[str, Any]]:

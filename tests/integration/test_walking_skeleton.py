@@ -157,7 +157,8 @@ async def test_policy_down_means_451_and_nothing_stored(stack: Stack, js: JetStr
     with pytest.raises(smtplib.SMTPResponseException) as failed:
         await asyncio.to_thread(send, stack.smtp, ["a@remote.test"])
     assert failed.value.smtp_code in (421, 451)
-    assert failed.value.smtp_error.startswith(b"4.3.0")
+    error = failed.value.smtp_error
+    assert isinstance(error, bytes) and error.startswith(b"4.3.0")
     assert await stream_count(js, subjects.EVENTS_STREAM) == 0
     assert await stream_count(js, f"OBJ_{subjects.BODIES_BUCKET}") == 0
 

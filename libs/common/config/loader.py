@@ -9,13 +9,15 @@ from pathlib import Path
 from pydantic import ValidationError
 from pydantic_core import ErrorDetails
 
+from libs.common.contract.errors import MailbusError
+
 from .errortext import error_message
 from .model import GROUP_REFERENCES, Config, unknown_group_problems
 from .problems import ERROR_TYPE, PROBLEMS, Loc, dotted
 from .yamlsource import Positions, YamlSyntaxError, parse_yaml
 
 
-class ConfigError(Exception):
+class ConfigError(MailbusError):
     """A configuration that cannot be used; `errors` holds one printable line per problem."""
 
     def __init__(self, errors: list[str]) -> None:

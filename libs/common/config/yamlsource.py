@@ -14,6 +14,8 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
+from libs.common.contract.errors import MailbusError
+
 from .problems import Loc
 
 
@@ -42,7 +44,7 @@ class Positions:
                 self.by_loc[new + loc[len(old) :]] = where
 
 
-class YamlSyntaxError(Exception):
+class YamlSyntaxError(MailbusError):
     def __init__(self, line: str) -> None:
         super().__init__(line)
         self.line = line

@@ -17,11 +17,12 @@ import dns.nameserver
 import dns.resolver
 
 from libs.common.config.sections import DnsSection
+from libs.common.contract.errors import MailbusError
 
 Resolver = dns.asyncresolver.Resolver
 
 
-class LookupFailed(Exception):
+class LookupFailed(MailbusError):
     """No answer to a look-up; the subclass says why."""
 
 

@@ -12,6 +12,7 @@ import logging
 
 from nats.js import JetStreamContext
 
+from libs.common.contract.errors import MailbusError
 from libs.common.contract.events import MessageReceived
 from libs.common.contract.subjects import BODIES_BUCKET
 from libs.common.runtime import bus
@@ -23,7 +24,7 @@ _tracer = tracer(__name__)
 PUBLISH_ATTEMPTS = 2
 
 
-class StoreError(Exception):
+class StoreError(MailbusError):
     """The message is not durable; the client must be told to try again."""
 
 

@@ -16,6 +16,8 @@ from typing import TextIO
 from argon2 import PasswordHasher, Type
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from libs.common.contract.errors import MailbusError
+
 # argon2-cffi's defaults are RFC 9106's second recommendation (m=64 MiB, t=3, p=4).
 _hasher = PasswordHasher(type=Type.ID)
 
@@ -27,7 +29,7 @@ def _dummy_hash() -> str:
     return _hasher.hash("mailbus: no such account")
 
 
-class PasswordInputError(Exception):
+class PasswordInputError(MailbusError):
     """No usable password was given on the terminal or stdin."""
 
 

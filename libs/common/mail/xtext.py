@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import re
 
+from libs.common.contract.errors import MailbusError
+
 _HEX = "0123456789ABCDEFabcdef"
 _EMBEDDED = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 
 
-class XtextError(ValueError):
+class XtextError(MailbusError, ValueError):
     """The text is not valid xtext, or decodes to something a report cannot carry."""
 
 
