@@ -325,7 +325,10 @@ def message(subject: str = "hello", received: int = 0, body: bytes = b"hi\r\n") 
 
 
 async def send_message(
-    addr: tuple[str, int], source: str, rcpts: tuple[str, ...] = ("alice@example.test",), received: int = 0
+    addr: tuple[str, int],
+    source: str,
+    rcpts: tuple[str, ...] = ("alice@example.test",),
+    received: int = 0,
 ) -> str:
     """One whole transaction; the last reply (MAIL's or RCPT's if one refused, else DATA's)."""
     client = await Smtp.open(addr, source)
