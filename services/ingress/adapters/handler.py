@@ -26,6 +26,7 @@ from libs.common.runtime.telemetry import current_traceparent
 from services.ingress.adapters.auth import read_credentials
 from services.ingress.adapters.leases import ConnectionLeases
 from services.ingress.core import dsn, replies, smuggling
+from services.ingress.core.errors import DsnSyntaxError
 from services.ingress.core.received import count_received, received_header, with_protocol
 
 if TYPE_CHECKING:
@@ -93,7 +94,7 @@ class IngressHandler:
     ) -> str:
         try:
             params = dsn.parse_mail(server.dsn_parameters)
-        except dsn.DsnSyntaxError as exc:
+        except DsnSyntaxError as exc:
             return _dsn_refusal(server, exc)
         query = PolicyQuery(
             stage="mail",
@@ -123,7 +124,7 @@ class IngressHandler:
     ) -> str:
         try:
             params = dsn.parse_rcpt(server.dsn_parameters)
-        except dsn.DsnSyntaxError as exc:
+        except DsnSyntaxError as exc:
             return _dsn_refusal(server, exc)
         query = PolicyQuery(
             stage="rcpt",
@@ -284,9 +285,9 @@ def _recipient(address: str, sent: str, params: dsn.RcptParams) -> Recipient:
     return Recipient(address=address, orcpt=orcpt, notify=params.notify)
 
 
-def _dsn_refusal(server: IngressSMTP, error: dsn.DsnSyntaxError) -> str:
+def _dsn_refusal(server: IngressSMTP, error: DsnSyntaxError) -> str:
     server.refusals.note("dsn_syntax")
-    return f"501 5.5.4 {error}"
+    return error.reply
 
 
 def _null_sender(address: str) -> str:
