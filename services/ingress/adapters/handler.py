@@ -23,7 +23,6 @@ from libs.common.mail.submission import MessageStore, StoreError
 from libs.common.runtime.metrics import SMTPD_MESSAGE_BYTES, SMTPD_MESSAGES_ACCEPTED
 from libs.common.runtime.policy_client import PolicyClient
 from libs.common.runtime.telemetry import current_traceparent
-from services.ingress.adapters.auth import read_credentials
 from services.ingress.adapters.leases import ConnectionLeases
 from services.ingress.core import dsn, replies, smuggling
 from services.ingress.core.errors import DsnSyntaxError
@@ -194,7 +193,7 @@ class IngressHandler:
     ) -> str | None:
         """PLAIN and LOGIN, the credentials checked by policy; None when already answered."""
         mechanism = args[0].upper()
-        credentials = await read_credentials(server, mechanism, args[1] if len(args) > 1 else None)
+        credentials = await server.read_credentials(mechanism, args[1] if len(args) > 1 else None)
         if credentials is None:
             return None
         username, password = credentials

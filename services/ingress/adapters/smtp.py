@@ -3,8 +3,10 @@
 Policy at connect runs before the greeting (the connection already holding its
 lease, so policy counts it); every reply gets an RFC 3463 enhanced status code
 and every refusal is counted by stage and rule, up to `max_failed_commands`;
-DATA is read in bounded memory; each session is one SERVER span whose children
-are its stages. The listener's hooks (policy, acceptance) are in `handler.py`.
+DATA is read in bounded memory; AUTH's SASL framing is spoken here, the
+credentials judged by the handler; each session is one SERVER span whose
+children are its stages. The listener's hooks (policy, acceptance) are in
+`handler.py`.
 """
 
 from __future__ import annotations
@@ -33,8 +35,9 @@ from libs.common.runtime.metrics import SMTPD_CONNECTIONS, SMTPD_SESSIONS_ACTIVE
 from libs.common.runtime.telemetry import tracer
 from services.ingress.adapters.data import read_message
 from services.ingress.adapters.refusals import Refusals
-from services.ingress.core import dsn, replies
+from services.ingress.core import dsn, replies, sasl
 from services.ingress.core.data import DataAssembler, DataState
+from services.ingress.core.errors import SaslError
 from services.ingress.core.paths import split_path
 from services.ingress.core.refusals import FAILED_COMMANDS_RULE, TOO_MANY_FAILURES
 
@@ -422,6 +425,27 @@ class IngressSMTP(SMTP):
             self._close_after_reply = True
             return replies.closing_reply(decision.code, decision.status, decision.message)
         return decision.smtp_reply
+
+    # --- AUTH: the SASL framing (RFC 4954) ------------------------------------------
+
+    async def read_credentials(self, mechanism: str, initial: str | None) -> tuple[str, str] | None:
+        """(username, password) for the handler to check; None when the client was already
+        answered (bad base64, `*` to abort, ...)."""
+        responses: list[bytes] = []
+        try:
+            for challenge in sasl.challenges(mechanism):
+                if initial is not None:
+                    responses.append(sasl.initial_response(initial))
+                    initial = None
+                    continue
+                answer = await self.challenge_auth(challenge)
+                if answer is MISSING:
+                    return None  # aiosmtpd has answered it
+                responses.append(answer)
+            return sasl.credentials(mechanism, responses)
+        except SaslError as err:
+            await self.push(err.reply)
+            return None
 
     # --- drain -----------------------------------------------------------------------
 

@@ -32,3 +32,17 @@ class DsnSyntaxError(IngressError, ValueError):
 
     code = 501
     status = "5.5.4"
+
+
+class SaslError(IngressError):
+    """An AUTH exchange broken off in its framing (RFC 4954): no credentials to check."""
+
+    code = 501
+    status = "5.5.2"
+
+
+class UnknownMechanism(SaslError):
+    """An AUTH mechanism ingress does not speak."""
+
+    code = 504
+    status = "5.5.4"
