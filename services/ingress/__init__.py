@@ -1,8 +1,11 @@
-"""ingress: the SMTP (and later POP3) listeners.
+"""ingress: the SMTP and POP3 listeners.
 
-Answers: SMTP clients on every `protocol: smtp` listener.
+Answers: SMTP clients on every `protocol: smtp` listener, POP3 clients on every
+`protocol: pop3` one.
 Asks: policy over request/reply (`mailbus.policy.v1.<stage>`) at connect, AUTH, MAIL, RCPT,
-DATA; no answer in time means 451/421 4.3.0, never 250.
+DATA; no answer in time means 451/421 4.3.0, never 250. POP3 asks it at connect and
+at each login.
 Publishes: message bodies to the `mailbus-bodies` Object Store, then `MessageReceived`
-to MAILBUS_EVENTS; "250" only after JetStream acknowledged both.
+to MAILBUS_EVENTS; "250" only after JetStream acknowledged both. A POP3 login's
+`Pop3LoginSucceeded` goes to MAILBUS_ACCESS before its +OK.
 """

@@ -12,8 +12,9 @@ from libs.common.runtime.policy_client import PolicyClient
 from libs.common.runtime.service import Context
 from services.ingress.adapters.handler import IngressHandler
 from services.ingress.adapters.leases import ConnectionLeases, lease_ttl
+from services.ingress.adapters.listener import Listener, ListenerSettings, Sessions
 from services.ingress.adapters.pop3 import Pop3Server, Pop3Settings
-from services.ingress.adapters.smtp import IngressSMTP, ListenerSettings, Sessions
+from services.ingress.adapters.smtp import IngressSMTP
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,15 @@ class IngressService:
                     proxy_protocol=entry.proxy_protocol,
                     hidden_clients=hidden,
                 )
-                handler = IngressHandler(settings, policy, store, self.sessions, leases=self.leases)
-                await self._listen(handler, entry.host, entry.port, tls_context)
+                listener = Listener(
+                    settings,
+                    policy,
+                    store,
+                    self.sessions,
+                    tls_context=tls_context,
+                    leases=self.leases,
+                )
+                await self._listen(listener, entry.host, entry.port)
             for entry in config.pop3_listeners:
                 pop3 = Pop3Server(
                     Pop3Settings(entry.name, config.server.hostname, entry.tls),
@@ -82,15 +90,14 @@ class IngressService:
             await self._close_servers()
             raise
 
-    async def _listen(
-        self, handler: IngressHandler, host: str, port: int, tls_context: ssl.SSLContext | None
-    ) -> None:
-        settings = handler.settings
+    async def _listen(self, listener: Listener, host: str, port: int) -> None:
+        settings = listener.settings
+        handler = IngressHandler(listener)
         server = await asyncio.get_running_loop().create_server(
-            lambda: IngressSMTP(handler, tls_context),
+            lambda: IngressSMTP(listener, handler),
             host=host,
             port=port,
-            ssl=tls_context if settings.tls == "implicit" else None,
+            ssl=listener.tls_context if settings.tls == "implicit" else None,
             reuse_address=True,
         )
         self._servers.append(server)

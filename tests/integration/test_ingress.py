@@ -416,6 +416,46 @@ async def test_submission_needs_tls_then_auth(
     assert event.auth_user == "alice" and event.policy_rules[0] == "test_mail"
 
 
+async def test_auth_framing_replies(ingress: Running, nc: NATS) -> None:
+    """SASL framing (RFC 4954) on the wire: challenges, empty and broken responses, an abort."""
+    await Responder().start(nc)
+
+    def b64(raw: bytes) -> str:
+        return base64.b64encode(raw).decode()
+
+    def exchange() -> list[tuple[int, bytes]]:
+        host, port = address(ingress, "smtps")  # implicit TLS: AUTH needs no STARTTLS
+        with smtplib.SMTP_SSL(host, port, context=unverified(), timeout=10) as client:
+            client.ehlo("laptop.example.test")
+            replies = [
+                client.docmd("AUTH", "PLAIN not-base64!"),
+                client.docmd("AUTH", "PLAIN " + b64(b"alice\0secret")),
+                client.docmd("AUTH", "PLAIN ="),
+                client.docmd("AUTH", "PLAIN"),
+                client.docmd("*"),
+                client.docmd("AUTH", "LOGIN"),
+                client.docmd(b64(b"alice")),
+                client.docmd(b64(b"wrong")),
+                client.docmd("AUTH", "LOGIN " + b64(b"alice")),
+                client.docmd(b64(b"secret")),
+            ]
+            client.quit()
+        return replies
+
+    assert await asyncio.to_thread(exchange) == [
+        (501, b"5.5.2 Can't decode base64"),
+        (501, b"5.5.2 Can't split auth value"),
+        (501, b"5.5.2 Can't split auth value"),  # "=": an empty initial response
+        (334, b""),
+        (501, b"5.7.0 Auth aborted"),
+        (334, b"VXNlcm5hbWU6"),  # "Username:"
+        (334, b"UGFzc3dvcmQ6"),  # "Password:"
+        (535, b"5.7.8 Bad credentials"),
+        (334, b"UGFzc3dvcmQ6"),
+        (235, b"2.7.0 Authentication successful"),
+    ]
+
+
 class ProxiedSMTP(smtplib.SMTP):
     """A client behind a load balancer that speaks the PROXY protocol (v1)."""
 

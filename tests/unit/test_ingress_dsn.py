@@ -6,6 +6,7 @@ import pytest
 
 from services.ingress.core import dsn
 from services.ingress.core.dsn import MailParams, RcptParams
+from services.ingress.core.errors import DsnSyntaxError
 
 
 @pytest.mark.parametrize(
@@ -69,7 +70,7 @@ def test_parse_mail(params: tuple[str, ...], parsed: MailParams) -> None:
     ],
 )
 def test_parse_mail_refuses(params: tuple[str, ...], message: str) -> None:
-    with pytest.raises(dsn.DsnSyntaxError, match=message):
+    with pytest.raises(DsnSyntaxError, match=message):
         dsn.parse_mail(params)
 
 
@@ -110,5 +111,5 @@ def test_parse_rcpt(params: tuple[str, ...], parsed: RcptParams) -> None:
     ],
 )
 def test_parse_rcpt_refuses(params: tuple[str, ...], message: str) -> None:
-    with pytest.raises(dsn.DsnSyntaxError, match=message):
+    with pytest.raises(DsnSyntaxError, match=message):
         dsn.parse_rcpt(params)

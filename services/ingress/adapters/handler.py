@@ -1,17 +1,17 @@
 """aiosmtpd hooks of one listener: ask policy at each stage, then accept or relay the refusal.
 
-One handler serves every session of its listener; what belongs to a session
-lives on the `IngressSMTP` protocol, what belongs to a transaction on its
-envelope, so RSET, EHLO and the end of DATA clear it the way aiosmtpd does.
+One handler serves every session of its listener (listener.py); what belongs
+to a session lives on the session, which the handler sees only as
+`SmtpSession` (session.py), and what belongs to a transaction on its envelope,
+so RSET, EHLO and the end of DATA clear it the way aiosmtpd does. AUTH's SASL
+exchange is the session's; whether the credentials let the client in is
+decided here, by policy.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from datetime import UTC, datetime
-from typing import TYPE_CHECKING
 
 from aiosmtpd.smtp import Session
 from opentelemetry.trace import Span
@@ -19,44 +19,23 @@ from opentelemetry.trace import Span
 from libs.common.contract.events import Client, MessageReceived, Recipient
 from libs.common.contract.ids import new_queue_id
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
-from libs.common.mail.submission import MessageStore, StoreError
-from libs.common.runtime.metrics import SMTPD_MESSAGE_BYTES, SMTPD_MESSAGES_ACCEPTED
-from libs.common.runtime.policy_client import PolicyClient
+from libs.common.mail.submission import StoreError
 from libs.common.runtime.telemetry import current_traceparent
-from services.ingress.adapters.auth import read_credentials
-from services.ingress.adapters.leases import ConnectionLeases
+from services.ingress.adapters.listener import Listener
+from services.ingress.adapters.session import IngressEnvelope, SmtpSession
 from services.ingress.core import dsn, replies, smuggling
+from services.ingress.core.errors import DsnSyntaxError
 from services.ingress.core.received import count_received, received_header, with_protocol
-
-if TYPE_CHECKING:
-    from services.ingress.adapters.smtp import (
-        IngressEnvelope,
-        IngressSMTP,
-        ListenerSettings,
-        Sessions,
-    )
 
 log = logging.getLogger(__name__)
 
 
 class IngressHandler:
-    def __init__(
-        self,
-        settings: ListenerSettings,
-        policy: PolicyClient,
-        store: MessageStore,
-        sessions: Sessions,
-        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        leases: ConnectionLeases | None = None,
-    ) -> None:
-        self.settings = settings
-        self.policy = policy
-        self.store = store
-        self.sessions = sessions
-        self.clock = clock
-        self.leases = leases
+    def __init__(self, listener: Listener) -> None:
+        self.listener = listener
+        self.settings = listener.settings
 
-    async def on_connect(self, server: IngressSMTP) -> str | None:
+    async def on_connect(self, server: SmtpSession) -> str | None:
         """None to greet; otherwise the reply to send before closing."""
         with server.stage("connect") as span:
             query = PolicyQuery(stage="connect", session=server.policy())
@@ -64,12 +43,12 @@ class IngressHandler:
         if decision.accepted:
             server.apply_limits(decision.limits)
             return None
-        server.refusals.note(decision.rule)
+        server.note_refusal(decision.rule)
         return replies.closing_reply(decision.code, decision.status, decision.message)
 
     async def handle_EHLO(
         self,
-        server: IngressSMTP,
+        server: SmtpSession,
         session: Session,
         envelope: IngressEnvelope,
         hostname: str,
@@ -85,7 +64,7 @@ class IngressHandler:
 
     async def handle_MAIL(
         self,
-        server: IngressSMTP,
+        server: SmtpSession,
         session: Session,
         envelope: IngressEnvelope,
         address: str,
@@ -93,7 +72,7 @@ class IngressHandler:
     ) -> str:
         try:
             params = dsn.parse_mail(server.dsn_parameters)
-        except dsn.DsnSyntaxError as exc:
+        except DsnSyntaxError as exc:
             return _dsn_refusal(server, exc)
         query = PolicyQuery(
             stage="mail",
@@ -115,7 +94,7 @@ class IngressHandler:
 
     async def handle_RCPT(
         self,
-        server: IngressSMTP,
+        server: SmtpSession,
         session: Session,
         envelope: IngressEnvelope,
         address: str,
@@ -123,7 +102,7 @@ class IngressHandler:
     ) -> str:
         try:
             params = dsn.parse_rcpt(server.dsn_parameters)
-        except dsn.DsnSyntaxError as exc:
+        except DsnSyntaxError as exc:
             return _dsn_refusal(server, exc)
         query = PolicyQuery(
             stage="rcpt",
@@ -149,12 +128,12 @@ class IngressHandler:
         return "250 2.1.5 Ok"
 
     async def handle_DATA(
-        self, server: IngressSMTP, session: Session, envelope: IngressEnvelope
+        self, server: SmtpSession, session: Session, envelope: IngressEnvelope
     ) -> str:
         content = envelope.original_content or b""
         bare = smuggling.refusal(content)
         if bare is not None:
-            server.refusals.note("smuggling")
+            server.note_refusal("smuggling")
             log.warning(
                 "session %s: message from %s refused: bare line break (smuggling attempt?)",
                 server.session_id,
@@ -179,21 +158,21 @@ class IngressHandler:
             event = self._event(server, session, envelope, qid, len(body), decision.rule)
             # Shielded: a client hanging up now must not cut between the body and its event.
             try:
-                await asyncio.shield(self.sessions.track(self.store.accept(body, event)))
+                accepting = self.listener.store.accept(body, event)
+                await asyncio.shield(self.listener.sessions.track(accepting))
             except StoreError:
-                server.refusals.note("queue_unavailable")
+                server.note_refusal("queue_unavailable")
                 return replies.QUEUE_UNAVAILABLE
-        SMTPD_MESSAGES_ACCEPTED.labels(self.settings.name).inc()
-        SMTPD_MESSAGE_BYTES.labels(self.settings.name).inc(len(body))
+        self.listener.metrics.message_accepted(len(body))
         log.info("%s: queued from %s, %d recipient(s)", qid, server.peer[0], len(event.recipients))
         return replies.accepted(qid)
 
     async def handle_AUTH(
-        self, server: IngressSMTP, session: Session, envelope: IngressEnvelope, args: list[str]
+        self, server: SmtpSession, session: Session, envelope: IngressEnvelope, args: list[str]
     ) -> str | None:
         """PLAIN and LOGIN, the credentials checked by policy; None when already answered."""
         mechanism = args[0].upper()
-        credentials = await read_credentials(server, mechanism, args[1] if len(args) > 1 else None)
+        credentials = await server.read_credentials(mechanism, args[1] if len(args) > 1 else None)
         if credentials is None:
             return None
         username, password = credentials
@@ -215,14 +194,14 @@ class IngressHandler:
 
     async def _ask(self, query: PolicyQuery, span: Span) -> PolicyDecision:
         """Called inside the stage's span, so the request carries it as its trace parent."""
-        decision = await self.policy.ask(query)
+        decision = await self.listener.policy.ask(query)
         span.set_attribute("mailbus.policy_rule", decision.rule)
         if not decision.accepted:
             span.set_attribute("mailbus.reply", decision.smtp_reply)
         return decision
 
     def _received(
-        self, server: IngressSMTP, session: Session, envelope: IngressEnvelope, qid: str
+        self, server: SmtpSession, session: Session, envelope: IngressEnvelope, qid: str
     ) -> bytes:
         hidden = self.settings.hidden_clients
         return received_header(
@@ -232,18 +211,18 @@ class IngressHandler:
             hostname=self.settings.hostname,
             protocol=with_protocol(
                 extended=session.extended_smtp,
-                tls=server.ssl_object is not None,
+                tls=server.tls_info is not None,
                 authenticated=bool(session.authenticated),
                 utf8=envelope.smtp_utf8,
             ),
             queue_id=qid,
             recipients=envelope.rcpt_sent,
-            now=self.clock(),
+            now=self.listener.clock(),
         )
 
     def _event(
         self,
-        server: IngressSMTP,
+        server: SmtpSession,
         session: Session,
         envelope: IngressEnvelope,
         qid: str,
@@ -284,9 +263,9 @@ def _recipient(address: str, sent: str, params: dsn.RcptParams) -> Recipient:
     return Recipient(address=address, orcpt=orcpt, notify=params.notify)
 
 
-def _dsn_refusal(server: IngressSMTP, error: dsn.DsnSyntaxError) -> str:
-    server.refusals.note("dsn_syntax")
-    return f"501 5.5.4 {error}"
+def _dsn_refusal(server: SmtpSession, error: DsnSyntaxError) -> str:
+    server.note_refusal("dsn_syntax")
+    return error.reply
 
 
 def _null_sender(address: str) -> str:

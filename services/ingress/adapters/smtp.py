@@ -3,8 +3,16 @@
 Policy at connect runs before the greeting (the connection already holding its
 lease, so policy counts it); every reply gets an RFC 3463 enhanced status code
 and every refusal is counted by stage and rule, up to `max_failed_commands`;
-DATA is read in bounded memory; each session is one SERVER span whose children
-are its stages. The listener's hooks (policy, acceptance) are in `handler.py`.
+DATA is read in bounded memory; AUTH's SASL framing is spoken here, the
+credentials judged by the handler; each session is one SERVER span whose
+children are its stages. The listener's hooks (policy, acceptance) are in
+`handler.py`, which sees a session only as `SmtpSession` (session.py).
+
+aiosmtpd has no public way to do some of this, so the class leans on eight of
+its private members. Each is touched in one place, marked "aiosmtpd private":
+`_smtp_methods`, `_create_envelope`, `_getaddr`, `_handle_client`,
+`_call_handler_hook`, `_strip_command_keyword`, and the stream's `_reader` and
+`_writer`.
 """
 
 from __future__ import annotations
@@ -18,28 +26,26 @@ import secrets
 import ssl
 import warnings
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, AnyStr, Protocol
+from typing import AnyStr
 
 from aiosmtpd.proxy_protocol import get_proxy
-from aiosmtpd.smtp import MISSING, SMTP, Envelope, syntax
+from aiosmtpd.smtp import MISSING, SMTP, syntax
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from libs.common.contract.events import TlsInfo
 from libs.common.contract.policy import PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
-from libs.common.runtime.metrics import SMTPD_CONNECTIONS, SMTPD_SESSIONS_ACTIVE
 from libs.common.runtime.telemetry import tracer
 from services.ingress.adapters.data import read_message
+from services.ingress.adapters.listener import Listener
 from services.ingress.adapters.refusals import Refusals
-from services.ingress.core import dsn, replies
+from services.ingress.adapters.session import IngressEnvelope, SessionHooks
+from services.ingress.core import dsn, replies, sasl
 from services.ingress.core.data import DataAssembler, DataState
+from services.ingress.core.errors import SaslError
 from services.ingress.core.paths import split_path
 from services.ingress.core.refusals import FAILED_COMMANDS_RULE, TOO_MANY_FAILURES
-
-if TYPE_CHECKING:
-    from services.ingress.adapters.handler import IngressHandler
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -51,89 +57,16 @@ PROXY_HEADER_TIMEOUT_S = 10.0
 Command = Callable[[str | None], Awaitable[None]]
 
 
-class IpMatcher(Protocol):
-    """config's IpGroup, or anything else that knows its addresses."""
-
-    def contains(self, ip: str) -> bool: ...
-
-
-@dataclass(frozen=True)
-class ListenerSettings:
-    name: str
-    hostname: str
-    tls: str  # none | starttls | implicit
-    require_auth: bool = False
-    data_size_limit: int | None = None
-    # Until policy's connect answer says otherwise (security.max_failed_commands).
-    max_failed_commands: int = 0
-    proxy_protocol: bool = False
-    # relay.hide_local_ip_group: Received headers leave these clients out.
-    hidden_clients: IpMatcher | None = None
-
-
-@dataclass
-class Sessions:
-    """The live sessions and acceptances of one service, so `stop()` can drain them."""
-
-    live: set[IngressSMTP] = field(default_factory=set)
-    accepting: set[asyncio.Task[None]] = field(default_factory=set)
-    draining: bool = False
-    _empty: asyncio.Event = field(default_factory=asyncio.Event)
-
-    def add(self, session: IngressSMTP) -> None:
-        self.live.add(session)
-        self._empty.clear()
-
-    def discard(self, session: IngressSMTP) -> None:
-        self.live.discard(session)
-        self._check_empty()
-
-    def track(self, coro: Awaitable[None]) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.ensure_future(coro)
-        self.accepting.add(task)
-        self._empty.clear()
-        task.add_done_callback(self._done)
-        return task
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self.accepting.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the session has replied or was gone already
-        self._check_empty()
-
-    def _check_empty(self) -> None:
-        if not self.live and not self.accepting:
-            self._empty.set()
-
-    async def wait_empty(self, seconds: float) -> bool:
-        self._check_empty()
-        try:
-            await asyncio.wait_for(self._empty.wait(), seconds)
-        except TimeoutError:
-            return False
-        return True
-
-
-class IngressEnvelope(Envelope):
-    def __init__(self) -> None:
-        super().__init__()
-        self.policy_rules: list[str] = []
-        # The recipients as the client wrote them, parallel to rcpt_tos (canonical).
-        self.rcpt_sent: list[str] = []
-        # DSN (RFC 3461): per recipient, parallel to rcpt_tos; per message from MAIL.
-        self.rcpt_dsn: list[dsn.RcptParams] = []
-        self.dsn: dsn.MailParams = dsn.MailParams()
-
-
 class IngressSMTP(SMTP):
-    def __init__(self, handler: IngressHandler, tls_context: ssl.SSLContext | None) -> None:
-        s = handler.settings
+    def __init__(self, listener: Listener, hooks: SessionHooks) -> None:
+        s = listener.settings
+        tls_context = listener.tls_context
         with warnings.catch_warnings():
             # aiosmtpd warns of auth_required without auth_require_tls; on an implicit-TLS
             # listener the whole session is encrypted, so the warning does not apply.
             warnings.filterwarnings("ignore", "Requiring AUTH while not requiring TLS")
             super().__init__(
-                handler,
+                hooks,  # aiosmtpd finds its handle_* hooks on it
                 hostname=s.hostname,
                 ident=IDENT,
                 enable_SMTPUTF8=True,
@@ -148,9 +81,10 @@ class IngressSMTP(SMTP):
                 timeout=SESSION_TIMEOUT_S,
                 loop=asyncio.get_running_loop(),
             )
-        self.handler = handler
+        self.listener = listener
+        self.hooks = hooks
         self.settings = s
-        self.sessions = handler.sessions
+        self.sessions = listener.sessions
         self.session_id = secrets.token_hex(8)
         self.span: Span | None = None
         self._busy = 0
@@ -161,40 +95,61 @@ class IngressSMTP(SMTP):
         # The DSN parameters of the MAIL or RCPT being handled, as the client wrote them.
         self.dsn_parameters: tuple[str, ...] = ()
         self.refusals = Refusals(self.session_id, s.max_failed_commands)
+        # aiosmtpd private: its command table. Wrapping each entry runs the drain and
+        # the refusal accounting around every command without copying its command loop.
         self._smtp_methods = {
             name: self._command(name, method) for name, method in self._smtp_methods.items()
         }
 
-    # --- aiosmtpd's extension points -------------------------------------------------
+    # --- aiosmtpd's extension points (private names, but meant to be overridden) -----
 
     def _create_envelope(self) -> IngressEnvelope:
+        # aiosmtpd private: how it starts every transaction (connect, RSET, EHLO, DATA).
         return IngressEnvelope()
 
     def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
-        # The path as sent, for policy's RFC 5321 parser; see core/paths.py.
+        # aiosmtpd private: its path parser. The path as sent, for policy's RFC 5321
+        # parser; see core/paths.py.
         return split_path(arg)
+
+    def _end_transaction(self) -> None:
+        """aiosmtpd's post-DATA state: a new, empty transaction."""
+        self.envelope = IngressEnvelope()
+
+    @property
+    def _input(self) -> asyncio.StreamReader:
+        # aiosmtpd private: the reader it reads commands from. The PROXY header and the
+        # message of DATA must come out of the same buffer.
+        reader: asyncio.StreamReader = self._reader
+        return reader
+
+    @property
+    def _output(self) -> asyncio.StreamWriter:
+        # aiosmtpd private: the writer `push` writes to, for the drain's reply (which
+        # cannot wait for `push`) and for closing the stream when the client hangs up.
+        writer: asyncio.StreamWriter = self._writer
+        return writer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.sessions.add(self)
-        SMTPD_CONNECTIONS.labels(self.settings.name).inc()
-        SMTPD_SESSIONS_ACTIVE.labels(self.settings.name).inc()
+        self.listener.metrics.session_opened()
         super().connection_made(transport)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.sessions.discard(self)
-        SMTPD_SESSIONS_ACTIVE.labels(self.settings.name).dec()
-        if self.handler.leases is not None:
-            self.handler.leases.release(self.session_id)
+        self.listener.metrics.session_closed()
+        self.listener.uncount(self.session_id)
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
+        # aiosmtpd private: the session's task. Connect-time policy and the PROXY header
+        # come before aiosmtpd's greeting, which has no hook in front of it.
         if self.settings.proxy_protocol and not await self._read_proxy_header():
             self._close()
             return
         ip, port = self.peer
         self.refusals.client = ip
-        if self.handler.leases is not None:
-            await self.handler.leases.acquire(self.session_id, ip, self.settings.name)
+        await self.listener.count(self.session_id, ip)
         attributes: dict[str, str | int] = {
             "client.address": ip,
             "client.port": port,
@@ -218,7 +173,7 @@ class IngressSMTP(SMTP):
 
     async def _connect_refusal(self) -> str | None:
         try:
-            refusal = await self.handler.on_connect(self)
+            refusal = await self.hooks.on_connect(self)
         except Exception as exc:
             log.exception("session %s: at connect", self.session_id)
             if self.span is not None:
@@ -232,7 +187,7 @@ class IngressSMTP(SMTP):
     async def _read_proxy_header(self) -> bool:
         """HAProxy's PROXY v1/v2 header: the client's address, as the load balancer saw it."""
         try:
-            data = await asyncio.wait_for(get_proxy(self._reader), PROXY_HEADER_TIMEOUT_S)
+            data = await asyncio.wait_for(get_proxy(self._input), PROXY_HEADER_TIMEOUT_S)
         except TimeoutError:
             data = None
         if not data:
@@ -268,7 +223,7 @@ class IngressSMTP(SMTP):
         log.exception("session %s: %s", self.session_id, type(error).__name__)
         if self.span is not None:
             self.span.record_exception(error)
-        self.envelope = self._create_envelope()
+        self._end_transaction()
         self.refusals.note("internal_error")
         return replies.INTERNAL_ERROR
 
@@ -289,26 +244,27 @@ class IngressSMTP(SMTP):
         await self.push("354 End data with <CR><LF>.<CR><LF>")
         assembler = DataAssembler(self.data_size_limit, self.line_length_limit)
         try:
-            await read_message(self._reader, assembler)
+            await read_message(self._input, assembler)
         except asyncio.CancelledError:
-            self._writer.close()  # the client hung up in the middle of the message
+            self._output.close()  # the client hung up in the middle of the message
             raise
         # Only now, after the whole message was read (RFC 5321 section 4.2.5).
         if assembler.state is DataState.TOO_MUCH:
             self.refusals.note("max_message_size")
-            self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+            self._end_transaction()
             await self.push(replies.too_big(self.data_size_limit or 0))
             return
         if assembler.state is DataState.TOO_LONG:
             self.refusals.note("line_too_long")
-            self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+            self._end_transaction()
             await self.push(replies.LINE_TOO_LONG)
             return
         content = assembler.content()
         self.envelope.content = content
         self.envelope.original_content = content
+        # aiosmtpd private: how it calls the handler's hook (handle_DATA).
         status = await self._call_handler_hook("DATA")
-        self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state
+        self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)
 
     async def smtp_HELO(self, hostname: str) -> None:
@@ -336,6 +292,7 @@ class IngressSMTP(SMTP):
         self.dsn_parameters = ()
         if arg is None or self.session is None or not self.session.extended_smtp:
             return arg  # after HELO, aiosmtpd refuses any parameter
+        # aiosmtpd private: "FROM:"/"TO:" taken off as aiosmtpd itself does next.
         rest = self._strip_command_keyword(keyword, arg)
         if rest is None:
             return arg
@@ -411,9 +368,12 @@ class IngressSMTP(SMTP):
             return
         self.data_size_limit = limits.max_message_size or None
         self.refusals.max_failed_commands = limits.max_failed_commands
-        if limits.exempt and self.handler.leases is not None:
+        if limits.exempt:
             # Connections of the exempt group are never limited: no need to count them.
-            self.handler.leases.release(self.session_id)
+            self.listener.uncount(self.session_id)
+
+    def note_refusal(self, rule: str) -> None:
+        self.refusals.note(rule)
 
     def refuse(self, decision: PolicyDecision) -> str:
         """Policy's reply verbatim; `disconnect` also ends the session after it."""
@@ -422,6 +382,27 @@ class IngressSMTP(SMTP):
             self._close_after_reply = True
             return replies.closing_reply(decision.code, decision.status, decision.message)
         return decision.smtp_reply
+
+    # --- AUTH: the SASL framing (RFC 4954) ------------------------------------------
+
+    async def read_credentials(self, mechanism: str, initial: str | None) -> tuple[str, str] | None:
+        """(username, password) for the handler to check; None when the client was already
+        answered (bad base64, `*` to abort, ...)."""
+        responses: list[bytes] = []
+        try:
+            for challenge in sasl.challenges(mechanism):
+                if initial is not None:
+                    responses.append(sasl.initial_response(initial))
+                    initial = None
+                    continue
+                answer = await self.challenge_auth(challenge)
+                if answer is MISSING:
+                    return None  # aiosmtpd has answered it
+                responses.append(answer)
+            return sasl.credentials(mechanism, responses)
+        except SaslError as err:
+            await self.push(err.reply)
+            return None
 
     # --- drain -----------------------------------------------------------------------
 
@@ -457,7 +438,7 @@ class IngressSMTP(SMTP):
         """At drain: an idle session ends now; a busy one after its transaction."""
         if self.idle and self.span is not None and not self._greeting_pending:
             if self.transport is not None and not self.transport.is_closing():
-                self._writer.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
+                self._output.write(replies.SHUTTING_DOWN.encode() + b"\r\n")
             self._close()
 
     async def _shut_down(self) -> None:

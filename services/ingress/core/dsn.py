@@ -3,7 +3,8 @@
 aiosmtpd upper-cases every parameter and refuses those it does not know, so
 the session takes the DSN ones out of the command (their case intact: ENVID and
 ORCPT are the client's text) before aiosmtpd reads the rest, and the handler
-parses them here. A syntax error is a `DsnSyntaxError` whose text is the reply's.
+parses them here. A syntax error is a `DsnSyntaxError` (core/errors.py), whose reply
+is the one the command gets.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from libs.common.mail import xtext
+from services.ingress.core.errors import DsnSyntaxError
 from services.ingress.core.paths import split_path
 
 MAIL_KEYWORDS = frozenset({"RET", "ENVID"})
@@ -24,10 +26,6 @@ ORCPT_MAX = 500  # RFC 3461 section 4.2: the whole parameter value
 # " RET=HDRS ENVID=" and 100 characters; " NOTIFY=SUCCESS,FAILURE,DELAY ORCPT=" and 500.
 MAIL_LINE_EXTRA = 16 + ENVID_MAX
 RCPT_LINE_EXTRA = 36 + ORCPT_MAX
-
-
-class DsnSyntaxError(ValueError):
-    pass
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,147 @@
+"""One SMTP listener: its settings, its open sessions and what they work with, in one place.
+
+The service makes a `Listener` for each `protocol: smtp` entry; the SMTP class
+(smtp.py) and the handler (handler.py) both receive it, so neither reaches into
+the other for the policy client, the store, the leases or the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Protocol
+
+from libs.common.mail.submission import MessageStore
+from libs.common.runtime.metrics import (
+    SMTPD_CONNECTIONS,
+    SMTPD_MESSAGE_BYTES,
+    SMTPD_MESSAGES_ACCEPTED,
+    SMTPD_SESSIONS_ACTIVE,
+)
+from libs.common.runtime.policy_client import PolicyClient
+from services.ingress.adapters.leases import ConnectionLeases
+
+
+class IpMatcher(Protocol):
+    """config's IpGroup, or anything else that knows its addresses."""
+
+    def contains(self, ip: str) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ListenerSettings:
+    name: str
+    hostname: str
+    tls: str  # none | starttls | implicit
+    require_auth: bool = False
+    data_size_limit: int | None = None
+    # Until policy's connect answer says otherwise (security.max_failed_commands).
+    max_failed_commands: int = 0
+    proxy_protocol: bool = False
+    # relay.hide_local_ip_group: Received headers leave these clients out.
+    hidden_clients: IpMatcher | None = None
+
+
+class OpenSession(Protocol):
+    """What a drain needs of an open session."""
+
+    @property
+    def session_id(self) -> str: ...
+
+    def close_if_idle(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+@dataclass
+class Sessions:
+    """The live sessions and acceptances of one service, so `stop()` can drain them."""
+
+    live: set[OpenSession] = field(default_factory=set)
+    accepting: set[asyncio.Task[None]] = field(default_factory=set)
+    draining: bool = False
+    _empty: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def add(self, session: OpenSession) -> None:
+        self.live.add(session)
+        self._empty.clear()
+
+    def discard(self, session: OpenSession) -> None:
+        self.live.discard(session)
+        self._check_empty()
+
+    def track(self, coro: Awaitable[None]) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self.accepting.add(task)
+        self._empty.clear()
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.accepting.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the session has replied or was gone already
+        self._check_empty()
+
+    def _check_empty(self) -> None:
+        if not self.live and not self.accepting:
+            self._empty.set()
+
+    async def wait_empty(self, seconds: float) -> bool:
+        self._check_empty()
+        try:
+            await asyncio.wait_for(self._empty.wait(), seconds)
+        except TimeoutError:
+            return False
+        return True
+
+
+@dataclass(frozen=True)
+class ListenerMetrics:
+    """The smtpd metrics of one listener: labelled with its name here and nowhere else."""
+
+    listener: str
+
+    def session_opened(self) -> None:
+        SMTPD_CONNECTIONS.labels(self.listener).inc()
+        SMTPD_SESSIONS_ACTIVE.labels(self.listener).inc()
+
+    def session_closed(self) -> None:
+        SMTPD_SESSIONS_ACTIVE.labels(self.listener).dec()
+
+    def message_accepted(self, size: int) -> None:
+        SMTPD_MESSAGES_ACCEPTED.labels(self.listener).inc()
+        SMTPD_MESSAGE_BYTES.labels(self.listener).inc(size)
+
+
+@dataclass(frozen=True)
+class Listener:
+    """What every session of the listener works with; one per listener, shared."""
+
+    settings: ListenerSettings
+    policy: PolicyClient
+    store: MessageStore
+    sessions: Sessions
+    # The service's one server context (STARTTLS and implicit TLS alike), if any listener has TLS.
+    tls_context: ssl.SSLContext | None = None
+    # Counted connections, when security.max_connections_per_ip is set.
+    leases: ConnectionLeases | None = None
+    clock: Callable[[], datetime] = lambda: datetime.now(UTC)
+
+    @cached_property
+    def metrics(self) -> ListenerMetrics:
+        return ListenerMetrics(self.settings.name)
+
+    async def count(self, session_id: str, client_ip: str) -> None:
+        """Hold a connection lease for the session, when connections are counted."""
+        if self.leases is not None:
+            await self.leases.acquire(session_id, client_ip, self.settings.name)
+
+    def uncount(self, session_id: str) -> None:
+        """The session no longer counts: it ended, or its client is exempt from the limit."""
+        if self.leases is not None:
+            self.leases.release(session_id)
