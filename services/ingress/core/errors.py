@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from libs.common.contract.errors import MailbusError
 from services.ingress.core.replies import format_reply
 
 
-class IngressError(Exception):
+class IngressError(MailbusError):
     """An ingress refusal of no more particular kind: a local error, to be retried."""
 
     code: ClassVar[int] = 451
