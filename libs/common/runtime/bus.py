@@ -85,7 +85,7 @@ def split_credentials(servers: Sequence[str]) -> tuple[list[str], str | None, st
     return plain, user, password
 
 
-def _stream_configs(replicas: int) -> list[api.StreamConfig]:
+def stream_configs(replicas: int) -> list[api.StreamConfig]:
     file = api.StorageType.FILE
     return [
         api.StreamConfig(
@@ -152,7 +152,7 @@ def _stream_configs(replicas: int) -> list[api.StreamConfig]:
 
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
-    for cfg in _stream_configs(replicas):
+    for cfg in stream_configs(replicas):
         try:
             await js.add_stream(cfg)
         except BadRequestError:
