@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from libs.common.contract.errors import MailbusError
 from services.delivery.core import Reply
 from services.delivery.core.errors import (
     ConnectFailedError,
@@ -40,6 +41,7 @@ def test_each_kind_defers_with_its_status(
 ) -> None:
     error = kind("mx.remote.test: what happened")
     assert isinstance(error, group) and isinstance(error, DeliveryError)
+    assert isinstance(error, MailbusError)  # what mailbus raises on purpose, not a bug
     assert error.reply == Reply(0, "mx.remote.test: what happened", status)
     assert error.reply.outcome == "deferred"
     assert str(error) == "mx.remote.test: what happened"

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
+from libs.common.contract.errors import MailbusError
 from services.delivery.core.replies import (
     AUTH_FAILED,
     CONNECT_FAILED,
@@ -23,8 +24,8 @@ from services.delivery.core.replies import (
 )
 
 
-class DeliveryError(Exception):
-    """The root: catch this at the edge of a conversation."""
+class DeliveryError(MailbusError):
+    """Delivery's root: catch this at the edge of a conversation."""
 
     status: ClassVar[str] = PROTOCOL_ERROR
 
