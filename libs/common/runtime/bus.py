@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import nats
@@ -85,74 +86,72 @@ def split_credentials(servers: Sequence[str]) -> tuple[list[str], str | None, st
     return plain, user, password
 
 
-def _stream_configs(replicas: int) -> list[api.StreamConfig]:
-    file = api.StorageType.FILE
-    return [
-        api.StreamConfig(
-            name=subjects.EVENTS_STREAM,
-            subjects=[subjects.EVENTS_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=file,
-            num_replicas=replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            allow_rollup_hdrs=False,
-            deny_delete=False,
-        ),
-        api.StreamConfig(
-            name=subjects.JOBS_STREAM,
-            subjects=[subjects.JOBS_SUBJECTS],
-            retention=api.RetentionPolicy.WORK_QUEUE,
-            storage=file,
-            num_replicas=replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
-        ),
-        api.StreamConfig(
-            name=subjects.TIMERS_STREAM,
-            subjects=[subjects.TIMERS_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=file,
-            num_replicas=replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            allow_msg_schedules=True,
-            allow_msg_ttl=True,
-            max_msgs_per_subject=1,
-        ),
-        api.StreamConfig(
-            name=subjects.ACCESS_STREAM,
-            subjects=[subjects.ACCESS_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=file,
-            num_replicas=replicas,
-            duplicate_window=DUPLICATE_WINDOW_S,
-            # An audit trail of logins, and what POP3-before-SMTP grants are made from;
-            # grants last minutes, so a week covers any consumer that was down.
-            max_age=ACCESS_EVENTS_MAX_AGE_S,
-        ),
-        api.StreamConfig(
-            name=subjects.MAILBOXES_STREAM,
-            subjects=[subjects.MAILBOXES_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=file,
-            num_replicas=replicas,
-            # Delivery appends under a deterministic id, so a redelivered job stores once.
-            duplicate_window=DUPLICATE_WINDOW_S,
-            deny_delete=False,  # POP3 deletes entries by sequence at QUIT
-        ),
-        api.StreamConfig(
-            name=subjects.MAILBOX_LOCKS_STREAM,
-            subjects=[subjects.MAILBOX_LOCKS_SUBJECTS],
-            retention=api.RetentionPolicy.LIMITS,
-            storage=file,
-            num_replicas=replicas,
-            max_msgs_per_subject=1,
-            allow_msg_ttl=True,
-            deny_delete=False,
-        ),
-    ]
+@dataclass(frozen=True)
+class Stream:
+    """One stream of the topology, as far as it differs from a plain file-backed log
+    that drops a re-published message id within DUPLICATE_WINDOW_S."""
+
+    name: str
+    subjects: str
+    retention: api.RetentionPolicy = api.RetentionPolicy.LIMITS
+    duplicate_window: float = DUPLICATE_WINDOW_S
+    max_msgs_per_subject: int = -1  # -1: no limit
+    max_age: float | None = None
+    allow_msg_ttl: bool | None = None
+    allow_msg_schedules: bool | None = None
+
+
+STREAMS: tuple[Stream, ...] = (
+    Stream(subjects.EVENTS_STREAM, subjects.EVENTS_SUBJECTS),
+    Stream(subjects.JOBS_STREAM, subjects.JOBS_SUBJECTS, api.RetentionPolicy.WORK_QUEUE),
+    # One schedule per message and kind (publishing again replaces it); the server
+    # fires it into this same stream (services/queue/adapters/timers.py).
+    Stream(
+        subjects.TIMERS_STREAM,
+        subjects.TIMERS_SUBJECTS,
+        max_msgs_per_subject=1,
+        allow_msg_ttl=True,
+        allow_msg_schedules=True,
+    ),
+    # An audit trail of logins, and what POP3-before-SMTP grants are made from;
+    # grants last minutes, so a week covers any consumer that was down.
+    Stream(subjects.ACCESS_STREAM, subjects.ACCESS_SUBJECTS, max_age=ACCESS_EVENTS_MAX_AGE_S),
+    # Delivery appends under a deterministic id, so a redelivered job stores once;
+    # POP3 deletes entries by sequence at QUIT (no stream here denies deletes).
+    Stream(subjects.MAILBOXES_STREAM, subjects.MAILBOXES_SUBJECTS),
+    # One lock per mailbox, taken by expected last sequence, freed by sequence or TTL;
+    # lock writes carry no message id, so there is nothing to deduplicate.
+    Stream(
+        subjects.MAILBOX_LOCKS_STREAM,
+        subjects.MAILBOX_LOCKS_SUBJECTS,
+        duplicate_window=0,
+        max_msgs_per_subject=1,
+        allow_msg_ttl=True,
+    ),
+)
+
+
+def stream_config(stream: Stream, replicas: int) -> api.StreamConfig:
+    return api.StreamConfig(
+        name=stream.name,
+        subjects=[stream.subjects],
+        retention=stream.retention,
+        storage=api.StorageType.FILE,
+        num_replicas=replicas,
+        duplicate_window=stream.duplicate_window,
+        max_msgs_per_subject=stream.max_msgs_per_subject,
+        max_age=stream.max_age,
+        allow_msg_ttl=stream.allow_msg_ttl,
+        allow_msg_schedules=stream.allow_msg_schedules,
+    )
+
+
+def stream_configs(replicas: int) -> list[api.StreamConfig]:
+    return [stream_config(stream, replicas) for stream in STREAMS]
 
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
-    for cfg in _stream_configs(replicas):
+    for cfg in stream_configs(replicas):
         try:
             await js.add_stream(cfg)
         except BadRequestError:

@@ -151,8 +151,10 @@ def producer_span(
 ) -> AbstractContextManager[trace.Span]:
     """A PRODUCER span named the semconv way ("send <destination>").
 
-    The subject's variable tokens (queue ids) would make span names unbounded, so
-    the name uses the subject's first three tokens; the full subject is an attribute.
+    The name is the subject's first three tokens, the full subject an attribute.
+    That keeps job and access-event names bounded (`send mailbus.job.deliver`), but
+    not an event's: its third token is the queue id (`send mailbus.evt.<queue id>`),
+    so there is one span name per message.
     """
     stem = ".".join(subject.split(".")[:3])
     return trace.get_tracer("mailbus.bus").start_as_current_span(

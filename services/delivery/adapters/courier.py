@@ -21,6 +21,7 @@ from libs.common.contract.events import DeliveryJob, Destination
 from services.delivery.adapters.dns import MxResolver
 from services.delivery.adapters.pop3 import pop3_login
 from services.delivery.adapters.smtp_client import SessionSettings, SmtpSession
+from services.delivery.core.errors import LoginRefusedError
 from services.delivery.core.mx import Endpoint, NoRoute, Route, try_next_address
 from services.delivery.core.plan import retry_in_plain_text
 from services.delivery.core.replies import Reply
@@ -153,7 +154,7 @@ class Courier:
             if session is None:
                 assert broken is not None
                 last = Attempt(Transcript(broken=broken), None, endpoint.label, endpoint)
-                if destination.kind == "relay" and broken.status == "4.7.0":
+                if destination.kind == "relay" and broken.status == LoginRefusedError.status:
                     break  # our login was refused: no other address will take it
                 continue
             transcript = await session.transact(job, body)

@@ -14,8 +14,14 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from services.delivery.core.local import lmtp_protocol_error, lmtp_replies
-from services.delivery.core.replies import CONNECT_FAILED, CONNECTION_LOST, Reply
+from services.delivery.core.errors import (
+    ConnectFailedError,
+    ConnectionLostError,
+    DeliveryError,
+    ProtocolError,
+)
+from services.delivery.core.local import lmtp_replies
+from services.delivery.core.replies import Reply
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +38,6 @@ class LmtpTarget:
     lhlo: str  # our host name, sent with LHLO
     connect_timeout: float = 30.0
     command_timeout: float = COMMAND_TIMEOUT_S
-
-
-class _Broken(Exception):
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.text)
-        self.reply = reply
 
 
 @dataclass
@@ -67,15 +67,15 @@ async def deliver_lmtp(
         )
     except (OSError, TimeoutError) as exc:
         where = f"{target.host}:{target.port}"
-        broken = Reply(0, f"cannot connect to LMTP server {where}: {exc}", CONNECT_FAILED)
-        return [broken] * len(recipients)
+        unreachable = ConnectFailedError(f"cannot connect to LMTP server {where}: {exc}")
+        return [unreachable.reply] * len(recipients)
     try:
         await _transaction(reader, writer, target, mail_from, recipients, body, transcript)
-    except _Broken as exc:
+    except DeliveryError as exc:
         transcript.broken = exc.reply
     except (OSError, TimeoutError, ValueError) as exc:  # ValueError: a line over the limit
         text = f"LMTP connection lost: {type(exc).__name__} {exc}".strip()
-        transcript.broken = Reply(0, text, CONNECTION_LOST)
+        transcript.broken = ConnectionLostError(text).reply
     finally:
         writer.close()
         with contextlib.suppress(Exception):
@@ -103,10 +103,10 @@ async def _transaction(
 
     greeting = await _read_reply(reader, timeout)
     if greeting.code != 220:
-        raise _Broken(Reply(0, f"LMTP greeting: {greeting.code} {greeting.text}", CONNECT_FAILED))
+        raise ConnectFailedError(f"LMTP greeting: {greeting.code} {greeting.text}")
     lhlo = await command(f"LHLO {target.lhlo}")
     if lhlo.outcome != "succeeded":
-        raise _Broken(lmtp_protocol_error(f"LHLO refused: {lhlo.code} {lhlo.text}"))
+        raise ProtocolError(f"LHLO refused: {lhlo.code} {lhlo.text}")
     transcript.mail = await command(f"MAIL FROM:<{mail_from}>")
     if transcript.mail.outcome != "succeeded":
         return
@@ -131,12 +131,12 @@ async def _read_reply(reader: asyncio.StreamReader, limit_s: float) -> Reply:
     for _ in range(MAX_REPLY_LINES):
         line = await asyncio.wait_for(reader.readline(), limit_s)
         if not line:
-            raise _Broken(Reply(0, "LMTP server closed the connection", CONNECTION_LOST))
+            raise ConnectionLostError("LMTP server closed the connection")
         text = line[:MAX_LINE].decode("utf-8", "replace").rstrip("\r\n")
         code = text[:3]
         if len(text) < 3 or not code.isdigit():
-            raise _Broken(lmtp_protocol_error(f"malformed LMTP reply {text[:100]!r}"))
+            raise ProtocolError(f"malformed LMTP reply {text[:100]!r}")
         texts.append(text[4:])
         if text[3:4] != "-":
             return Reply(int(code), " ".join(t for t in texts if t))
-    raise _Broken(lmtp_protocol_error("LMTP reply too long"))
+    raise ProtocolError("LMTP reply too long")

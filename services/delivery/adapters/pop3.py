@@ -13,16 +13,16 @@ import asyncio
 import contextlib
 import ssl
 
-from services.delivery.core.replies import AUTH_FAILED, CONNECT_FAILED, ENCRYPTION_NEEDED, Reply
+from services.delivery.core.errors import (
+    ConnectFailedError,
+    DeliveryError,
+    LoginRefusedError,
+    TlsUnavailableError,
+)
+from services.delivery.core.replies import Reply
 
 MAX_LINE = 4096
 MAX_CAPA_LINES = 100
-
-
-class _Pop3Error(Exception):
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.text)
-        self.reply = reply
 
 
 class _Conversation:
@@ -37,7 +37,7 @@ class _Conversation:
     async def line(self) -> str:
         raw = await asyncio.wait_for(self.reader.readline(), self.wait_s)
         if not raw:
-            raise _Pop3Error(Reply(0, f"POP3 at {self.host}: connection closed", CONNECT_FAILED))
+            raise ConnectFailedError(f"POP3 at {self.host}: connection closed")
         return raw[:MAX_LINE].decode("utf-8", "replace").rstrip("\r\n")
 
     async def command(self, text: str, shown: str | None = None) -> str:
@@ -46,13 +46,13 @@ class _Conversation:
         answer = await self.line()
         if not answer.startswith("+OK"):
             what = shown or text.split(" ", 1)[0]
-            raise _Pop3Error(Reply(0, f"POP3 {what} at {self.host}: {answer}", AUTH_FAILED))
+            raise LoginRefusedError(f"POP3 {what} at {self.host}: {answer}")
         return answer
 
     async def capabilities(self) -> set[str]:
         try:
             await self.command("CAPA")
-        except _Pop3Error:
+        except DeliveryError:
             return set()  # RFC 2449 is optional: no CAPA, no STLS
         caps: set[str] = set()
         for _ in range(MAX_CAPA_LINES):
@@ -76,29 +76,34 @@ async def pop3_login(
 ) -> Reply | None:
     """None when the login succeeded, else the reply that defers the mail."""
     try:
+        await _login(host, port, user, password, tls, wait_s)
+    except DeliveryError as exc:
+        return exc.reply
+    return None
+
+
+async def _login(host: str, port: int, user: str, password: str, tls: str, wait_s: float) -> None:
+    try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait_s)
     except (OSError, TimeoutError) as exc:
-        return Reply(0, f"POP3 connect to {host}:{port}: {exc or 'timed out'}", CONNECT_FAILED)
+        raise ConnectFailedError(f"POP3 connect to {host}:{port}: {exc or 'timed out'}") from None
     talk = _Conversation(host, reader, writer, wait_s)
     try:
         greeting = await talk.line()
         if not greeting.startswith("+OK"):
-            return Reply(0, f"POP3 at {host} refused us: {greeting}", CONNECT_FAILED)
+            raise ConnectFailedError(f"POP3 at {host} refused us: {greeting}")
         if tls != "none":
             if "STLS" in await talk.capabilities():
                 await talk.command("STLS")
                 await writer.start_tls(_tls_context())
             elif tls == "required":
-                return Reply(0, f"POP3 at {host} does not offer STLS", ENCRYPTION_NEEDED)
+                raise TlsUnavailableError(f"POP3 at {host} does not offer STLS")
         await talk.command(f"USER {user}")
         await talk.command(f"PASS {password}", shown="PASS")
-        with contextlib.suppress(_Pop3Error, OSError, TimeoutError):
+        with contextlib.suppress(DeliveryError, OSError, TimeoutError):
             await talk.command("QUIT")
-        return None
-    except _Pop3Error as exc:
-        return exc.reply
     except (OSError, TimeoutError, ssl.SSLError) as exc:
-        return Reply(0, f"POP3 at {host}: {type(exc).__name__} {exc}".strip(), CONNECT_FAILED)
+        raise ConnectFailedError(f"POP3 at {host}: {type(exc).__name__} {exc}".strip()) from None
     finally:
         writer.close()
         with contextlib.suppress(Exception):

@@ -25,16 +25,19 @@ from aiosmtplib import (
 
 from libs.common.contract.events import DeliveryJob, Recipient
 from services.delivery.core import dsn
-from services.delivery.core.mx import Endpoint
-from services.delivery.core.plan import tls_missing, tls_step
-from services.delivery.core.replies import (
-    AUTH_FAILED,
-    CONNECT_FAILED,
-    CONNECTION_LOST,
-    PROTOCOL_ERROR,
-    TLS_FAILED,
-    Reply,
+from services.delivery.core.errors import (
+    ConnectFailedError,
+    ConnectionLostError,
+    DeliveryError,
+    LoginRefusedError,
+    NotAcceptingError,
+    ProtocolError,
+    TlsFailedError,
+    TlsUnavailableError,
 )
+from services.delivery.core.mx import Endpoint
+from services.delivery.core.plan import tls_step
+from services.delivery.core.replies import Reply
 from services.delivery.core.transaction import Transcript
 
 log = logging.getLogger(__name__)
@@ -54,14 +57,6 @@ class SessionSettings:
     password: str | None = None
 
 
-class _Broken(Exception):
-    """The conversation cannot go on; `reply` says why, for every recipient not yet answered."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.text)
-        self.reply = reply
-
-
 def _reply(exc: SMTPResponseException) -> Reply:
     return Reply(exc.code, exc.message)
 
@@ -75,14 +70,17 @@ def _no_verify_context() -> ssl.SSLContext:
     return context
 
 
-def _deferring(exc: SMTPResponseException, command: str) -> Reply:
+def _setup_refused(exc: SMTPResponseException, command: str) -> ProtocolError:
     """A refusal of a set-up command: never a reason to bounce, always to retry."""
-    return Reply(0, f"{command}: {exc.code} {exc.message}", PROTOCOL_ERROR)
+    return ProtocolError(f"{command}: {exc.code} {exc.message}")
 
 
-def _lost(host: str, exc: BaseException) -> Reply:
-    what = "timed out" if isinstance(exc, TimeoutError) else f"connection lost ({exc})"
-    return Reply(0, f"{host}: {what}", CONNECTION_LOST)
+def _stopped(host: str, exc: SMTPException | OSError) -> DeliveryError:
+    """What an error of aiosmtplib or the socket means for the conversation."""
+    if isinstance(exc, SMTPServerDisconnected | SMTPTimeoutError | OSError):
+        what = "timed out" if isinstance(exc, TimeoutError) else f"connection lost ({exc})"
+        return ConnectionLostError(f"{host}: {what}")
+    return ProtocolError(f"{host}: {exc}")
 
 
 class SmtpSession:
@@ -114,17 +112,15 @@ class SmtpSession:
         """None once ready for MAIL; else the stand-in reply (and the session is closed)."""
         try:
             await self._open()
-        except _Broken as exc:
-            await self.close()
-            return exc.reply
-        except (SMTPServerDisconnected, SMTPTimeoutError, TimeoutError, OSError) as exc:
-            await self.close()
-            return _lost(self.label, exc)
-        except SMTPException as exc:
-            await self.close()
-            return Reply(0, f"{self.label}: {exc}", PROTOCOL_ERROR)
-        self.healthy = True
-        return None
+        except DeliveryError as exc:
+            error = exc
+        except (SMTPException, OSError) as exc:
+            error = _stopped(self.label, exc)
+        else:
+            self.healthy = True
+            return None
+        await self.close()
+        return error.reply
 
     async def _open(self) -> None:
         label = self.label
@@ -132,13 +128,13 @@ class SmtpSession:
             await self.smtp.connect(timeout=self.settings.connect_timeout)
         except SMTPConnectResponseError as exc:
             # A refused greeting: try again later, as Postfix does (the host may recover).
-            raise _Broken(
-                Reply(0, f"{label} refused to talk to us: {exc.code} {exc.message}", "4.3.2")
+            raise NotAcceptingError(
+                f"{label} refused to talk to us: {exc.code} {exc.message}"
             ) from None
         except (SMTPTimeoutError, TimeoutError):
-            raise _Broken(Reply(0, f"connect to {label}: timed out", CONNECT_FAILED)) from None
+            raise ConnectFailedError(f"connect to {label}: timed out") from None
         except (SMTPException, OSError) as exc:
-            raise _Broken(Reply(0, f"connect to {label}: {exc}", CONNECT_FAILED)) from None
+            raise ConnectFailedError(f"connect to {label}: {exc}") from None
         await self._hello()
         await self._maybe_starttls()
         await self._maybe_login()
@@ -150,7 +146,7 @@ class SmtpSession:
             try:
                 await self.smtp.helo()
             except SMTPResponseException as exc:
-                raise _Broken(_deferring(exc, "HELO")) from None
+                raise _setup_refused(exc, "HELO") from None
 
     async def _maybe_starttls(self) -> None:
         mode = self.settings.tls
@@ -158,18 +154,17 @@ class SmtpSession:
         if step == "plain":
             return
         if step == "defer":
-            raise _Broken(tls_missing(self.label))
+            raise TlsUnavailableError(f"TLS is required but {self.label} does not offer STARTTLS")
         try:
             await self.smtp.starttls(tls_context=_no_verify_context())
         except SMTPResponseException as exc:
             if mode == "required":
-                raise _Broken(_deferring(exc, "STARTTLS")) from None
+                raise _setup_refused(exc, "STARTTLS") from None
             # Offered but refused: opportunistic TLS carries on in plain text.
             log.info("STARTTLS refused by %s (%s); continuing without TLS", self.label, exc)
             return
         except (ssl.SSLError, SMTPException, OSError, TimeoutError) as exc:
-            reply = Reply(0, f"TLS handshake with {self.label}: {exc}", TLS_FAILED)
-            raise _Broken(reply) from None
+            raise TlsFailedError(f"TLS handshake with {self.label}: {exc}") from None
         ssl_object = self.smtp.get_transport_info("ssl_object")
         self.tls_version = ssl_object.version() if ssl_object is not None else "TLS"
         await self._hello()  # RFC 3207: forget everything learnt before TLS
@@ -181,11 +176,9 @@ class SmtpSession:
             await self.smtp.login(self.settings.username, self.settings.password or "")
         except SMTPResponseException as exc:
             # A wrong password is an operator's fix, not the sender's fault: keep the mail.
-            raise _Broken(
-                Reply(0, f"AUTH at {self.label}: {exc.code} {exc.message}", AUTH_FAILED)
-            ) from None
+            raise LoginRefusedError(f"AUTH at {self.label}: {exc.code} {exc.message}") from None
         except SMTPException as exc:
-            raise _Broken(Reply(0, f"AUTH at {self.label}: {exc}", AUTH_FAILED)) from None
+            raise LoginRefusedError(f"AUTH at {self.label}: {exc}") from None
 
     async def transact(self, job: DeliveryJob, body: bytes) -> Transcript:
         """MAIL, one RCPT per recipient, DATA once if anyone was accepted; never raises.
@@ -204,10 +197,8 @@ class SmtpSession:
                     rcpts.append(await self._rcpt(recipient))
                 if Transcript(mail=mail, rcpts=tuple(rcpts)).needs_data:
                     data = await self._data(body)
-        except (SMTPServerDisconnected, SMTPTimeoutError, TimeoutError, OSError) as exc:
-            broken = _lost(self.label, exc)
-        except SMTPException as exc:
-            broken = Reply(0, f"{self.label}: {exc}", PROTOCOL_ERROR)
+        except (SMTPException, OSError) as exc:
+            broken = _stopped(self.label, exc).reply
         if broken is not None:
             self.healthy = False
         return Transcript(mail=mail, rcpts=tuple(rcpts), data=data, broken=broken)

@@ -1,6 +1,6 @@
 """The delivery worker's pure core: reply classification, result events, TLS choice."""
 
-from services.delivery.core.plan import retry_in_plain_text, tls_missing, tls_step, unsupported
+from services.delivery.core.plan import retry_in_plain_text, tls_step, unsupported
 from services.delivery.core.replies import Outcome, Reply, classify, enhanced_status
 from services.delivery.core.transaction import (
     Transcript,
@@ -21,7 +21,6 @@ __all__ = [
     "result_event_id",
     "result_events",
     "retry_in_plain_text",
-    "tls_missing",
     "tls_step",
     "unsupported",
 ]

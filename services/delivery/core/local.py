@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from services.delivery.core.replies import CONNECTION_LOST, PROTOCOL_ERROR, Reply
+from services.delivery.core.replies import CONNECTION_LOST, Reply
 
 DELIVERED = Reply(250, "2.0.0 Delivered to mailbox")
 MAILBOX_FULL = Reply(452, "4.2.2 Mailbox full")
@@ -70,7 +70,3 @@ def lmtp_replies(
             continue
         out.append(next(after_data, fallback))
     return out
-
-
-def lmtp_protocol_error(text: str) -> Reply:
-    return Reply(0, text, PROTOCOL_ERROR)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Literal
 
 from libs.common.contract.events import Destination
-from services.delivery.core.replies import ENCRYPTION_NEEDED, NOT_IMPLEMENTED, TLS_FAILED, Reply
+from services.delivery.core.replies import NOT_IMPLEMENTED, TLS_FAILED, Reply
 
 TlsMode = Literal["opportunistic", "required", "none"]
 TlsStep = Literal["starttls", "plain", "defer"]
@@ -27,10 +27,6 @@ def retry_in_plain_text(mode: str, broken: Reply | None) -> bool:
     """Opportunistic TLS whose handshake failed gets one more connection without TLS:
     a server with a broken TLS set-up still gets its mail, as with Postfix's "may"."""
     return mode == "opportunistic" and broken is not None and broken.status == TLS_FAILED
-
-
-def tls_missing(host: str) -> Reply:
-    return Reply(0, f"TLS is required but {host} does not offer STARTTLS", ENCRYPTION_NEEDED)
 
 
 def unsupported(destination: Destination) -> Reply | None:
