@@ -209,6 +209,17 @@ def test_type_literal_is_the_class_name(cls: type[ev.Event] | type[ev.AccessEven
     assert cls.model_fields["type"].default == cls.__name__
 
 
+SERVICES = ("ingress", "policy", "queue", "delivery", "notifier")
+
+
+@pytest.mark.parametrize("cls", [*ev.EVENT_TYPES, *ev.ACCESS_EVENT_TYPES], ids=_type_name)
+def test_every_type_names_its_publishers(cls: type[ev.Event] | type[ev.AccessEvent]) -> None:
+    # The bus permissions are derived from `publishers`: a type with none could never
+    # be published under them, and a misspelt service would grant nobody.
+    assert cls.publishers, f"{cls.__name__}.publishers is empty"
+    assert set(cls.publishers) <= set(SERVICES), cls.publishers
+
+
 def _samples_of(cls: type[E], samples: Sequence[BaseModel]) -> list[E]:
     found = [s for s in samples if isinstance(s, cls)]
     assert found, f"no golden sample for {cls.__name__}: add one to the samples, then regenerate"

@@ -7,7 +7,7 @@ under tests/golden pin the wire format of every type and version.
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
@@ -41,6 +41,10 @@ class TlsInfo(_Model):
 
 
 class Event(_Model):
+    # The services that may publish this type: the bus permissions are derived from it
+    # (contract/permissions.py), so a new type names its publisher here and nowhere else.
+    publishers: ClassVar[tuple[str, ...]] = ()
+
     event_id: str
     queue_id: str
     version: int = 1
@@ -48,6 +52,7 @@ class Event(_Model):
 
 
 class MessageReceived(Event):
+    publishers = ("ingress", "notifier")
     type: Literal["MessageReceived"] = "MessageReceived"
     mail_from: str
     recipients: tuple[Recipient, ...]
@@ -80,6 +85,7 @@ class Destination(_Model):
 class DeliveryScheduled(Event):
     """The queue handed these recipients to a delivery worker as one job."""
 
+    publishers = ("queue",)
     type: Literal["DeliveryScheduled"] = "DeliveryScheduled"
     job_id: str
     attempt: int
@@ -88,6 +94,7 @@ class DeliveryScheduled(Event):
 
 
 class _DeliveryResult(Event):
+    publishers = ("delivery",)
     job_id: str
     attempt: int
     recipient: str
@@ -128,6 +135,7 @@ class RecipientOutcome(_Model):
 class MessageDelayed(Event):
     """Emitted once by the queue when warn_after has passed with recipients still pending."""
 
+    publishers = ("queue",)
     type: Literal["MessageDelayed"] = "MessageDelayed"
     recipients: tuple[str, ...]
     outcomes: tuple[RecipientOutcome, ...] = ()
@@ -137,6 +145,7 @@ class MessageDelayed(Event):
 class MessageExpired(Event):
     """bounce_after has passed: these recipients fail as expired (4.4.7)."""
 
+    publishers = ("queue",)
     type: Literal["MessageExpired"] = "MessageExpired"
     recipients: tuple[str, ...]
     outcomes: tuple[RecipientOutcome, ...] = ()
@@ -146,6 +155,7 @@ class RecipientsFailed(Event):
     """Emitted by the queue once per delivery attempt round for the recipients that
     failed permanently in it, so one failure report covers them together."""
 
+    publishers = ("queue",)
     type: Literal["RecipientsFailed"] = "RecipientsFailed"
     attempt: int
     outcomes: tuple[RecipientOutcome, ...]
@@ -155,6 +165,7 @@ class RecipientsDelivered(Event):
     """Emitted by the queue per attempt round only for delivered recipients that asked
     for NOTIFY=SUCCESS (action "delivered", or "relayed" to a server without DSN)."""
 
+    publishers = ("queue",)
     type: Literal["RecipientsDelivered"] = "RecipientsDelivered"
     attempt: int
     outcomes: tuple[RecipientOutcome, ...]
@@ -168,6 +179,7 @@ class ReportSent(Event):
     `report_queue_id` is None when no report was due (null sender, NOTIFY=NEVER).
     """
 
+    publishers = ("notifier",)
     type: Literal["ReportSent"] = "ReportSent"
     trigger_event_id: str
     kind: Literal["failure", "delay", "success", "expiry"]
@@ -177,6 +189,7 @@ class ReportSent(Event):
 class MessageCompleted(Event):
     """Every recipient is final; the body is deleted after this is durable."""
 
+    publishers = ("queue",)
     type: Literal["MessageCompleted"] = "MessageCompleted"
     delivered: tuple[str, ...] = ()
     failed: tuple[str, ...] = ()
@@ -188,6 +201,7 @@ class MessageCompleted(Event):
 class MessageHeld(Event):
     """An operator put the message on hold (`mailbus queue hold`): no new attempts."""
 
+    publishers = ("queue",)
     type: Literal["MessageHeld"] = "MessageHeld"
     operator: str = ""
 
@@ -195,6 +209,7 @@ class MessageHeld(Event):
 class MessageReleased(Event):
     """An operator released a held message; deferred recipients are attempted at once."""
 
+    publishers = ("queue",)
     type: Literal["MessageReleased"] = "MessageReleased"
     operator: str = ""
 
@@ -202,6 +217,7 @@ class MessageReleased(Event):
 class MessageDeleted(Event):
     """An operator removed the message from the queue; no report is sent for it."""
 
+    publishers = ("queue",)
     type: Literal["MessageDeleted"] = "MessageDeleted"
     operator: str = ""
     # Recipients that were still undelivered when the message was deleted.
@@ -279,6 +295,8 @@ class DeliveryJob(_Model):
 class AccessEvent(_Model):
     """Published to MAILBUS_ACCESS under `subjects.access_subject(type)`."""
 
+    publishers: ClassVar[tuple[str, ...]] = ()  # as for Event
+
     event_id: str
     version: int = 1
     occurred_at: datetime = Field(default_factory=utcnow)
@@ -291,6 +309,7 @@ class Pop3LoginSucceeded(AccessEvent):
     whenever policy happens to read the event.
     """
 
+    publishers = ("ingress",)
     type: Literal["Pop3LoginSucceeded"] = "Pop3LoginSucceeded"
     client_ip: str
     user: str
@@ -305,6 +324,7 @@ class ClientBlocked(AccessEvent):
     expired or was lifted. `start` is when the block began, `end` when it runs out.
     """
 
+    publishers = ("policy",)
     type: Literal["ClientBlocked"] = "ClientBlocked"
     client_ip: str
     reason: str
@@ -316,6 +336,7 @@ class ClientBlocked(AccessEvent):
 class ClientUnblocked(AccessEvent):
     """An operator lifted a block before its end (`mailbus blocks remove`)."""
 
+    publishers = ("policy",)
     type: Literal["ClientUnblocked"] = "ClientUnblocked"
     client_ip: str
     block_start: datetime | None = None  # the block that was lifted, if one was found

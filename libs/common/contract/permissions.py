@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from libs.common.contract import subjects as s
+from libs.common.contract.events import ACCESS_EVENT_TYPES, EVENT_TYPES
 
 ADMIN_USER = "mailbus-admin"
 
@@ -110,8 +111,13 @@ def _kv(bucket: str, write: bool) -> list[str]:
     return out
 
 
-def _events(*types: str) -> list[str]:
-    return [s.events_of_type(t) for t in types]
+def _events(service: str) -> list[str]:
+    """The event subjects `service` publishes: each event type names its publishers."""
+    return [s.events_of_type(t.__name__) for t in EVENT_TYPES if service in t.publishers]
+
+
+def _access_events(service: str) -> list[str]:
+    return [s.access_subject(t.__name__) for t in ACCESS_EVENT_TYPES if service in t.publishers]
 
 
 def _micro(service: str) -> list[str]:
@@ -141,9 +147,9 @@ def service_permissions() -> dict[str, Permissions]:
             "ingress",
             publish=[
                 f"{s.POLICY_PREFIX}.*",
-                *_events("MessageReceived"),
+                *_events("ingress"),
                 *_object_store(bodies, write=True),
-                s.access_subject("Pop3LoginSucceeded"),
+                *_access_events("ingress"),
                 *_kv(s.CONNECTIONS_BUCKET, write=True),
                 # POP3 reads and deletes mailbox entries and takes the mailbox lock.
                 *_read_stream(s.MAILBOXES_STREAM),
@@ -158,8 +164,7 @@ def service_permissions() -> dict[str, Permissions]:
         "policy": _service(
             "policy",
             publish=[
-                s.access_subject("ClientBlocked"),
-                s.access_subject("ClientUnblocked"),
+                *_access_events("policy"),
                 *_read_stream(s.ACCESS_STREAM),
                 *_consume(s.ACCESS_STREAM, s.POLICY_GRANTS_CONSUMER),
                 *_kv(s.POLICY_COUNTERS_BUCKET, write=True),
@@ -173,17 +178,7 @@ def service_permissions() -> dict[str, Permissions]:
         "queue": _service(
             "queue",
             publish=[
-                *_events(
-                    "DeliveryScheduled",
-                    "MessageDelayed",
-                    "MessageExpired",
-                    "RecipientsFailed",
-                    "RecipientsDelivered",
-                    "MessageCompleted",
-                    "MessageHeld",
-                    "MessageReleased",
-                    "MessageDeleted",
-                ),
+                *_events("queue"),
                 *_read_stream(s.EVENTS_STREAM),
                 *_consume(s.EVENTS_STREAM, s.QUEUE_CONSUMER),
                 f"{s.JOBS_PREFIX}.*",
@@ -199,7 +194,7 @@ def service_permissions() -> dict[str, Permissions]:
         "delivery": _service(
             "delivery",
             publish=[
-                *_events("DeliverySucceeded", "DeliveryDeferred", "DeliveryFailed"),
+                *_events("delivery"),
                 *_consume(s.JOBS_STREAM, s.DELIVERY_CONSUMER),
                 *_object_store(bodies, write=False),
                 f"{s.MAILBOXES_PREFIX}.*",
@@ -212,7 +207,7 @@ def service_permissions() -> dict[str, Permissions]:
             "notifier",
             publish=[
                 # A report is a new message: body, then its MessageReceived.
-                *_events("MessageReceived", "ReportSent"),
+                *_events("notifier"),
                 *_read_stream(s.EVENTS_STREAM),
                 *_consume(s.EVENTS_STREAM, s.NOTIFIER_CONSUMER),
                 *_object_store(bodies, write=True),
