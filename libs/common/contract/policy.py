@@ -14,6 +14,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
+from libs.common.contract import replies
+from libs.common.contract.replies import SmtpReply
+
 Action = Literal["accept", "reject", "defer", "disconnect"]
 Stage = Literal["connect", "helo", "auth", "mail", "rcpt", "data"]
 
@@ -77,11 +80,32 @@ class PolicyDecision(_Model):
 
     @property
     def smtp_reply(self) -> str:
-        return f"{self.code} {self.status} {self.message}"
+        return str(SmtpReply(self.code, self.status, self.message))
 
     @classmethod
-    def accept(cls, rule: str, message: str = "Ok", code: int = 250) -> PolicyDecision:
-        return cls(action="accept", code=code, status="2.0.0", message=message, rule=rule)
+    def of(cls, reply: SmtpReply, rule: str, canonical: str | None = None) -> PolicyDecision:
+        """The decision that answers with `reply`; its action follows from the code."""
+        return cls(
+            action=action_of(reply.code),
+            code=reply.code,
+            status=reply.status,
+            message=reply.text,
+            rule=rule,
+            canonical=canonical,
+        )
+
+    @classmethod
+    def accept(cls, rule: str) -> PolicyDecision:
+        return cls.of(replies.OK, rule)
+
+
+def action_of(code: int) -> Action:
+    """2xx accepts, 4xx defers, 5xx rejects; a 421 also ends the session (RFC 5321 3.8)."""
+    if code // 100 == 2:
+        return "accept"
+    if code == 421:
+        return "disconnect"
+    return "defer" if code // 100 == 4 else "reject"
 
 
 def canonical_ip(text: str) -> str | None:
@@ -100,10 +124,4 @@ def canonical_ip(text: str) -> str | None:
     return str(ip)
 
 
-POLICY_UNAVAILABLE = PolicyDecision(
-    action="defer",
-    code=451,
-    status="4.3.0",
-    message="Policy service unavailable, try again later",
-    rule="policy_unavailable",
-)
+POLICY_UNAVAILABLE = PolicyDecision.of(replies.POLICY_UNAVAILABLE, "policy_unavailable")

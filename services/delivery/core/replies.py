@@ -1,6 +1,7 @@
 """SMTP replies as data: what a reply means for a recipient, and its RFC 3463 status.
 
-The basic reply code decides the outcome (RFC 5321 section 4.2.1); the enhanced
+This is the outbound table: how delivery reads what a remote server said. The
+basic reply code decides the outcome (RFC 5321 section 4.2.1); the enhanced
 status code is taken from the reply text when the server gives one (RFC 2034),
 else derived from the basic code so every result event carries one.
 """
@@ -11,21 +12,22 @@ import re
 from dataclasses import dataclass
 from typing import Literal
 
+from libs.common.contract.replies import DEFAULT_STATUS
+
 Outcome = Literal["succeeded", "deferred", "failed"]
 
 _ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})(?=\s|$)")
 
-# Basic code -> the RFC 3463 status that names it best; other codes fall back to X.0.0.
-_DERIVED: dict[int, str] = {
-    421: "4.3.2",  # service not available: system not accepting network messages
-    450: "4.2.0",  # mailbox unavailable
-    451: "4.3.0",  # local error in processing
-    452: "4.3.1",  # insufficient system storage
+# How a reply without an enhanced status is read: by its basic code, with the default
+# of the one table of statuses (the contract's, which ingress sends with) for the codes
+# whose meaning does not depend on what was asked. Every other code (a 500, a 530 with
+# no status) says too little of its subject and is read as X.0.0.
+_READ_AS: dict[int, str] = {
+    **{code: DEFAULT_STATUS[code] for code in (421, 450, 451, 452, 551, 553, 554)},
+    # A remote server's 550 and 552 answer RCPT or DATA, so they speak of the mailbox;
+    # the 550 and 552 mailbus sends do not (552 only for a message too big, 5.3.4).
     550: "5.2.0",  # mailbox unavailable
-    551: "5.1.6",  # user not local
-    552: "5.2.2",  # exceeded storage allocation
-    553: "5.1.3",  # mailbox name not allowed
-    554: "5.0.0",  # transaction failed
+    552: "5.2.2",  # mailbox full: exceeded storage allocation
 }
 
 # No reply at all (connection refused, timeout, lost): RFC 3463 network statuses.
@@ -78,8 +80,8 @@ def enhanced_status(code: int, text: str) -> str:
         # The basic code decides the class (RFC 3463 asks them to agree; when a server
         # disagrees, keep its subject and detail but not its class).
         return f"{klass}.{match.group(2)}.{match.group(3)}"
-    if code in _DERIVED:
-        return _DERIVED[code]
+    if code in _READ_AS:
+        return _READ_AS[code]
     if 200 <= code < 300 or 400 <= code < 600:
         return f"{klass}.0.0"
     return PROTOCOL_ERROR

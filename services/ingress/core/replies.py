@@ -1,53 +1,25 @@
-"""SMTP reply texts: every 2xx/4xx/5xx reply carries an RFC 3463 enhanced status code.
+"""SMTP replies as ingress writes them: every 2xx/4xx/5xx reply carries an RFC 3463 status.
 
-aiosmtpd writes many of its own replies without one ("503 Error: need MAIL
-command"); `enhance` adds the code RFC 3463 / RFC 5248 give for that reply code,
-so a client sees the same shape whether the library or policy answered.
+The texts are the contract's one table of what mailbus sends
+(libs/common/contract/replies.py); here they become the lines ingress pushes.
+aiosmtpd writes many of its own replies without a status ("503 Error: need
+MAIL command"); `enhance` adds the default status of the reply code, so a
+client sees the same shape whether the library or policy answered.
 """
 
 from __future__ import annotations
 
 import re
 
+from libs.common.contract import replies
+from libs.common.contract.replies import DEFAULT_STATUS, SmtpReply
+
 _HAS_STATUS = re.compile(r"[245]\.\d{1,3}\.\d{1,3}(?: |$)")
 
-# The usual enhanced status of each basic reply code (RFC 5248's registry).
-DEFAULT_STATUS: dict[int, str] = {
-    211: "2.0.0",
-    214: "2.0.0",
-    220: "2.0.0",
-    221: "2.0.0",
-    235: "2.7.0",
-    250: "2.0.0",
-    251: "2.1.5",
-    252: "2.5.0",
-    421: "4.3.0",
-    450: "4.2.0",
-    451: "4.3.0",
-    452: "4.3.1",
-    454: "4.7.0",
-    500: "5.5.2",
-    501: "5.5.4",
-    502: "5.5.1",
-    503: "5.5.1",
-    504: "5.5.4",
-    521: "5.3.2",
-    530: "5.7.0",
-    534: "5.7.9",
-    535: "5.7.8",
-    538: "5.7.11",
-    550: "5.0.0",
-    551: "5.1.6",
-    552: "5.3.4",
-    553: "5.1.3",
-    554: "5.0.0",
-    555: "5.5.4",
-}
-
-SHUTTING_DOWN = "421 4.3.2 Service shutting down, closing transmission channel"
-INTERNAL_ERROR = "451 4.3.0 Internal error, try again later"
-QUEUE_UNAVAILABLE = "451 4.3.0 Queue unavailable, try again later"
-LINE_TOO_LONG = "500 5.5.2 Line too long (see RFC 5321 section 4.5.3.1.6)"
+SHUTTING_DOWN = str(replies.SHUTTING_DOWN)
+INTERNAL_ERROR = str(replies.INTERNAL_ERROR)
+QUEUE_UNAVAILABLE = str(replies.QUEUE_UNAVAILABLE)
+LINE_TOO_LONG = str(replies.LINE_TOO_LONG)
 
 
 def enhance(reply: str) -> str:
@@ -65,7 +37,7 @@ def enhance(reply: str) -> str:
 
 
 def format_reply(code: int, status: str, message: str) -> str:
-    return f"{code} {status} {message}"
+    return str(SmtpReply(code, status, message))
 
 
 def closing_reply(code: int, status: str, message: str) -> str:
@@ -76,9 +48,9 @@ def closing_reply(code: int, status: str, message: str) -> str:
 
 
 def too_big(limit: int) -> str:
-    """DATA past max_message_size: nothing of it was kept (RFC 1870's 552 with 5.3.4)."""
-    return f"552 5.3.4 Message size exceeds the limit of {limit} bytes; nothing was stored"
+    """DATA past max_message_size, told after the final dot: nothing of it was kept."""
+    return f"{replies.too_big(limit)}; nothing was stored"
 
 
 def accepted(qid: str) -> str:
-    return f"250 2.0.0 Ok: queued as {qid}"
+    return str(replies.queued(qid))
