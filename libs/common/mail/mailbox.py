@@ -19,15 +19,15 @@ open, so two sessions never see and delete the same messages.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
-from dataclasses import dataclass
+from typing import Any
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError, NotFoundError
 from nats.js.object_store import ObjectStore
 
 from libs.common.contract import subjects
+from libs.common.contract.records import Record
 
 log = logging.getLogger(__name__)
 
@@ -50,26 +50,27 @@ def message_uid(queue_id: str, recipient: str) -> str:
     return f"{queue_id}.{digest}"
 
 
-@dataclass(frozen=True)
-class MailboxEntry:
-    """One message of a mailbox; `seq` is its entry's place in the stream."""
+class MailboxEntry(Record):
+    """One message of a mailbox; `seq` is its entry's place in the stream (0 until stored).
 
-    seq: int
+    The entry's value is {"uid", "size", "queue_id"} in that order; `seq` is not in
+    it, the stream gives it.
+    """
+
+    seq: int = 0
     uid: str
     size: int
-    queue_id: str = ""
+    queue_id: str  # required when read, as it always was
 
-    def encode(self) -> bytes:
-        return json.dumps({"uid": self.uid, "size": self.size, "queue_id": self.queue_id}).encode()
+    def stored(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude={"seq"})
 
     @classmethod
-    def decode(cls, seq: int, data: bytes) -> MailboxEntry | None:
+    def read(cls, seq: int, data: bytes) -> MailboxEntry | None:
+        """The entry stored at `seq`, or None when its value cannot be read."""
         try:
-            raw = json.loads(data)
-            return cls(
-                seq=seq, uid=str(raw["uid"]), size=int(raw["size"]), queue_id=raw["queue_id"]
-            )
-        except (ValueError, KeyError, TypeError):
+            return cls.decode(data).model_copy(update={"seq": seq})
+        except ValueError:
             return None
 
 
@@ -114,7 +115,7 @@ class MailboxStore:
                 break
             if raw.seq is None:
                 break
-            entry = MailboxEntry.decode(raw.seq, raw.data or b"")
+            entry = MailboxEntry.read(raw.seq, raw.data or b"")
             if entry is None:
                 log.warning("mailbox entry %d unreadable; skipped", raw.seq)
             else:
