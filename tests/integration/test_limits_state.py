@@ -61,7 +61,13 @@ async def test_two_replicas_blocking_together_make_one_block(
     now = datetime.now(UTC)
     stores = [BlockStore(js) for js in replicas]
     blocks = [
-        Block(CLIENT, f"seen by replica {i}", "directory_harvest", now, now + timedelta(hours=1))
+        Block(
+            client_ip=CLIENT,
+            reason=f"seen by replica {i}",
+            rule="directory_harvest",
+            start=now,
+            end=now + timedelta(hours=1),
+        )
         for i in (1, 2)
     ]
     results = await asyncio.gather(*(s.impose(b, now) for s, b in zip(stores, blocks, strict=True)))

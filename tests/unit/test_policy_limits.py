@@ -204,7 +204,11 @@ def test_only_unknown_local_recipients_count() -> None:
 
 
 BLOCK = Block(
-    CLIENT, "4 unknown local recipients", "directory_harvest", NOW, NOW + timedelta(hours=1)
+    client_ip=CLIENT,
+    reason="4 unknown local recipients",
+    rule="directory_harvest",
+    start=NOW,
+    end=NOW + timedelta(hours=1),
 )
 
 
@@ -224,7 +228,13 @@ def test_a_block_refuses_connections_until_it_ends(
     block = (
         BLOCK
         if ip == CLIENT
-        else Block(ip, "x", "directory_harvest", NOW, NOW + timedelta(hours=1))
+        else Block(
+            client_ip=ip,
+            reason="x",
+            rule="directory_harvest",
+            start=NOW,
+            end=NOW + timedelta(hours=1),
+        )
     )
     facts = Facts(block=block, sender_domain=SenderDomain("sender.test", "found"))
     decision = decide(query(stage, ip, mail_from="a@sender.test"), RULES, at, facts)
@@ -235,7 +245,13 @@ def test_a_block_refuses_connections_until_it_ends(
 
 
 def test_a_block_of_another_address_blocks_nothing() -> None:
-    other = Block("192.0.2.99", "x", "directory_harvest", NOW, NOW + timedelta(hours=1))
+    other = Block(
+        client_ip="192.0.2.99",
+        reason="x",
+        rule="directory_harvest",
+        start=NOW,
+        end=NOW + timedelta(hours=1),
+    )
     assert answer(query("connect"), Facts(block=other)).accepted
 
 

@@ -19,8 +19,8 @@ from libs.common.contract import subjects
 from libs.common.contract.events import ClientBlocked, ClientUnblocked, event_type
 from libs.common.runtime import bus
 from libs.common.runtime.kv import CAS_ATTEMPTS, Bucket, backoff
-from services.policy.adapters.stores import ContentionError
-from services.policy.core import Block, BlockFormatError
+from services.policy.adapters.stores import readable
+from services.policy.core import Block, ContentionError
 from services.policy.core.blocks import unblock_event_id
 
 log = logging.getLogger(__name__)
@@ -37,7 +37,7 @@ class BlockStore:
         entry = await self._bucket.get(subjects.token(client_ip))
         if entry is None or entry.value is None:
             return None
-        return _decode(client_ip, entry.value)
+        return readable(Block, f"block {client_ip}", entry.value)
 
     async def impose(self, block: Block, now: datetime) -> tuple[Block, bool]:
         """Store the block unless one is active already; (the block in force, made now?)."""
@@ -47,7 +47,7 @@ class BlockStore:
             entry = await self._bucket.get(key)
             current = None
             if entry is not None and entry.value is not None:
-                current = _decode(block.client_ip, entry.value)
+                current = readable(Block, f"block {block.client_ip}", entry.value)
             if current is not None and current.active_at(now):
                 return current, False
             revision = entry.revision if entry is not None and entry.revision else 0
@@ -81,7 +81,7 @@ class BlockStore:
             entry = await self._bucket.get(key)
             if entry is None or entry.value is None:
                 continue  # a purge marker
-            block = _decode(key, entry.value)
+            block = readable(Block, f"block {key}", entry.value)
             if block is not None and block.active_at(now):
                 found.append(block)
         return sorted(found, key=lambda b: (b.start, b.client_ip))
@@ -103,11 +103,3 @@ class BlockStore:
         except Exception as exc:
             # The block is in force (the KV write succeeded); only its history entry is missing.
             log.error("block of %s not recorded as an event: %s", block.client_ip, exc)
-
-
-def _decode(where: str, value: bytes) -> Block | None:
-    try:
-        return Block.decode(value)
-    except BlockFormatError as exc:
-        log.warning("block %s ignored: %s", where, exc)
-        return None

@@ -8,17 +8,14 @@ at each increment: an address that goes quiet leaves nothing behind.
 
 from __future__ import annotations
 
-import logging
 from datetime import datetime
 
 from nats.js import JetStreamContext
 
 from libs.common.contract import subjects
 from libs.common.runtime.kv import CAS_ATTEMPTS, Bucket, backoff
-from services.policy.adapters.stores import ContentionError
-from services.policy.core import CountFormatError, SlidingCount, Window
-
-log = logging.getLogger(__name__)
+from services.policy.adapters.stores import readable
+from services.policy.core import ContentionError, SlidingCount, Window
 
 
 class SlidingCounters:
@@ -30,7 +27,7 @@ class SlidingCounters:
         entry = await self._bucket.get(key)
         if entry is None or entry.value is None:
             return None
-        return _decode(key, entry.value)
+        return readable(SlidingCount, f"count {key}", entry.value)
 
     async def add(self, key: str, now: datetime) -> SlidingCount:
         """Count one event now; returns the count including it."""
@@ -38,7 +35,7 @@ class SlidingCounters:
             entry = await self._bucket.get(key)
             current = SlidingCount()
             if entry is not None and entry.value is not None:
-                current = _decode(key, entry.value) or SlidingCount()
+                current = readable(SlidingCount, f"count {key}", entry.value) or current
             counted = current.add(self._window, now)
             revision = entry.revision if entry is not None and entry.revision else 0
             ttl = self._window.retention.total_seconds()
@@ -49,11 +46,3 @@ class SlidingCounters:
 
     async def reset(self, key: str) -> None:
         await self._bucket.purge(key)
-
-
-def _decode(key: str, value: bytes) -> SlidingCount | None:
-    try:
-        return SlidingCount.decode(value)
-    except CountFormatError as exc:
-        log.warning("count %s ignored: %s", key, exc)
-        return None

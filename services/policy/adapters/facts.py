@@ -24,6 +24,7 @@ from services.policy.core import (
     HOUR,
     NO_FACTS,
     Facts,
+    LimitsUnavailable,
     Needs,
     PolicyRules,
     blocked,
@@ -34,10 +35,6 @@ from services.policy.core import (
 from services.policy.core.security import client_of
 
 log = logging.getLogger(__name__)
-
-
-class LimitsUnavailable(Exception):
-    """Shared state a limit needs could not be read."""
 
 
 class FactFinder:

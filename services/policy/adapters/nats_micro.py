@@ -23,12 +23,23 @@ from pydantic import ValidationError
 
 from libs.common.contract import subjects
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
+from libs.common.contract.records import first_error
 from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
 from libs.common.runtime.telemetry import context_from_headers, tracer
-from services.policy.adapters.facts import FactFinder, LimitsUnavailable
+from services.policy.adapters.facts import FactFinder
 from services.policy.adapters.passwords import PasswordChecker
 from services.policy.adapters.stores import FailedLoginCounter, GrantStore
-from services.policy.core import NO_FACTS, Facts, PolicyRules, decide, needs, wants_pop3_grant
+from services.policy.core import (
+    NO_FACTS,
+    Facts,
+    GrantsUnavailable,
+    PolicyRules,
+    Pop3Grant,
+    Unavailable,
+    decide,
+    needs,
+    wants_pop3_grant,
+)
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -38,23 +49,6 @@ Clock = Callable[[], datetime]
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
-
-
-GRANTS_UNAVAILABLE = PolicyDecision(
-    action="defer",
-    code=451,
-    status="4.3.0",
-    message="Relay permission cannot be checked now, try again later",
-    rule="pop3_grants_unavailable",
-)
-
-LIMITS_UNAVAILABLE = PolicyDecision(
-    action="defer",
-    code=451,
-    status="4.3.0",
-    message="Limits cannot be checked now, try again later",
-    rule="limits_unavailable",
-)
 
 
 @dataclass
@@ -141,30 +135,34 @@ class PolicyEndpoints:
         return await finder.gather(needs(query, self._rules), query)
 
     async def _decide(self, query: PolicyQuery) -> PolicyDecision:
-        if query.stage == "auth":
-            return await self._authenticate(query)
+        """A fact that cannot be looked up now defers the query with its error's reply."""
         try:
-            facts = await self._facts(query)
-        except LimitsUnavailable:
-            return LIMITS_UNAVAILABLE
+            if query.stage == "auth":
+                return await self._authenticate(query)
+            return await self._decide_stage(query)
+        except Unavailable as exc:
+            return exc.decision
+
+    async def _decide_stage(self, query: PolicyQuery) -> PolicyDecision:
+        facts = await self._facts(query)
         decision = decide(query, self._rules, self._clock(), facts)
-        grants = self._lookups.grants
-        if grants is not None and wants_pop3_grant(decision, self._rules):
-            try:
-                grant = await grants.get(query.session.client_ip)
-            except Exception as exc:
-                log.warning("pop3 grants unreadable: %s: %s", type(exc).__name__, exc)
-                return GRANTS_UNAVAILABLE
+        if self._lookups.grants is not None and wants_pop3_grant(decision, self._rules):
+            grant = await self._grant(self._lookups.grants, query)
             decision = decide(query, self._rules, self._clock(), replace(facts, pop3_grant=grant))
         if self._lookups.facts is not None:
             decision = await self._lookups.facts.record(query, decision, self._clock())
         return decision
 
-    async def _authenticate(self, query: PolicyQuery) -> PolicyDecision:
+    @staticmethod
+    async def _grant(grants: GrantStore, query: PolicyQuery) -> Pop3Grant | None:
         try:
-            facts = await self._facts(query)
-        except LimitsUnavailable:
-            return LIMITS_UNAVAILABLE
+            return await grants.get(query.session.client_ip)
+        except Exception as exc:
+            log.warning("pop3 grants unreadable: %s: %s", type(exc).__name__, exc)
+            raise GrantsUnavailable(str(exc)) from exc
+
+    async def _authenticate(self, query: PolicyQuery) -> PolicyDecision:
+        facts = await self._facts(query)
         account = self._rules.directory.login(query.username or "")
         checker = self._lookups.passwords
         # Decided first without the password: an address over its failed-login limit
@@ -207,9 +205,7 @@ class PolicyEndpoints:
         try:
             query = PolicyQuery.model_validate_json(data)
         except ValidationError as exc:
-            first = exc.errors()[0] if exc.errors() else {"msg": str(exc)}
-            where = ".".join(str(p) for p in first.get("loc", ()))
-            return f"invalid PolicyQuery: {where + ': ' if where else ''}{first['msg']}"
+            return f"invalid PolicyQuery: {first_error(exc)}"
         if query.stage != stage:
             return f"query for stage {query.stage!r} sent to the {stage!r} endpoint"
         return query

@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import logging
 from datetime import datetime, timedelta
+from typing import TypeVar
 
 from nats.js import JetStreamContext
 
 from libs.common.contract import subjects
+from libs.common.contract.records import Record
 from libs.common.runtime.kv import CAS_ATTEMPTS, Bucket, backoff
-from services.policy.core import GrantFormatError, Pop3Grant, canonical_ip, later
+from services.policy.core import (
+    ContentionError,
+    GrantFormatError,
+    Pop3Grant,
+    RecordFormatError,
+    canonical_ip,
+    later,
+)
 from services.policy.core.failures import FAILURE_WINDOW, FailedLogins, first_failure
 
 log = logging.getLogger(__name__)
@@ -25,8 +34,16 @@ log = logging.getLogger(__name__)
 GRANT_TTL_MARGIN = timedelta(seconds=60)
 
 
-class ContentionError(Exception):
-    """Too many concurrent writers on one key; the caller retries later."""
+R = TypeVar("R", bound=Record)
+
+
+def readable(record: type[R], what: str, value: bytes) -> R | None:
+    """The stored record, or None (and a warning) when it does not parse: it is ignored."""
+    try:
+        return record.decode(value)
+    except RecordFormatError as exc:
+        log.warning("%s ignored: %s", what, exc)
+        return None
 
 
 def client_key(client_ip: str) -> str | None:
@@ -45,11 +62,7 @@ class GrantStore:
         entry = await self._bucket.get(key)
         if entry is None or entry.value is None:
             return None
-        try:
-            return Pop3Grant.decode(entry.value)
-        except GrantFormatError as exc:
-            log.warning("grant for %s ignored: %s", client_ip, exc)
-            return None
+        return readable(Pop3Grant, f"grant for {client_ip}", entry.value)
 
     async def record(self, grant: Pop3Grant, now: datetime) -> bool:
         """Store the grant unless a longer one is there or it is long past; True if written."""

@@ -16,6 +16,10 @@ import ipaddress
 import string
 from dataclasses import dataclass
 
+from libs.common.contract import replies
+from libs.common.contract.replies import SmtpReply
+from services.policy.core.errors import AddressError
+
 MAX_LOCAL_OCTETS = 64
 MAX_DOMAIN_OCTETS = 253
 MAX_LABEL_OCTETS = 63
@@ -23,14 +27,6 @@ MAX_LABEL_OCTETS = 63
 # RFC 5322 atext; any non-ASCII character is also atext under RFC 6531.
 _ATEXT = frozenset(string.ascii_letters + string.digits + "!#$%&'*+-/=?^_`{|}~")
 _LABEL_CHARS = frozenset(string.ascii_lowercase + string.digits + "-")
-
-
-class AddressError(ValueError):
-    """The text is not a syntactically valid SMTP path; `reason` says where it breaks."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -53,7 +49,7 @@ class RoutingTrick:
     """A recipient whose local part or route could make a later hop relay it elsewhere."""
 
     rule: str
-    message: str
+    reply: SmtpReply
 
 
 def parse_path(text: str) -> Mailbox | None:
@@ -83,20 +79,13 @@ def parse_path(text: str) -> Mailbox | None:
 def routing_trick(mailbox: Mailbox) -> RoutingTrick | None:
     """Name the sender-specified routing in a recipient, if any (Postfix's untrusted routing)."""
     if mailbox.route:
-        return RoutingTrick(
-            "source_route",
-            "Source-routed addresses are not accepted; address the final recipient directly",
-        )
+        return RoutingTrick("source_route", replies.SOURCE_ROUTE)
     if "@" in mailbox.local:
-        return RoutingTrick(
-            "nested_address", "An address inside the local part ('@') is not accepted"
-        )
+        return RoutingTrick("nested_address", replies.NESTED_ADDRESS)
     if "%" in mailbox.local:
-        return RoutingTrick("percent_hack", "'%' routing in the local part is not accepted")
+        return RoutingTrick("percent_hack", replies.PERCENT_HACK)
     if "!" in mailbox.local:
-        return RoutingTrick(
-            "bang_path", "'!' (UUCP bang path) routing in the local part is not accepted"
-        )
+        return RoutingTrick("bang_path", replies.BANG_PATH)
     return None
 
 

@@ -7,27 +7,25 @@ whether it still holds; the key's TTL only cleans up, like POP3 grants.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from libs.common.contract import replies
 from libs.common.contract.policy import PolicyDecision
+from libs.common.contract.records import Record, ZonedTime
+from services.policy.core.errors import BlockFormatError
 from services.policy.core.rules import SecurityLimits
 
 HARVEST_RULE = "directory_harvest"
 
 
-class BlockFormatError(ValueError):
-    """A stored block that cannot be read; it blocks nothing."""
-
-
-@dataclass(frozen=True)
-class Block:
+class Block(Record):
     client_ip: str  # canonical
     reason: str
     rule: str
-    start: datetime
-    end: datetime
+    start: ZonedTime
+    end: ZonedTime
+
+    unreadable = BlockFormatError
 
     def active_at(self, now: datetime) -> bool:
         return self.start <= now < self.end
@@ -36,35 +34,6 @@ class Block:
     def event_id(self) -> str:
         """One id per block: a retried publish of the same block is deduplicated."""
         return _event_id("block", self.client_ip, self.start)
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "client_ip": self.client_ip,
-                "reason": self.reason,
-                "rule": self.rule,
-                "start": self.start.isoformat(),
-                "end": self.end.isoformat(),
-            },
-            sort_keys=True,
-        ).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> Block:
-        try:
-            raw = json.loads(data)
-            block = cls(
-                client_ip=str(raw["client_ip"]),
-                reason=str(raw["reason"]),
-                rule=str(raw["rule"]),
-                start=datetime.fromisoformat(raw["start"]),
-                end=datetime.fromisoformat(raw["end"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise BlockFormatError(f"unreadable block: {exc}") from None
-        if block.start.tzinfo is None or block.end.tzinfo is None:
-            raise BlockFormatError("block times without a time zone")
-        return block
 
 
 def unblock_event_id(client_ip: str, block_start: datetime) -> str:
@@ -94,16 +63,5 @@ def harvest_block(
 
 
 def blocked(block: Block) -> PolicyDecision:
-    """The refusal of every connection (and further command) from a blocked address.
-
-    421, not 5xx: a legitimate server behind that address retries after the block
-    instead of bouncing its mail.
-    """
-    until = block.end.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return PolicyDecision(
-        action="disconnect",
-        code=421,
-        status="4.7.0",
-        message=f"{block.client_ip} is blocked until {until}: {block.reason}",
-        rule=block.rule,
-    )
+    """The refusal of every connection (and further command) from a blocked address."""
+    return PolicyDecision.of(replies.blocked(block.client_ip, block.end, block.reason), block.rule)

@@ -12,11 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from libs.common.contract import replies
 from libs.common.contract.policy import PolicyDecision, PolicyQuery, canonical_ip
 from services.policy.core import security
-from services.policy.core.address import AddressError, Mailbox, parse_path, routing_trick
+from services.policy.core.address import Mailbox, parse_path, routing_trick
 from services.policy.core.blocks import Block
 from services.policy.core.directory import mailbox_key
+from services.policy.core.errors import AddressError
 from services.policy.core.failures import FailedLogins
 from services.policy.core.grants import Pop3Grant
 from services.policy.core.rules import PolicyRules
@@ -41,12 +43,7 @@ NO_FACTS = Facts()
 
 StageRule = Callable[[PolicyQuery, PolicyRules, datetime, Facts], PolicyDecision]
 
-RELAY_DENIED_MESSAGE = "Relay access denied"
 AUTH_MECHANISMS = ("PLAIN", "LOGIN")
-
-
-def reject(code: int, status: str, message: str, rule: str) -> PolicyDecision:
-    return PolicyDecision(action="reject", code=code, status=status, message=message, rule=rule)
 
 
 def _connect(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
@@ -66,76 +63,61 @@ def _helo(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -
 
 def _auth(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     if (query.mechanism or "").upper() not in AUTH_MECHANISMS:
-        return reject(504, "5.5.4", "Unrecognized authentication type", "auth_mechanism")
+        return PolicyDecision.of(replies.UNKNOWN_MECHANISM, "auth_mechanism")
     if not query.session.tls and query.session.listener not in rules.plaintext_login_listeners:
         # Ingress never offers AUTH in plain text; this holds even if a listener forgot.
         # Only a POP3 listener the operator set to `tls: none` may log in without TLS.
-        return reject(
-            538, "5.7.11", "Encryption required for requested authentication mechanism", "auth_tls"
-        )
+        return PolicyDecision.of(replies.ENCRYPTION_REQUIRED, "auth_tls")
     if query.session.auth_user:
-        return reject(503, "5.5.1", "Already authenticated", "auth_twice")
+        return PolicyDecision.of(replies.ALREADY_AUTHENTICATED, "auth_twice")
     locked = security.auth_refusal(query, rules.limits, now, facts.failed_logins)
     if locked is not None:
         return locked
     account = rules.directory.login(query.username or "")
     if account is None or account.password_hash is None or not facts.password_ok:
-        return reject(535, "5.7.8", "Authentication credentials invalid", "auth_failed")
-    return PolicyDecision(
-        action="accept",
-        code=235,
-        status="2.7.0",
-        message="Authentication successful",
-        rule="auth_ok",
-        canonical=account.address,
-    )
+        return PolicyDecision.of(replies.AUTH_FAILED, "auth_failed")
+    return PolicyDecision.of(replies.AUTHENTICATED, "auth_ok", canonical=account.address)
 
 
 def _mail(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     if query.mail_from is None:
-        return reject(501, "5.5.4", "Syntax: MAIL FROM:<address>", "mail_missing")
+        return PolicyDecision.of(replies.MAIL_SYNTAX, "mail_missing")
     try:
         sender = parse_path(query.mail_from)
     except AddressError as exc:
-        return reject(501, "5.1.7", f"Bad sender address syntax: {exc.reason}", "mail_syntax")
+        return PolicyDecision.of(replies.bad_sender(exc.reason), "mail_syntax")
     # A source route on the sender is ignored (RFC 5321 appendix C); the null sender is valid.
     if sender is not None and not sender.domain:
-        return reject(501, "5.1.7", "Bad sender address syntax: no domain", "mail_syntax")
+        return PolicyDecision.of(replies.bad_sender("no domain"), "mail_syntax")
     refusal = security.mail_refusal(
         query, rules.limits, now, sender, facts.block, facts.messages, facts.sender_domain
     )
     if refusal is not None:
         return refusal
-    return PolicyDecision(
-        action="accept",
-        code=250,
-        status="2.1.0",
-        message="Ok",
-        rule="mail_ok",
-        canonical=sender.address if sender is not None else "",
-    )
+    canonical = sender.address if sender is not None else ""
+    return PolicyDecision.of(replies.SENDER_OK, "mail_ok", canonical=canonical)
 
 
 def _rcpt(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> PolicyDecision:
     if query.rcpt is None:
-        return reject(501, "5.5.4", "Syntax: RCPT TO:<address>", "rcpt_missing")
+        return PolicyDecision.of(replies.RCPT_SYNTAX, "rcpt_missing")
     too_many = security.rcpt_refusal(query, rules.limits)
     if too_many is not None:
         return too_many
     try:
         rcpt = parse_path(query.rcpt)
     except AddressError as exc:
-        return reject(501, "5.1.3", f"Bad recipient address syntax: {exc.reason}", "rcpt_syntax")
+        return PolicyDecision.of(replies.bad_recipient(exc.reason), "rcpt_syntax")
     if rcpt is None:
-        return reject(501, "5.1.3", "The null address is not a recipient", "rcpt_syntax")
+        return PolicyDecision.of(replies.NULL_RECIPIENT, "rcpt_syntax")
     trick = routing_trick(rcpt)
     if trick is not None:
-        return reject(553, "5.1.3", trick.message, trick.rule)
+        return PolicyDecision.of(trick.reply, trick.rule)
     if is_local(rcpt, rules):
         return _local_rcpt(rcpt, rules)
     rule = _relay_rule(query, rules, now, facts)
     if rule is None:
-        return reject(554, "5.7.1", RELAY_DENIED_MESSAGE, "relay_denied")
+        return PolicyDecision.of(replies.RELAY_DENIED, "relay_denied")
     return _accept_rcpt(rule, rcpt.address)
 
 
@@ -153,12 +135,7 @@ def _local_rcpt(rcpt: Mailbox, rules: PolicyRules) -> PolicyDecision:
     if rcpt.local.lower() == "postmaster":
         # RFC 5321 section 4.5.1: postmaster of every local domain must be accepted.
         return _accept_rcpt("postmaster", _postmaster(rules) or rcpt.address)
-    return reject(
-        550,
-        "5.1.1",
-        f"<{rcpt.address}>: Recipient address rejected: User unknown",
-        "unknown_recipient",
-    )
+    return PolicyDecision.of(replies.unknown_recipient(rcpt.address), "unknown_recipient")
 
 
 def _postmaster(rules: PolicyRules) -> str:
@@ -175,9 +152,7 @@ def _postmaster(rules: PolicyRules) -> str:
 
 
 def _accept_rcpt(rule: str, canonical: str) -> PolicyDecision:
-    return PolicyDecision(
-        action="accept", code=250, status="2.1.5", message="Ok", rule=rule, canonical=canonical
-    )
+    return PolicyDecision.of(replies.RECIPIENT_OK, rule, canonical=canonical)
 
 
 def _relay_rule(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -> str | None:

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from services.policy.core.address import AddressError, Mailbox, parse_path
+from services.policy.core.address import Mailbox, parse_path
+from services.policy.core.errors import AddressError
 
 
 @dataclass(frozen=True)

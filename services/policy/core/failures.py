@@ -7,43 +7,30 @@ a fold over failures: each one adds to it, and the key's TTL forgets it
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
+
+from libs.common.contract.records import Record, Time
+from services.policy.core.errors import CountFormatError
 
 FAILURE_WINDOW = timedelta(hours=1)
 
 
-@dataclass(frozen=True)
-class FailedLogins:
+class FailedLogins(Record):
     count: int
-    first_at: datetime
-    last_at: datetime
+    first_at: Time
+    last_at: Time
+
+    unreadable = CountFormatError
 
     def after_failure(self, now: datetime) -> FailedLogins:
         return FailedLogins(count=self.count + 1, first_at=self.first_at, last_at=now)
 
-    def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "count": self.count,
-                "first_at": self.first_at.isoformat(),
-                "last_at": self.last_at.isoformat(),
-            },
-            sort_keys=True,
-        ).encode()
-
     @classmethod
-    def decode(cls, data: bytes) -> FailedLogins | None:
-        """None for a value that cannot be read: counting starts over."""
+    def decode(cls, data: bytes) -> FailedLogins | None:  # type: ignore[override]
+        """None for a value that cannot be read: counting starts over, as it always has."""
         try:
-            raw = json.loads(data)
-            return cls(
-                count=int(raw["count"]),
-                first_at=datetime.fromisoformat(raw["first_at"]),
-                last_at=datetime.fromisoformat(raw["last_at"]),
-            )
-        except (ValueError, KeyError, TypeError):
+            return super().decode(data)
+        except CountFormatError:
             return None
 
 

@@ -8,53 +8,23 @@ so a clock difference between NATS and policy can never extend a grant.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from libs.common.contract.policy import canonical_ip
+from libs.common.contract.records import Record, ZonedTime
+from services.policy.core.errors import GrantFormatError
 
 
-class GrantFormatError(ValueError):
-    """A stored grant that cannot be read; it grants nothing."""
-
-
-@dataclass(frozen=True)
-class Pop3Grant:
-    client_ip: str  # canonical (see clients.canonical_ip)
+class Pop3Grant(Record):
+    client_ip: str  # canonical (see canonical_ip)
     user: str
-    granted_at: datetime
-    expires_at: datetime
+    granted_at: ZonedTime
+    expires_at: ZonedTime
+
+    unreadable = GrantFormatError
 
     def valid_at(self, now: datetime) -> bool:
         return now < self.expires_at
-
-    def encode(self) -> bytes:
-        return json.dumps(
-            {
-                "client_ip": self.client_ip,
-                "user": self.user,
-                "granted_at": self.granted_at.isoformat(),
-                "expires_at": self.expires_at.isoformat(),
-            },
-            sort_keys=True,
-        ).encode()
-
-    @classmethod
-    def decode(cls, data: bytes) -> Pop3Grant:
-        try:
-            raw = json.loads(data)
-            grant = cls(
-                client_ip=str(raw["client_ip"]),
-                user=str(raw["user"]),
-                granted_at=datetime.fromisoformat(raw["granted_at"]),
-                expires_at=datetime.fromisoformat(raw["expires_at"]),
-            )
-        except (ValueError, KeyError, TypeError) as exc:
-            raise GrantFormatError(f"unreadable grant: {exc}") from None
-        if grant.expires_at.tzinfo is None or grant.granted_at.tzinfo is None:
-            raise GrantFormatError("grant times without a time zone")
-        return grant
 
 
 def grant_for_login(

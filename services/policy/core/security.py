@@ -10,9 +10,10 @@ let a message circle forever.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Literal
+from datetime import datetime
+from typing import Literal, TypeGuard
 
+from libs.common.contract import replies
 from libs.common.contract.policy import PolicyDecision, PolicyQuery, SessionLimits, canonical_ip
 from services.policy.core.address import Mailbox
 from services.policy.core.blocks import Block, blocked
@@ -50,8 +51,7 @@ def client_of(query: PolicyQuery) -> str | None:
 def needs(query: PolicyQuery, rules: PolicyRules, sender: Mailbox | None = None) -> Needs:
     """`sender` is the parsed MAIL FROM (None for `<>` or when it did not parse)."""
     limits = rules.limits
-    ip = client_of(query)
-    if ip is None or limits.exempts(ip):
+    if _limited(query, limits) is None:
         return Needs()
     if query.stage == "connect":
         return Needs(block=True, connections=limits.max_connections_per_ip > 0)
@@ -76,15 +76,14 @@ def session_limits(limits: SecurityLimits, client_ip: str | None) -> SessionLimi
     )
 
 
-def _refuse(code: int, status: str, message: str, rule: str) -> PolicyDecision:
-    action: Literal["reject", "defer"] = "defer" if code // 100 == 4 else "reject"
-    return PolicyDecision(action=action, code=code, status=status, message=message, rule=rule)
+def _in_force(block: Block | None, ip: str, now: datetime) -> TypeGuard[Block]:
+    return block is not None and block.client_ip == ip and block.active_at(now)
 
 
-def _active(block: Block | None, ip: str, now: datetime) -> Block | None:
-    if block is None or block.client_ip != ip or not block.active_at(now):
-        return None
-    return block
+def _limited(query: PolicyQuery, limits: SecurityLimits) -> str | None:
+    """The client address the limits apply to; None when they do not (exempt, no address)."""
+    ip = client_of(query)
+    return None if ip is None or limits.exempts(ip) else ip
 
 
 def connect_refusal(
@@ -95,21 +94,14 @@ def connect_refusal(
     connections: int,
 ) -> PolicyDecision | None:
     """`connections`: the client's open connections, this one included."""
-    ip = client_of(query)
-    if ip is None or limits.exempts(ip):
+    ip = _limited(query, limits)
+    if ip is None:
         return None
-    active = _active(block, ip, now)
-    if active is not None:
-        return blocked(active)
+    if _in_force(block, ip, now):
+        return blocked(block)
     limit = limits.max_connections_per_ip
     if limit and connections > limit:
-        return PolicyDecision(
-            action="disconnect",
-            code=421,
-            status="4.7.0",
-            message=f"Too many connections from {ip}, try again later",
-            rule="max_connections_per_ip",
-        )
+        return PolicyDecision.of(replies.too_many_connections(ip), "max_connections_per_ip")
     return None
 
 
@@ -122,24 +114,19 @@ def mail_refusal(
     messages: SlidingCount | None,
     sender_domain: SenderDomain | None,
 ) -> PolicyDecision | None:
-    ip = client_of(query)
-    if ip is None or limits.exempts(ip):
+    ip = _limited(query, limits)
+    if ip is None:
         return None
-    active = _active(block, ip, now)
-    if active is not None:
-        return blocked(active)
+    if _in_force(block, ip, now):
+        return blocked(block)
     size = limits.max_message_size
     if size and query.size is not None and query.size > size:
         return _too_big(size)
     limit = limits.max_messages_per_hour_per_ip
     if limit and messages is not None and messages.total(HOUR, now) >= limit:
-        again = messages.below_at(HOUR, now, limit).astimezone(UTC)
-        return _refuse(
-            450,
-            "4.7.1",
-            f"Too many messages from {ip} in the last hour; "
-            f"try again after {again.strftime('%H:%M')} UTC",
-            "max_messages_per_hour_per_ip",
+        again = messages.below_at(HOUR, now, limit)
+        return PolicyDecision.of(
+            replies.too_many_messages(ip, again), "max_messages_per_hour_per_ip"
         )
     if limits.require_sender_domain_dns and sender is not None and not sender.literal:
         return _sender_domain_refusal(sender, sender_domain)
@@ -149,26 +136,16 @@ def mail_refusal(
 def _sender_domain_refusal(sender: Mailbox, found: SenderDomain | None) -> PolicyDecision | None:
     address = sender.address
     if found is None or found.domain != sender.domain or found.status == "temporary":
-        return _refuse(
-            451,
-            "4.4.3",
-            f"<{address}>: Sender address rejected: Domain lookup failed, try again later",
-            "sender_domain_dns_tempfail",
+        return PolicyDecision.of(
+            replies.sender_domain_tempfail(address), "sender_domain_dns_tempfail"
         )
     if found.status == "missing":
-        return _refuse(
-            550,
-            "5.1.8",
-            f"<{address}>: Sender address rejected: Domain not found",
-            "require_sender_domain_dns",
+        return PolicyDecision.of(
+            replies.sender_domain_missing(address), "require_sender_domain_dns"
         )
     if found.status == "null_mx":
-        # RFC 7505 section 4.2: a domain with a null MX sends no mail either.
-        return _refuse(
-            550,
-            "5.7.27",
-            f"<{address}>: Sender address rejected: Domain does not accept mail",
-            "require_sender_domain_dns",
+        return PolicyDecision.of(
+            replies.sender_domain_null_mx(address), "require_sender_domain_dns"
         )
     return None
 
@@ -177,18 +154,13 @@ def rcpt_refusal(query: PolicyQuery, limits: SecurityLimits) -> PolicyDecision |
     limit = limits.max_recipients
     if not limit or query.rcpt_count < limit or limits.exempts(client_of(query)):
         return None
-    return _refuse(452, "4.5.3", "Too many recipients", "max_recipients")
+    return PolicyDecision.of(replies.TOO_MANY_RECIPIENTS, "max_recipients")
 
 
 def data_refusal(query: PolicyQuery, limits: SecurityLimits) -> PolicyDecision | None:
     hops = limits.max_received_headers
     if hops and query.received_headers > hops:
-        return _refuse(
-            554,
-            "5.4.6",
-            f"Too many Received headers ({query.received_headers}): mail loop detected",
-            "max_received_headers",
-        )
+        return PolicyDecision.of(replies.mail_loop(query.received_headers), "max_received_headers")
     size = limits.max_message_size
     if size and query.size is not None and query.size > size:
         if not limits.exempts(client_of(query)):
@@ -197,9 +169,7 @@ def data_refusal(query: PolicyQuery, limits: SecurityLimits) -> PolicyDecision |
 
 
 def _too_big(size: int) -> PolicyDecision:
-    return _refuse(
-        552, "5.3.4", f"Message size exceeds the limit of {size} bytes", "max_message_size"
-    )
+    return PolicyDecision.of(replies.too_big(size), "max_message_size")
 
 
 def auth_refusal(
@@ -211,27 +181,23 @@ def auth_refusal(
     the failed-login bucket; a failure keeps the address locked for FAILURE_WINDOW.
     """
     limit = limits.max_failed_commands
-    ip = client_of(query)
-    if not limit or failed is None or ip is None or limits.exempts(ip):
+    ip = _limited(query, limits)
+    if not limit or failed is None or ip is None:
         return None
     if failed.count < limit or now >= failed.last_at + FAILURE_WINDOW:
         return None
-    return _refuse(
-        454, "4.7.0", f"Too many failed logins from {ip}, try again later", "auth_failures"
-    )
+    return PolicyDecision.of(replies.too_many_failed_logins(ip), "auth_failures")
 
 
 def counts_message(query: PolicyQuery, decision: PolicyDecision, limits: SecurityLimits) -> bool:
     """An accepted message is counted against its client's hourly limit."""
     if query.stage != "data" or not decision.accepted or not limits.max_messages_per_hour_per_ip:
         return False
-    ip = client_of(query)
-    return ip is not None and not limits.exempts(ip)
+    return _limited(query, limits) is not None
 
 
 def counts_unknown(query: PolicyQuery, decision: PolicyDecision, limits: SecurityLimits) -> bool:
     """An unknown local recipient counts towards a directory-harvest block."""
     if decision.rule != "unknown_recipient" or not limits.max_unknown_recipients:
         return False
-    ip = client_of(query)
-    return ip is not None and not limits.exempts(ip)
+    return _limited(query, limits) is not None

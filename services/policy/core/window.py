@@ -10,9 +10,14 @@ exact window would make it.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any, Self
+
+from pydantic import Field
+
+from libs.common.contract.records import Record
+from services.policy.core.errors import CountFormatError
 
 
 @dataclass(frozen=True)
@@ -38,15 +43,12 @@ class Window:
 HOUR = Window()
 
 
-class CountFormatError(ValueError):
-    """A stored count that cannot be read; counting starts over."""
-
-
-@dataclass(frozen=True)
-class SlidingCount:
+class SlidingCount(Record):
     """Events per slot index (seconds since the epoch // slot width)."""
 
-    slots: dict[int, int] = field(default_factory=dict)
+    slots: dict[int, int] = Field(default_factory=dict)
+
+    unreadable = CountFormatError
 
     def total(self, window: Window, now: datetime) -> int:
         return sum(n for i, n in self.slots.items() if window.counts_at(i, now))
@@ -56,7 +58,7 @@ class SlidingCount:
         kept = {i: c for i, c in self.slots.items() if window.counts_at(i, now)}
         index = window.slot_of(now)
         kept[index] = kept.get(index, 0) + n
-        return SlidingCount(kept)
+        return SlidingCount(slots=kept)
 
     def below_at(self, window: Window, now: datetime, limit: int) -> datetime:
         """When the count will be under `limit` again (now, if it is already)."""
@@ -70,15 +72,10 @@ class SlidingCount:
             when = window.slot_end(index) + window.length
         return when
 
-    def encode(self) -> bytes:
-        return json.dumps({str(i): c for i, c in sorted(self.slots.items())}).encode()
+    def stored(self) -> dict[str, Any]:
+        """Stored as the slots alone, oldest first: {"<slot index>": count, ...}."""
+        return {str(i): c for i, c in sorted(self.slots.items())}
 
     @classmethod
-    def decode(cls, data: bytes) -> SlidingCount:
-        try:
-            raw = json.loads(data)
-            if not isinstance(raw, dict):
-                raise TypeError("not an object")
-            return cls({int(k): int(v) for k, v in raw.items()})
-        except (ValueError, TypeError) as exc:
-            raise CountFormatError(f"unreadable count: {exc}") from None
+    def from_stored(cls, raw: Any) -> Self:
+        return cls.model_validate({"slots": raw})
