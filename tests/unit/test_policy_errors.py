@@ -12,24 +12,12 @@ from typing import Any, cast
 
 import pytest
 
+from libs.common.contract.errors import MailbusError
 from libs.common.contract.policy import PolicyDecision, PolicyQuery, Session
 from services.policy.adapters.facts import FactFinder
 from services.policy.adapters.nats_micro import Lookups, PolicyEndpoints
 from services.policy.adapters.stores import FailedLoginCounter, GrantStore
-from services.policy.core import (
-    AddressError,
-    BlockFormatError,
-    ContentionError,
-    CountFormatError,
-    GrantFormatError,
-    GrantsUnavailable,
-    LimitsUnavailable,
-    PolicyError,
-    PolicyRules,
-    RecordFormatError,
-    SecurityLimits,
-    Unavailable,
-)
+from services.policy.core import PolicyRules, SecurityLimits, errors
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RULES = PolicyRules.build(
@@ -42,35 +30,36 @@ RULES = PolicyRules.build(
 @pytest.mark.parametrize(
     ("error", "group"),
     [
-        (AddressError, ValueError),
-        (BlockFormatError, RecordFormatError),
-        (GrantFormatError, RecordFormatError),
-        (CountFormatError, RecordFormatError),
-        (LimitsUnavailable, Unavailable),
-        (GrantsUnavailable, Unavailable),
-        (ContentionError, PolicyError),
+        (errors.AddressError, ValueError),
+        (errors.BlockFormatError, errors.RecordFormatError),
+        (errors.GrantFormatError, errors.RecordFormatError),
+        (errors.CountFormatError, errors.RecordFormatError),
+        (errors.LimitsUnavailable, errors.Unavailable),
+        (errors.GrantsUnavailable, errors.Unavailable),
+        (errors.ContentionError, errors.PolicyError),
     ],
 )
 def test_every_error_is_a_policy_error_in_its_group(error: type[Exception], group: type) -> None:
-    assert issubclass(error, PolicyError) and issubclass(error, group)
+    assert issubclass(error, errors.PolicyError) and issubclass(error, group)
+    assert issubclass(error, MailbusError)
 
 
 @pytest.mark.parametrize(
     ("error", "reply", "rule"),
     [
         (
-            LimitsUnavailable,
+            errors.LimitsUnavailable,
             "451 4.3.0 Limits cannot be checked now, try again later",
             "limits_unavailable",
         ),
         (
-            GrantsUnavailable,
+            errors.GrantsUnavailable,
             "451 4.3.0 Relay permission cannot be checked now, try again later",
             "pop3_grants_unavailable",
         ),
     ],
 )
-def test_unavailable_state_defers(error: type[Unavailable], reply: str, rule: str) -> None:
+def test_unavailable_state_defers(error: type[errors.Unavailable], reply: str, rule: str) -> None:
     decision = error.decision
     assert (decision.smtp_reply, decision.rule, decision.action) == (reply, rule, "defer")
 
@@ -112,7 +101,7 @@ async def test_unreadable_failed_logins_defer_a_login() -> None:
         RULES, lambda: NOW, Lookups(facts=FactFinder(RULES, failures=failures))
     )
     query = PolicyQuery(stage="auth", session=session(), mechanism="PLAIN", username="u@x.test")
-    assert await answer(endpoints, query) == LimitsUnavailable.decision
+    assert await answer(endpoints, query) == errors.LimitsUnavailable.decision
 
 
 async def test_unreadable_grants_defer_a_relay_refusal() -> None:
@@ -120,7 +109,7 @@ async def test_unreadable_grants_defer_a_relay_refusal() -> None:
     grants = cast(GrantStore, Unreachable())
     endpoints = PolicyEndpoints(rules, lambda: NOW, Lookups(grants=grants))
     relay = PolicyQuery(stage="rcpt", session=session(), rcpt="bob@remote.test")
-    assert await answer(endpoints, relay) == GrantsUnavailable.decision
+    assert await answer(endpoints, relay) == errors.GrantsUnavailable.decision
     # A local recipient needs no grant: the store is never asked.
     local = PolicyQuery(stage="rcpt", session=session(), rcpt="postmaster@example.test")
     assert (await answer(endpoints, local)).accepted

@@ -1,14 +1,15 @@
-"""Everything policy raises, under one root and grouped by what went wrong.
+"""Everything policy raises on purpose, under one root and grouped by what went wrong.
 
-    PolicyError
-    ├── AddressError         a text that is no SMTP path
-    ├── RecordFormatError    a stored record that does not parse: it counts, grants,
-    │   │                    blocks nothing
-    │   ├── BlockFormatError, GrantFormatError, CountFormatError
-    ├── Unavailable          shared state a decision needs cannot be read now;
-    │   │                    `decision` is the temporary refusal policy answers with
-    │   ├── LimitsUnavailable, GrantsUnavailable
-    └── ContentionError      a compare-and-set write kept losing to other writers
+    MailbusError (libs/common/contract/errors.py)
+    └── PolicyError
+        ├── AddressError         a text that is no SMTP path
+        ├── RecordFormatError    a stored record that does not parse: it counts,
+        │   │                    grants, blocks nothing
+        │   └── BlockFormatError, GrantFormatError, CountFormatError
+        ├── Unavailable          shared state a decision needs cannot be read now;
+        │   │                    `decision` is the temporary refusal policy answers with
+        │   └── LimitsUnavailable, GrantsUnavailable
+        └── ContentionError      a compare-and-set write kept losing to other writers
 
 Pure: the adapters raise the I/O ones, the core names them and their replies.
 """
@@ -18,10 +19,11 @@ from __future__ import annotations
 from typing import ClassVar
 
 from libs.common.contract import replies
+from libs.common.contract.errors import MailbusError
 from libs.common.contract.policy import PolicyDecision
 
 
-class PolicyError(Exception):
+class PolicyError(MailbusError):
     """The root of policy's errors."""
 
 
