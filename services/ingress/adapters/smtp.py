@@ -179,7 +179,7 @@ class IngressSMTP(SMTP):
             if self.span is not None:
                 self.span.record_exception(exc)
             self.refusals.note("internal_error")
-            return replies.closing_reply(421, "4.3.0", "Internal error, try again later")
+            return replies.INTERNAL_ERROR_CLOSING
         if refusal is None and self.sessions.draining:
             return replies.SHUTTING_DOWN
         return refusal

@@ -47,6 +47,14 @@ def closing_reply(code: int, status: str, message: str) -> str:
     return format_reply(code, status, message)
 
 
+def closing(reply: SmtpReply) -> str:
+    return closing_reply(reply.code, reply.status, reply.text)
+
+
+# A failure while greeting ends the session before it began: 421, not 451.
+INTERNAL_ERROR_CLOSING = closing(replies.INTERNAL_ERROR)
+
+
 def too_big(limit: int) -> str:
     """DATA past max_message_size, told after the final dot: nothing of it was kept."""
     return f"{replies.too_big(limit)}; nothing was stored"
