@@ -1,12 +1,15 @@
 """The queue's errors, under one root: each is an operator request the queue refuses, and
-carries the answer `mailbus queue ...` shows for it (`reply`)."""
+carries the answer `mailbus queue ...` shows for it (`reply`). No core raises them: what
+the queue decides about a message is never an error, only the operator's requests are."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from libs.common.contract.errors import MailbusError
 
-class QueueError(Exception):
+
+class QueueError(MailbusError):
     """A request the queue's API refuses; str() is what the operator reads."""
 
     @property
