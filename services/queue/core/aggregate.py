@@ -248,18 +248,42 @@ def mark_expired(state: MessageState, addresses: Iterable[str]) -> MessageState:
     return replace(state, reported_failed=state.reported_failed | wanted)
 
 
-def _report(state: MessageState, event: ReportTrigger) -> MessageState:
-    if event.event_id in state.reports:
-        return state
-    state = replace(state, reports=(*state.reports, event.event_id))
-    if isinstance(event, MessageDelayed):
-        return replace(state, delayed=True)
-    if isinstance(event, MessageExpired):
-        return mark_expired(state, event.recipients)
-    addresses = frozenset(o.address for o in event.outcomes)
-    if isinstance(event, RecipientsFailed):
-        return replace(state, reported_failed=state.reported_failed | addresses)
-    return replace(state, reported_delivered=state.reported_delivered | addresses)
+R = TypeVar("R", bound=ReportTrigger)
+
+
+def _counted(
+    fold: Callable[[MessageState, R], MessageState],
+) -> Callable[[MessageState, R], MessageState]:
+    """A report-triggering event counts once: its id is what the body waits to see answered."""
+
+    def once(state: MessageState, event: R) -> MessageState:
+        if event.event_id in state.reports:
+            return state
+        return fold(replace(state, reports=(*state.reports, event.event_id)), event)
+
+    return once
+
+
+@_counted
+def _delayed(state: MessageState, event: MessageDelayed) -> MessageState:
+    return replace(state, delayed=True)
+
+
+@_counted
+def _expired(state: MessageState, event: MessageExpired) -> MessageState:
+    return mark_expired(state, event.recipients)
+
+
+@_counted
+def _round_failed(state: MessageState, event: RecipientsFailed) -> MessageState:
+    covered = frozenset(o.address for o in event.outcomes)
+    return replace(state, reported_failed=state.reported_failed | covered)
+
+
+@_counted
+def _round_delivered(state: MessageState, event: RecipientsDelivered) -> MessageState:
+    covered = frozenset(o.address for o in event.outcomes)
+    return replace(state, reported_delivered=state.reported_delivered | covered)
 
 
 def _answered(state: MessageState, event: ReportSent) -> MessageState:
@@ -281,8 +305,10 @@ E = TypeVar("E", bound=Event)
 
 def _on(cls: type[E], fold: Callable[[MessageState, E], MessageState]) -> Fold:
     def checked(state: MessageState, event: Event) -> MessageState:
-        # FOLDS is keyed by the input an event is, which is named after its class.
-        assert isinstance(event, cls), event
+        # FOLDS is keyed by the input an event is, which is named after its class; another
+        # class of the same name would be a bug, not an input to ignore.
+        if not isinstance(event, cls):
+            raise TypeError(f"{type(event).__qualname__} is not {cls.__qualname__}")
         return fold(state, event)
 
     return checked
@@ -296,10 +322,10 @@ FOLDS: dict[Input, Fold] = {
     Input.SUCCEEDED: _on(DeliverySucceeded, _result),
     Input.DEFERRED: _on(DeliveryDeferred, _result),
     Input.FAILED: _on(DeliveryFailed, _result),
-    Input.DELAYED: _on(MessageDelayed, _report),
-    Input.EXPIRED: _on(MessageExpired, _report),
-    Input.ROUND_FAILED: _on(RecipientsFailed, _report),
-    Input.ROUND_DELIVERED: _on(RecipientsDelivered, _report),
+    Input.DELAYED: _on(MessageDelayed, _delayed),
+    Input.EXPIRED: _on(MessageExpired, _expired),
+    Input.ROUND_FAILED: _on(RecipientsFailed, _round_failed),
+    Input.ROUND_DELIVERED: _on(RecipientsDelivered, _round_delivered),
     Input.REPORT_SENT: _on(ReportSent, _answered),
     Input.HELD: _on(MessageHeld, _command),
     Input.RELEASED: _on(MessageReleased, _command),
