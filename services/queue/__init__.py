@@ -9,5 +9,6 @@ commands to MAILBUS_JOBS, and one-shot JetStream message schedules; deletes a
 body once its message is done and every report it triggered was answered.
 Answers: `mailbus queue list|show|retry|hold|release|delete` (nats.micro,
 `subjects.queue_api_subject(op)`), from an index rebuilt from the log at start.
-State is a fold over the message's events and can be rebuilt from the stream.
+State is a fold over the message's events and can be rebuilt from the stream; every
+status it can take and every transition between them are in `core/transitions.py`.
 """

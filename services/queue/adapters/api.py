@@ -25,6 +25,7 @@ from libs.common.contract import subjects
 from libs.common.contract.events import Event, MessageDeleted, MessageHeld, MessageReleased
 from libs.common.mail.history import message_history
 from libs.common.runtime import bus
+from services.queue.adapters.errors import BadRequest, NotDeferred, NotHeld, NotQueued, QueueError
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.adapters.timers import fire_now
 from services.queue.core import QueueEntry, TimerFired
@@ -35,10 +36,6 @@ log = logging.getLogger(__name__)
 PROCESS_WAIT_S = 10.0
 
 Reply = dict[str, Any]
-
-
-class NotQueued(Exception):
-    pass
 
 
 class QueueApi:
@@ -65,14 +62,11 @@ class QueueApi:
     def _handler(self, op: str) -> Callable[[Request], Awaitable[None]]:
         async def handle(request: Request) -> None:
             try:
-                body = json.loads(request.data or b"{}")
-                if not isinstance(body, dict):
-                    raise ValueError("the request must be a JSON object")
-                reply = await self._ops[op](body)
-            except NotQueued as exc:
-                reply = {"error": f"{exc}: no such message in the queue"}
-            except (ValueError, KeyError) as exc:
-                reply = {"error": f"bad request: {exc}"}
+                reply = await self._ops[op](_body(request))
+            except QueueError as exc:
+                reply = exc.reply
+            except (ValueError, KeyError) as exc:  # a missing or malformed field
+                reply = BadRequest(exc).reply
             except Exception as exc:  # the operator gets an answer, not a time-out
                 log.exception("queue api %s failed", op)
                 reply = {"error": f"{type(exc).__name__}: {exc}"}
@@ -108,8 +102,7 @@ class QueueApi:
         else:
             targets = [self._entry(body)]
             if targets[0].state != "deferred":
-                # Active: an attempt is running; held: `release` is what attempts it.
-                return {"error": f"{targets[0].queue_id} is {targets[0].state}, not deferred"}
+                raise NotDeferred(targets[0].queue_id, targets[0].state)
         waits = []
         for entry in targets:
             fire = TimerFired(
@@ -134,7 +127,7 @@ class QueueApi:
     async def _release(self, body: dict[str, Any]) -> Reply:
         entry = self._entry(body)
         if entry.state != "held":
-            return {"error": f"{entry.queue_id} is not held"}
+            raise NotHeld(entry.queue_id)
         await self._command(MessageReleased, entry, body)
         return {"released": entry.queue_id}
 
@@ -169,3 +162,10 @@ class QueueApi:
             await asyncio.wait(futures, timeout=PROCESS_WAIT_S)
         for future in futures:
             future.cancel()  # no-op when done; frees a waiter whose input never came
+
+
+def _body(request: Request) -> dict[str, Any]:
+    body = json.loads(request.data or b"{}")
+    if not isinstance(body, dict):
+        raise BadRequest("the request must be a JSON object")
+    return body

@@ -5,19 +5,10 @@ result for a job the state does not know, or a result for a recipient that is
 already final returns the state unchanged. That is what lets the queue rebuild
 a message from the stream at any time and survive redelivered inputs.
 
-Transitions per recipient (one place, as data):
-
-    pending   --DeliveryScheduled-->  scheduled(job_id, attempt)
-    scheduled --DeliverySucceeded-->  delivered   (final)
-    scheduled --DeliveryFailed----->  failed      (final)
-    scheduled --DeliveryDeferred--->  deferred    (retried retry_interval after last_attempt_at)
-    deferred  --DeliveryScheduled-->  scheduled(new job_id, attempt + 1)
-    pending, deferred, scheduled --MessageExpired-->  failed (4.4.7, or 5.2.2 after a
-                                                      mailbox-full deferral; final)
-
-and per message: MessageHeld / MessageReleased toggle `held`, MessageCompleted
-and MessageDeleted end it (`done`); the report-triggering events and their
-ReportSent answers decide when the body may go.
+The statuses move only by the tables of `transitions` (a message's status, and
+each recipient's); what is recorded here besides are the facts the tables'
+conditions and the reports need: the jobs, the replies, the report-triggering
+events and their answers, the operator commands already applied.
 
 The first result of a job for a recipient wins: it is also what JetStream keeps,
 because result event ids are derived from (job_id, recipient index).
@@ -25,10 +16,10 @@ because result event ids are derived from (job_id, recipient index).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import TypeVar
 
 from libs.common.contract.events import (
     DeliveryDeferred,
@@ -39,7 +30,6 @@ from libs.common.contract.events import (
     Event,
     MessageCompleted,
     MessageDelayed,
-    MessageDeleted,
     MessageExpired,
     MessageHeld,
     MessageReceived,
@@ -48,23 +38,20 @@ from libs.common.contract.events import (
     RecipientsFailed,
     ReportSent,
 )
-
-RecipientStatus = Literal["pending", "scheduled", "delivered", "deferred", "failed"]
-FINAL: frozenset[RecipientStatus] = frozenset({"delivered", "failed"})
+from services.queue.core.timers import TimerFired
+from services.queue.core.transitions import (
+    DONE,
+    FINAL,
+    Input,
+    MessageStatus,
+    RecipientStatus,
+    input_of,
+    message_step,
+    recipient_next,
+)
 
 DeliveryResult = DeliverySucceeded | DeliveryDeferred | DeliveryFailed
 ReportTrigger = MessageDelayed | MessageExpired | RecipientsFailed | RecipientsDelivered
-
-# Which recipient status each result type leads to, from "scheduled".
-RESULT_STATUS: dict[str, RecipientStatus] = {
-    "DeliverySucceeded": "delivered",
-    "DeliveryDeferred": "deferred",
-    "DeliveryFailed": "failed",
-}
-# Statuses a result may move a recipient out of (only for the job it is scheduled on).
-ACCEPTS_RESULT: frozenset[RecipientStatus] = frozenset({"scheduled"})
-# Statuses a new DeliveryScheduled may move a recipient out of.
-SCHEDULABLE: frozenset[RecipientStatus] = frozenset({"pending", "deferred"})
 
 EXPIRED_STATUS = "4.4.7"  # RFC 3463: delivery time expired
 # Expiry statuses that say more than 4.4.7, by the last deferral's status: a mailbox that
@@ -75,7 +62,7 @@ EXPIRED_AFTER: dict[str, str] = {"4.2.2": "5.2.2"}
 @dataclass(frozen=True)
 class RecipientState:
     address: str
-    status: RecipientStatus = "pending"
+    status: RecipientStatus = RecipientStatus.PENDING
     job_id: str | None = None
     attempt: int = 0
     reply_code: int = 0
@@ -112,11 +99,9 @@ class JobRecord:
 class MessageState:
     queue_id: str = ""
     received: MessageReceived | None = None
+    status: MessageStatus = MessageStatus.QUEUED
     recipients: tuple[RecipientState, ...] = ()
     jobs: tuple[JobRecord, ...] = ()
-    completed: bool = False
-    deleted: bool = False
-    held: bool = False
     delayed: bool = False  # MessageDelayed is in the log
     # A recipient was deferred at least once: from then on the message has timers.
     ever_deferred: bool = False
@@ -136,7 +121,15 @@ class MessageState:
     @property
     def done(self) -> bool:
         """The message has left the queue (completed or deleted)."""
-        return self.completed or self.deleted
+        return self.status in DONE
+
+    @property
+    def completed(self) -> bool:
+        return self.status is MessageStatus.COMPLETED
+
+    @property
+    def held(self) -> bool:
+        return self.status is MessageStatus.HELD
 
     @property
     def all_final(self) -> bool:
@@ -152,7 +145,7 @@ class MessageState:
 
     @property
     def in_flight(self) -> bool:
-        return any(r.status == "scheduled" for r in self.recipients)
+        return any(r.status is RecipientStatus.SCHEDULED for r in self.recipients)
 
     def recipient(self, address: str) -> RecipientState | None:
         return next((r for r in self.recipients if r.address == address), None)
@@ -160,15 +153,23 @@ class MessageState:
     def job(self, job_id: str) -> JobRecord | None:
         return next((j for j in self.jobs if j.job_id == job_id), None)
 
-    def addresses(self, status: RecipientStatus) -> tuple[str, ...]:
+    # `status` is a RecipientStatus or its value ("deferred").
+    def addresses(self, status: str) -> tuple[str, ...]:
         return tuple(r.address for r in self.recipients if r.status == status)
 
-    def with_status(self, status: RecipientStatus) -> tuple[RecipientState, ...]:
+    def with_status(self, status: str) -> tuple[RecipientState, ...]:
         return tuple(r for r in self.recipients if r.status == status)
 
     @property
     def max_attempt(self) -> int:
         return max((j.attempt for j in self.jobs), default=0)
+
+    def input_of(self, trigger: Event | TimerFired) -> Input:
+        return input_of(trigger, self.commands)
+
+    def owns(self, trigger: Event | TimerFired) -> bool:
+        """Whether `trigger` is this message's (an empty state takes any message's)."""
+        return not self.queue_id or trigger.queue_id == self.queue_id
 
 
 EMPTY = MessageState()
@@ -176,6 +177,10 @@ EMPTY = MessageState()
 
 def _unique(addresses: Iterable[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(addresses))
+
+
+def _replace_recipients(state: MessageState, updated: dict[str, RecipientState]) -> MessageState:
+    return replace(state, recipients=tuple(updated.get(r.address, r) for r in state.recipients))
 
 
 def _received(state: MessageState, event: MessageReceived) -> MessageState:
@@ -194,22 +199,25 @@ def _scheduled(state: MessageState, event: DeliveryScheduled) -> MessageState:
         return state
     record = JobRecord(event.job_id, event.attempt, event.destination, tuple(event.recipients))
     targets = set(event.recipients)
-    recipients = tuple(
-        replace(r, status="scheduled", job_id=event.job_id, attempt=event.attempt)
-        if r.address in targets and r.status in SCHEDULABLE
-        else r
+    updated = {
+        r.address: replace(r, status=status, job_id=event.job_id, attempt=event.attempt)
         for r in state.recipients
-    )
-    return replace(state, jobs=(*state.jobs, record), recipients=recipients)
+        if r.address in targets
+        and (status := recipient_next(r.status, Input.SCHEDULED)) is not None
+    }
+    return replace(_replace_recipients(state, updated), jobs=(*state.jobs, record))
 
 
 def _result(state: MessageState, event: DeliveryResult) -> MessageState:
     current = state.recipient(event.recipient)
-    if current is None or current.status not in ACCEPTS_RESULT or current.job_id != event.job_id:
+    if current is None or current.job_id != event.job_id:
+        return state  # only the job a recipient is scheduled on may answer for it
+    status = recipient_next(current.status, Input(event.type))
+    if status is None:
         return state
     updated = replace(
         current,
-        status=RESULT_STATUS[event.type],
+        status=status,
         reply_code=event.reply_code,
         reply_status=event.status,
         reply_text=event.reply_text,
@@ -218,13 +226,9 @@ def _result(state: MessageState, event: DeliveryResult) -> MessageState:
         remote_dsn=event.remote_dsn if isinstance(event, DeliverySucceeded) else None,
     )
     state = _replace_recipients(state, {updated.address: updated})
-    if updated.status == "deferred" and not state.ever_deferred:
+    if status is RecipientStatus.DEFERRED and not state.ever_deferred:
         state = replace(state, ever_deferred=True)
     return state
-
-
-def _replace_recipients(state: MessageState, updated: dict[str, RecipientState]) -> MessageState:
-    return replace(state, recipients=tuple(updated.get(r.address, r) for r in state.recipients))
 
 
 def expiry_status(rcpt: RecipientState) -> str:
@@ -236,70 +240,110 @@ def expiry_status(rcpt: RecipientState) -> str:
 def mark_expired(state: MessageState, addresses: Iterable[str]) -> MessageState:
     wanted = set(addresses)
     updated = {
-        r.address: replace(r, status="failed", reply_status=expiry_status(r), expired=True)
+        r.address: replace(r, status=status, reply_status=expiry_status(r), expired=True)
         for r in state.recipients
-        if r.address in wanted and not r.final
+        if r.address in wanted and (status := recipient_next(r.status, Input.EXPIRED)) is not None
     }
     state = _replace_recipients(state, updated)
     return replace(state, reported_failed=state.reported_failed | wanted)
 
 
-def _report(state: MessageState, event: ReportTrigger) -> MessageState:
-    if event.event_id in state.reports:
-        return state
-    state = replace(state, reports=(*state.reports, event.event_id))
-    if isinstance(event, MessageDelayed):
-        return replace(state, delayed=True)
-    if isinstance(event, MessageExpired):
-        return mark_expired(state, event.recipients)
-    addresses = frozenset(o.address for o in event.outcomes)
-    if isinstance(event, RecipientsFailed):
-        return replace(state, reported_failed=state.reported_failed | addresses)
-    return replace(state, reported_delivered=state.reported_delivered | addresses)
+R = TypeVar("R", bound=ReportTrigger)
+
+
+def _counted(
+    fold: Callable[[MessageState, R], MessageState],
+) -> Callable[[MessageState, R], MessageState]:
+    """A report-triggering event counts once: its id is what the body waits to see answered."""
+
+    def once(state: MessageState, event: R) -> MessageState:
+        if event.event_id in state.reports:
+            return state
+        return fold(replace(state, reports=(*state.reports, event.event_id)), event)
+
+    return once
+
+
+@_counted
+def _delayed(state: MessageState, event: MessageDelayed) -> MessageState:
+    return replace(state, delayed=True)
+
+
+@_counted
+def _expired(state: MessageState, event: MessageExpired) -> MessageState:
+    return mark_expired(state, event.recipients)
+
+
+@_counted
+def _round_failed(state: MessageState, event: RecipientsFailed) -> MessageState:
+    covered = frozenset(o.address for o in event.outcomes)
+    return replace(state, reported_failed=state.reported_failed | covered)
+
+
+@_counted
+def _round_delivered(state: MessageState, event: RecipientsDelivered) -> MessageState:
+    covered = frozenset(o.address for o in event.outcomes)
+    return replace(state, reported_delivered=state.reported_delivered | covered)
+
+
+def _answered(state: MessageState, event: ReportSent) -> MessageState:
+    return replace(state, answered=state.answered | {event.trigger_event_id})
 
 
 def _command(state: MessageState, event: MessageHeld | MessageReleased) -> MessageState:
-    if event.event_id in state.commands or state.done:
-        return state
-    return replace(
-        state,
-        held=isinstance(event, MessageHeld),
-        commands=state.commands | {event.event_id},
-    )
+    return replace(state, commands=state.commands | {event.event_id})
 
 
 def _completed(state: MessageState, event: MessageCompleted) -> MessageState:
-    if state.completed:
-        return state
-    if event.expired:
-        # A null-sender message expires without MessageExpired; its completion says who.
-        state = mark_expired(state, event.expired)
-    return replace(state, completed=True)
+    # A null-sender message expires without MessageExpired; its completion says who.
+    return mark_expired(state, event.expired) if event.expired else state
+
+
+Fold = Callable[[MessageState, Event], MessageState]
+E = TypeVar("E", bound=Event)
+
+
+def _on(cls: type[E], fold: Callable[[MessageState, E], MessageState]) -> Fold:
+    def checked(state: MessageState, event: Event) -> MessageState:
+        # FOLDS is keyed by the input an event is, which is named after its class; another
+        # class of the same name would be a bug, not an input to ignore.
+        if not isinstance(event, cls):
+            raise TypeError(f"{type(event).__qualname__} is not {cls.__qualname__}")
+        return fold(state, event)
+
+    return checked
+
+
+# What each input records besides its status step. Inputs without an entry (the operator's
+# delete, a command already applied, unknown event types) only move the status, if at all.
+FOLDS: dict[Input, Fold] = {
+    Input.RECEIVED: _on(MessageReceived, _received),
+    Input.SCHEDULED: _on(DeliveryScheduled, _scheduled),
+    Input.SUCCEEDED: _on(DeliverySucceeded, _result),
+    Input.DEFERRED: _on(DeliveryDeferred, _result),
+    Input.FAILED: _on(DeliveryFailed, _result),
+    Input.DELAYED: _on(MessageDelayed, _delayed),
+    Input.EXPIRED: _on(MessageExpired, _expired),
+    Input.ROUND_FAILED: _on(RecipientsFailed, _round_failed),
+    Input.ROUND_DELIVERED: _on(RecipientsDelivered, _round_delivered),
+    Input.REPORT_SENT: _on(ReportSent, _answered),
+    Input.HELD: _on(MessageHeld, _command),
+    Input.RELEASED: _on(MessageReleased, _command),
+    Input.COMPLETED: _on(MessageCompleted, _completed),
+}
 
 
 def apply(state: MessageState, event: Event) -> MessageState:
+    if not state.owns(event):
+        return state
     if not state.queue_id:
         state = replace(state, queue_id=event.queue_id)
-    elif event.queue_id != state.queue_id:
-        return state
-    if isinstance(event, MessageReceived):
-        return _received(state, event)
-    if isinstance(event, DeliveryScheduled):
-        return _scheduled(state, event)
-    if isinstance(event, DeliverySucceeded | DeliveryDeferred | DeliveryFailed):
-        return _result(state, event)
-    if isinstance(event, MessageDelayed | MessageExpired | RecipientsFailed | RecipientsDelivered):
-        return _report(state, event)
-    if isinstance(event, ReportSent):
-        return replace(state, answered=state.answered | {event.trigger_event_id})
-    if isinstance(event, MessageHeld | MessageReleased):
-        return _command(state, event)
-    if isinstance(event, MessageDeleted):
-        return state if state.deleted else replace(state, deleted=True, held=False)
-    if isinstance(event, MessageCompleted):
-        return _completed(state, event)
-    # Event types this version does not know cannot change delivery state.
-    return state
+    on = state.input_of(event)
+    step = message_step(state.status, on)
+    record = FOLDS.get(on)
+    if record is not None:
+        state = record(state, event)
+    return state if step.next is state.status else replace(state, status=step.next)
 
 
 def fold(events: Iterable[Event], initial: MessageState = EMPTY) -> MessageState:

@@ -2,6 +2,8 @@
 
 Inputs are the message's events (MessageReceived, delivery results, ReportSent,
 the operator's MessageHeld / MessageReleased / MessageDeleted) and fired timers.
+`decide` looks the input up in `transitions.MESSAGE` by the message's status and
+carries out that cell's action (`ACTIONS`) on the state with the input applied.
 Every output has an id derived only from the queue id and the state (never from
 the clock or a random source), so running `decide` again on a redelivered input
 yields the same ids and JetStream's Nats-Msg-Id dedup drops the copies.
@@ -11,35 +13,31 @@ Outputs, in the order the adapter must carry them out:
   2. `DeliveryJob` commands (after their DeliveryScheduled, so a result can never
      reach the stream before the job it answers),
   3. `SetTimer` schedules, then `ClearTimers`,
+  4. `DeleteBody`, once the message is done and every report it triggered has
+     its ReportSent (a RET=FULL report needs the body).
 
 Timers exist only for messages that had a recipient deferred: the first
 attempt of most messages succeeds, and they never cost a schedule. From the
 first deferral on, each deferral (re)sets the retry, warning and expiry timers;
 setting one again with the same due time is deduplicated by the server.
-  4. `DeleteBody`, once the message is done and every report it triggered has
-     its ReportSent (a RET=FULL report needs the body).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import Enum
 
 from libs.common.contract.events import (
-    DeliveryDeferred,
-    DeliveryFailed,
     DeliveryJob,
     DeliveryScheduled,
-    DeliverySucceeded,
     Destination,
     Event,
     MessageCompleted,
     MessageDelayed,
-    MessageDeleted,
     MessageExpired,
     MessageReceived,
-    MessageReleased,
     Recipient,
     RecipientsDelivered,
     RecipientsFailed,
@@ -48,6 +46,7 @@ from services.queue.core.aggregate import MessageState, RecipientState, apply, m
 from services.queue.core.reports import delay_warning, expiry, round_reports
 from services.queue.core.routing import Routing, group_by_destination
 from services.queue.core.timers import ClearTimers, SetTimer, TimerFired, Timing, is_due
+from services.queue.core.transitions import Action, Input, RecipientStatus, message_step
 
 
 @dataclass(frozen=True)
@@ -68,14 +67,6 @@ OutEvent = (
 Output = OutEvent | DeliveryJob | SetTimer | ClearTimers | DeleteBody
 Trigger = Event | TimerFired
 
-OUT_EVENT_TYPES = (
-    DeliveryScheduled,
-    MessageCompleted,
-    MessageDelayed,
-    MessageExpired,
-    RecipientsFailed,
-    RecipientsDelivered,
-)
 DEFAULT_TIMING = Timing()
 
 
@@ -92,7 +83,7 @@ def completed_event_id(queue_id: str) -> str:
 
 
 def next_attempt_at(rcpt: RecipientState, timing: Timing) -> datetime | None:
-    if rcpt.status != "deferred" or rcpt.last_attempt_at is None:
+    if rcpt.status is not RecipientStatus.DEFERRED or rcpt.last_attempt_at is None:
         return None
     return rcpt.last_attempt_at + timing.retry_interval
 
@@ -163,9 +154,27 @@ def initial_plan(state: MessageState, now: datetime, routing: Routing) -> list[O
 
 def _apply_all(state: MessageState, outputs: Sequence[Output]) -> MessageState:
     for out in outputs:
-        if isinstance(out, OUT_EVENT_TYPES):
+        if isinstance(out, Event):
             state = apply(state, out)
     return state
+
+
+class Expiry(Enum):
+    NOT_DUE = "not due"  # bounce_after has not passed
+    AWAITING = "awaiting results"  # it has, but results in flight decide (the last expires it)
+    DUE = "due"
+
+
+def expiry_of(state: MessageState, now: datetime, timing: Timing, fired: bool = False) -> Expiry:
+    """Whether the message expires now. Strictly by our clock, except for the expire
+    timer's own fire (`fired`), which may reach us a moment before its time by our
+    clock and would otherwise be lost."""
+    if state.arrival is None:
+        return Expiry.NOT_DUE
+    expires = state.arrival + timing.bounce_after
+    if not (is_due(expires, now) if fired else expires <= now):
+        return Expiry.NOT_DUE
+    return Expiry.AWAITING if state.in_flight else Expiry.DUE
 
 
 def _cleanup(state: MessageState) -> list[Output]:
@@ -174,18 +183,16 @@ def _cleanup(state: MessageState) -> list[Output]:
 
 def _completion(state: MessageState, now: datetime) -> list[Output]:
     """MessageCompleted once every recipient is final; the body waits for the reports."""
-    done: list[Output] = []
-    if not state.completed:
-        done.append(
-            MessageCompleted(
-                event_id=completed_event_id(state.queue_id),
-                queue_id=state.queue_id,
-                occurred_at=now,
-                delivered=state.addresses("delivered"),
-                failed=state.addresses("failed"),
-                expired=tuple(r.address for r in state.recipients if r.expired),
-            )
+    done: list[Output] = [
+        MessageCompleted(
+            event_id=completed_event_id(state.queue_id),
+            queue_id=state.queue_id,
+            occurred_at=now,
+            delivered=state.addresses(RecipientStatus.DELIVERED),
+            failed=state.addresses(RecipientStatus.FAILED),
+            expired=tuple(r.address for r in state.recipients if r.expired),
         )
+    ]
     if state.ever_deferred:
         done.append(ClearTimers(state.queue_id))
     return done + _cleanup(state)
@@ -205,20 +212,9 @@ def _expire(state: MessageState, now: datetime) -> list[Output]:
     return out + _completion(state, now)
 
 
-def _expiry_due(state: MessageState, now: datetime, timing: Timing, fired: bool = False) -> bool:
-    """Strictly by our clock, except for the expire timer's own fire (`fired`), which may
-    reach us a moment before its time by our clock and would otherwise be lost."""
-    if state.arrival is None:
-        return False
-    expires = state.arrival + timing.bounce_after
-    return is_due(expires, now) if fired else expires <= now
-
-
 def _retry_timer(state: MessageState, timing: Timing) -> list[Output]:
     times = [t for r in state.recipients if (t := next_attempt_at(r, timing)) is not None]
-    if state.held or not times:
-        return []
-    return [SetTimer(state.queue_id, "retry", min(times))]
+    return [SetTimer(state.queue_id, "retry", min(times))] if times else []
 
 
 def _retry(
@@ -227,7 +223,7 @@ def _retry(
     """A new attempt round for the deferred recipients that are due (all, if forced)."""
     horizon = now + timing.retry_grace
     due: list[str] = []
-    for rcpt in state.with_status("deferred"):
+    for rcpt in state.with_status(RecipientStatus.DEFERRED):
         at = next_attempt_at(rcpt, timing)
         if forced or at is None or at <= horizon:
             due.append(rcpt.address)
@@ -246,40 +242,106 @@ def _deadlines(state: MessageState, timing: Timing) -> list[Output]:
     return out
 
 
-def _progress(
-    state: MessageState, now: datetime, routing: Routing, timing: Timing, deferral: bool
-) -> list[Output]:
-    """After a result: report finished rounds, then complete, expire or wait."""
+def _reported(state: MessageState, now: datetime) -> tuple[list[Output], MessageState]:
+    """The reports of the rounds a result finished, and the state with them."""
     out: list[Output] = list(round_reports(state, now))
-    state = _apply_all(state, out)
+    return out, _apply_all(state, out)
+
+
+# --- the actions of transitions.MESSAGE, each on the state with its input applied --------
+
+
+@dataclass(frozen=True)
+class Moment:
+    """What an action needs besides the state: the input, our clock and the settings."""
+
+    on: Input
+    now: datetime
+    routing: Routing
+    timing: Timing
+
+
+Act = Callable[[MessageState, Moment], list[Output]]
+
+
+def _nothing(state: MessageState, m: Moment) -> list[Output]:
+    return []
+
+
+def _plan(state: MessageState, m: Moment) -> list[Output]:
+    if not state.recipients:
+        return _completion(state, m.now)
+    # The same plan every time: a redelivered MessageReceived re-emits the same ids.
+    return initial_plan(state, m.now, m.routing)
+
+
+def _progress(state: MessageState, m: Moment) -> list[Output]:
+    """After a result: report finished rounds, then complete, expire or wait."""
+    out, state = _reported(state, m.now)
     if state.all_final:
-        return out + _completion(state, now)
-    if state.held:
-        return out
-    if not state.in_flight and _expiry_due(state, now, timing):
-        return out + _expire(state, now)
-    deadlines = _deadlines(state, timing) if deferral else []
-    return out + _retry_timer(state, timing) + deadlines
+        return out + _completion(state, m.now)
+    if expiry_of(state, m.now, m.timing) is Expiry.DUE:
+        return out + _expire(state, m.now)
+    deadlines = _deadlines(state, m.timing) if m.on is Input.DEFERRED else []
+    return out + _retry_timer(state, m.timing) + deadlines
 
 
-def _on_timer(
-    state: MessageState, fire: TimerFired, now: datetime, routing: Routing, timing: Timing
-) -> list[Output]:
-    if state.done or state.arrival is None:
-        return []  # a stale fire: its message has left the queue
-    if fire.kind == "warn":
-        if not is_due(state.arrival + timing.warn_after, now):
-            return []
-        warning = delay_warning(state, now, timing)
-        return [warning] if warning is not None else []
-    if state.held:
-        return []  # no attempt and no expiry while held; release decides again
-    if _expiry_due(state, now, timing, fired=fire.kind == "expire"):
-        # With recipients in flight, their results will expire the message.
-        return [] if state.in_flight else _expire(state, now)
-    if fire.kind == "retry":
-        return _retry(state, now, routing, timing, fire.forced)
-    return []  # an expire timer that is early by our clock, or was moved
+def _progress_held(state: MessageState, m: Moment) -> list[Output]:
+    out, state = _reported(state, m.now)
+    return out + _completion(state, m.now) if state.all_final else out
+
+
+def _release(state: MessageState, m: Moment) -> list[Output]:
+    if expiry_of(state, m.now, m.timing) is Expiry.DUE:
+        return _expire(state, m.now)
+    return _retry(state, m.now, m.routing, m.timing, forced=True)
+
+
+def _retry_due(state: MessageState, m: Moment) -> list[Output]:
+    match expiry_of(state, m.now, m.timing):
+        case Expiry.DUE:
+            return _expire(state, m.now)
+        case Expiry.AWAITING:
+            return []  # the results in flight will expire it
+        case Expiry.NOT_DUE:
+            forced = m.on is Input.RETRY_FORCED
+            return _retry(state, m.now, m.routing, m.timing, forced)
+
+
+def _warn(state: MessageState, m: Moment) -> list[Output]:
+    if state.arrival is None or not is_due(state.arrival + m.timing.warn_after, m.now):
+        return []
+    warning = delay_warning(state, m.now, m.timing)
+    return [warning] if warning is not None else []
+
+
+def _expire_due(state: MessageState, m: Moment) -> list[Output]:
+    if expiry_of(state, m.now, m.timing, fired=True) is Expiry.DUE:
+        return _expire(state, m.now)
+    return []  # early by our clock, moved since, or waiting for the results in flight
+
+
+def _cleanup_action(state: MessageState, m: Moment) -> list[Output]:
+    return _cleanup(state)
+
+
+def _leave(state: MessageState, m: Moment) -> list[Output]:
+    clear: list[Output] = [ClearTimers(state.queue_id)] if state.ever_deferred else []
+    return clear + _cleanup(state)
+
+
+ACTIONS: dict[Action, Act] = {
+    Action.NOTHING: _nothing,
+    Action.PLAN: _plan,
+    Action.PROGRESS: _progress,
+    Action.PROGRESS_HELD: _progress_held,
+    Action.RELEASE: _release,
+    Action.RETRY: _retry_due,
+    Action.WARN: _warn,
+    Action.EXPIRE: _expire_due,
+    Action.CLEANUP: _cleanup_action,
+    Action.LEAVE: _leave,
+}
 
 
 def decide(
@@ -289,37 +351,16 @@ def decide(
     routing: Routing,
     timing: Timing = DEFAULT_TIMING,
 ) -> list[Output]:
-    """`state` may or may not already include `trigger`: applying it again is a no-op."""
-    if isinstance(trigger, TimerFired):
-        return _on_timer(state, trigger, now, routing, timing) if state.known else []
-    before = state
-    state = apply(state, trigger)
-    if not state.known:
+    """`state` may or may not already include `trigger`: applying it again is a no-op, and
+    the table gives the same action either way."""
+    if not state.owns(trigger):
+        return []  # another message's input
+    on = state.input_of(trigger)
+    step = message_step(state.status, on)
+    after = apply(state, trigger) if isinstance(trigger, Event) else state
+    if not after.known:
         return []
-    if isinstance(trigger, MessageReceived):
-        if before.done:
-            return []
-        if not state.recipients:
-            return _completion(state, now)
-        # The same plan every time: a redelivered MessageReceived re-emits the same ids.
-        return initial_plan(state, now, routing)
-    if isinstance(trigger, MessageDeleted):
-        clear: list[Output] = [ClearTimers(state.queue_id)] if state.ever_deferred else []
-        return clear + _cleanup(state)
-    if state.done:
-        # Late inputs (results, answers) of a finished message: the body may go now.
-        return _cleanup(state)
-    if isinstance(trigger, DeliverySucceeded | DeliveryDeferred | DeliveryFailed):
-        deferral = isinstance(trigger, DeliveryDeferred)
-        return _progress(state, now, routing, timing, deferral)
-    if isinstance(trigger, MessageReleased) and not state.held:
-        # Also when the state was rebuilt with the release in it: attempting the
-        # deferred recipients again is harmless, forgetting to would leave them waiting.
-        if _expiry_due(state, now, timing) and not state.in_flight:
-            return _expire(state, now)
-        return _retry(state, now, routing, timing, forced=True)
-    # MessageHeld, ReportSent before the end, and anything else: the state is enough.
-    return []
+    return ACTIONS[step.action](after, Moment(on, now, routing, timing))
 
 
 def apply_outputs(state: MessageState, outputs: Sequence[Output]) -> MessageState:

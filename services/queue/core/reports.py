@@ -21,6 +21,7 @@ from libs.common.contract.events import (
 )
 from services.queue.core.aggregate import MessageState, RecipientState, expiry_status
 from services.queue.core.timers import Timing
+from services.queue.core.transitions import RecipientStatus
 
 ReportEvent = MessageDelayed | MessageExpired | RecipientsFailed | RecipientsDelivered
 
@@ -62,7 +63,9 @@ def _outcome(rcpt: RecipientState, action: str, status: str) -> RecipientOutcome
 
 
 def _round_done(state: MessageState, attempt: int) -> bool:
-    return not any(r.status == "scheduled" and r.attempt == attempt for r in state.recipients)
+    return not any(
+        r.status is RecipientStatus.SCHEDULED and r.attempt == attempt for r in state.recipients
+    )
 
 
 def _wants_success(state: MessageState, address: str) -> bool:
@@ -90,7 +93,7 @@ def round_reports(state: MessageState, now: datetime) -> list[ReportEvent]:
             continue
         failed = [
             r
-            for r in state.with_status("failed")
+            for r in state.with_status(RecipientStatus.FAILED)
             if r.attempt == attempt and not r.expired and r.address not in state.reported_failed
         ]
         if failed:
@@ -105,7 +108,7 @@ def round_reports(state: MessageState, now: datetime) -> list[ReportEvent]:
             )
         delivered = [
             r
-            for r in state.with_status("delivered")
+            for r in state.with_status(RecipientStatus.DELIVERED)
             if r.attempt == attempt
             and r.address not in state.reported_delivered
             and _wants_success(state, r.address)
