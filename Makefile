@@ -6,7 +6,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/demo.yaml
 DATA   ?= var
-TYPED  := libs services ops tests/support bench deploy/nats
+TYPED  := libs services ops tests bench deploy/nats
 
 .PHONY: up test lint typecheck pytest bench clean
 

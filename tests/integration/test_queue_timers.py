@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -196,7 +196,11 @@ async def test_queue_cli_on_deferred_held_and_expired_messages(
     # this one has waited for two days already: it expires after its first attempt
     await receive(js, "QOLD", ["old@remote.test"], at=datetime.now(UTC) - timedelta(days=2))
     for qid in ("QDEF", "QHOLD", "QDEL"):
-        await eventually(lambda q=qid: positive(count_of(js, q, "DeliveryDeferred")), qid)
+
+        def deferred(q: str = qid) -> Awaitable[bool]:
+            return positive(count_of(js, q, "DeliveryDeferred"))
+
+        await eventually(deferred, qid)
     await eventually(lambda: positive(count_of(js, "QOLD", "MessageExpired")), "expiry")
 
     entries = await listed(nats_server)

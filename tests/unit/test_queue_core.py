@@ -54,7 +54,11 @@ def received(*addresses: str, qid: str = QID) -> MessageReceived:
     )
 
 
-RESULT_TYPES = {"ok": DeliverySucceeded, "defer": DeliveryDeferred, "fail": DeliveryFailed}
+RESULT_TYPES: dict[str, type[DeliverySucceeded | DeliveryDeferred | DeliveryFailed]] = {
+    "ok": DeliverySucceeded,
+    "defer": DeliveryDeferred,
+    "fail": DeliveryFailed,
+}
 
 
 def result(kind: str, job_id: str, recipient: str, code: int = 250) -> Event:
@@ -412,3 +416,20 @@ def test_state_rebuilt_from_stream_decides_the_same() -> None:
 
 def test_result_for_unknown_message_is_ignored() -> None:
     assert decide(MessageState(), result("ok", "Q1.a1.d0", "a@r.test"), NOW, RELAY) == []
+
+
+def test_the_consumer_reads_every_input_but_the_queues_own_outputs() -> None:
+    # The filter is derived from the transitions table and the output union; this pins
+    # what it derives, so a change to either that alters what the queue reads is seen.
+    from services.queue.adapters.consumer import INPUT_TYPES
+
+    assert INPUT_TYPES == (
+        "MessageReceived",
+        "DeliverySucceeded",
+        "DeliveryDeferred",
+        "DeliveryFailed",
+        "ReportSent",
+        "MessageHeld",
+        "MessageReleased",
+        "MessageDeleted",
+    )

@@ -76,7 +76,11 @@ def received(
     )
 
 
-RESULTS = {"ok": DeliverySucceeded, "defer": DeliveryDeferred, "fail": DeliveryFailed}
+RESULTS: dict[str, type[DeliverySucceeded | DeliveryDeferred | DeliveryFailed]] = {
+    "ok": DeliverySucceeded,
+    "defer": DeliveryDeferred,
+    "fail": DeliveryFailed,
+}
 CODES = {"ok": 250, "defer": 451, "fail": 550}
 
 

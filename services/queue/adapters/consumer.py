@@ -3,19 +3,18 @@
 from __future__ import annotations
 
 from libs.common.contract import subjects
+from libs.common.contract.events import EVENT_TYPES
 from libs.common.runtime.consumers import DurableConsumer, FetchSettings
+from services.queue.core.decide import OUT_EVENT_TYPES
+from services.queue.core.transitions import Input
 
-# The inputs of the queue: a new message, the delivery results, the notifier's answers
-# and the operator's commands. What the queue publishes itself is not read back.
-INPUT_TYPES = (
-    "MessageReceived",
-    "DeliverySucceeded",
-    "DeliveryDeferred",
-    "DeliveryFailed",
-    "ReportSent",
-    "MessageHeld",
-    "MessageReleased",
-    "MessageDeleted",
+# The inputs of the queue: every event type its transitions table takes, less those it
+# writes itself (it does not read its own outputs back): a new message, the delivery
+# results, the notifier's answers and the operator's commands.
+_EVENT_NAMES = frozenset(t.__name__ for t in EVENT_TYPES)
+_OWN_OUTPUTS = frozenset(t.__name__ for t in OUT_EVENT_TYPES)
+INPUT_TYPES = tuple(
+    i.value for i in Input if i.value in _EVENT_NAMES and i.value not in _OWN_OUTPUTS
 )
 
 EVENTS_CONSUMER = DurableConsumer(

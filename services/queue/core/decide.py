@@ -28,6 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import Enum
+from typing import get_args
 
 from libs.common.contract.events import (
     DeliveryJob,
@@ -64,6 +65,8 @@ OutEvent = (
     | RecipientsFailed
     | RecipientsDelivered
 )
+# The event types the queue writes itself (read off the union, so it is listed once).
+OUT_EVENT_TYPES: tuple[type[Event], ...] = get_args(OutEvent)
 Output = OutEvent | DeliveryJob | SetTimer | ClearTimers | DeleteBody
 Trigger = Event | TimerFired
 
