@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 
 from libs.common.config import Config
 from libs.common.contract import subjects
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import consumers, metrics
 from libs.common.runtime.lease import Lease
 from libs.common.runtime.service import Context
@@ -54,7 +55,7 @@ class QueueService:
         self._lease.keep(self._lost)
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
         timing = timing_of(config)
-        bodies = await js.object_store(subjects.BODIES_BUCKET)
+        bodies = BodyStore(js)
         index = QueueIndex(timing)
         processor = QueueProcessor(js, bodies, routing, timing, index)
         self.processor = processor
