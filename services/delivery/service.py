@@ -47,7 +47,7 @@ def courier_of(config: Config) -> Courier:
 
 
 class DeliveryService:
-    """`ack_wait` (seconds) defaults to MAILBUS_DELIVERY_ACK_WAIT, else 60 s."""
+    """`ack_wait` (seconds) defaults to MAILBUS_DELIVERY_ACK_WAIT, else 8 s."""
 
     def __init__(self, ctx: Context, ack_wait: float | None = None) -> None:
         self.ctx = ctx

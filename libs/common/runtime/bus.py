@@ -187,16 +187,28 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
                 bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1
             )
         )
-    # Connection leases live seconds and are rewritten every few: memory is enough, and
-    # after a NATS restart the live ingress instances write them again within one refresh.
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=subjects.CONNECTIONS_BUCKET,
-            storage=api.StorageType.MEMORY,
-            replicas=replicas,
-            history=1,
-        )
+    # Connection leases live seconds, but on file storage: a memory bucket vanishes with a
+    # standalone nats-server's restart, and policy, finding no bucket, fails closed (421)
+    # until something recreates it. On disk it is back with the server, stale keys expire
+    # by their TTLs, and the live ingress instances rewrite theirs within one renewal.
+    await ensure_connections_bucket(js, replicas)
+
+
+async def ensure_connections_bucket(js: JetStreamContext, replicas: int = 1) -> None:
+    config = api.KeyValueConfig(
+        bucket=subjects.CONNECTIONS_BUCKET,
+        storage=api.StorageType.FILE,
+        replicas=replicas,
+        history=1,
     )
+    try:
+        await js.create_key_value(config)
+    except BadRequestError as exc:
+        # Made by an older version in memory: storage cannot be updated in place, and
+        # the leases are rewritten every few seconds, so a new bucket loses nothing.
+        log.warning("%s: recreating on file storage (%s)", subjects.CONNECTIONS_BUCKET, exc)
+        await js.delete_key_value(subjects.CONNECTIONS_BUCKET)
+        await js.create_key_value(config)
 
 
 async def publish_event(
