@@ -65,6 +65,7 @@ class QueueService:
         processor = QueueProcessor(js, bodies, routing, timing, index)
         self.processor = processor
         # Before the consumers start, so every later input lands on a complete index.
+        processor.seen_up_to((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
         states = await read_all_states(js)
         for state in states.values():
             index.update(state)
