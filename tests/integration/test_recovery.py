@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nats.js import JetStreamContext, api
@@ -25,7 +25,7 @@ from tests.support import queue
 from tests.support.procs import processes
 from tests.support.queue import receive, start_queue
 from tests.support.sink import Sink
-from tests.support.streams import count_of, eventually
+from tests.support.streams import body_exists, count_of, eventually
 
 services = queue.services  # a shared fixture
 
@@ -256,3 +256,35 @@ async def test_results_wait_for_nats_instead_of_sending_again(
         await asyncio.sleep(DEFAULT_ACK_WAIT_S + 2)  # a nak'ed or unacked job is back by now
     assert len(sink.received) == 1
     assert await count_of(js, "QAWAY", "DeliverySucceeded") == 1
+
+
+# --- finding 5: orphan bodies are swept after a grace period and counted ------------------------
+
+
+async def test_orphan_bodies_are_swept_after_the_grace_period(
+    nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """What an ingress killed between storing a body and publishing its MessageReceived
+    leaves behind: a body no event refers to. The queue removes it once it is older than
+    the grace period, keeps the bodies of known messages, and counts what it removed."""
+    store = await js.object_store(subjects.BODIES_BUCKET)
+    await store.put("QORPHAN1", b"left by a killed ingress\r\n")
+    await receive(js, "QKNOWN", ["known@remote.test"])  # a live message, never delivered here
+    env = {"MAILBUS_ORPHAN_SWEEP_EVERY": "0.5", "MAILBUS_ORPHAN_GRACE": "3"}
+    async with processes(tmp_path, "server: {hostname: mx.example.test}\n", nats_server.url) as p:
+        queue_proc = await p.start("queue", env=env)
+        await queue_proc.ready()
+        await store.put("QORPHAN2", b"a younger orphan\r\n")
+        await asyncio.sleep(1.5)
+        assert await body_exists(js, "QORPHAN2")  # inside its grace period
+        await eventually(lambda: _not(body_exists(js, "QORPHAN1")), "the old orphan gone", 10)
+        await eventually(lambda: _not(body_exists(js, "QORPHAN2")), "the young one gone", 10)
+        assert await body_exists(js, "QKNOWN")
+        assert await asyncio.to_thread(queue_proc.metric, ORPHANS_METRIC) == 2
+
+
+ORPHANS_METRIC = "mailbus_qmgr_orphan_bodies_removed_total"
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value
