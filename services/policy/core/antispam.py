@@ -32,7 +32,7 @@ class AntispamRules:
     spf_fail_action: Action = "reject"
     spf_softfail_action: Action = "tag"
     scan: bool = False  # antispam.spamd is set
-    spamd_max_size: int = 500 * 1000
+    spamd_max_size: int = 500 * 1024
     spamd_failure: Literal["accept", "tempfail"] = "accept"
     spam_tag_score: float = 5.0
     spam_reject_score: float = 10.0
