@@ -311,3 +311,21 @@ def test_the_bus_payload_limit_is_the_one_mailbus_runs_nats_with(tmp_path: Path)
         (ROOT / "deploy/k8s/nats.yaml").read_text(),
     ):
         assert f"max_payload: {mib}MB" in text
+
+
+@pytest.mark.parametrize(
+    ("sender", "helo", "found"),
+    [
+        ("a@sender.test", "x", ("a@sender.test", "sender.test")),
+        ("", "client.test", ("postmaster@client.test", "client.test")),
+        ("", "", None),
+        ("", "[192.0.2.1]", None),
+        ("a@[192.0.2.1]", "client.test", None),
+        ("a@localhost", "client.test", None),
+        ("a@" + "x" * 64 + ".test", "client.test", None),
+    ],
+)
+def test_only_a_multi_label_domain_is_looked_up(
+    sender: str, helo: str, found: tuple[str, str] | None
+) -> None:
+    assert core.spf_identity(sender, helo) == found

@@ -35,3 +35,26 @@ def test_show_prints_the_trace_id() -> None:
     text = format_history(reply)
     assert "trace id: 0af7651916cd43dd8448eb211c80319c" in text
     assert "from <a@x.test> to b@y.test" in text
+
+
+def test_show_prints_the_antispam_results() -> None:
+    received = {
+        "type": "MessageReceived",
+        "occurred_at": "2026-11-28T03:30:00Z",
+        "mail_from": "a@x.test",
+        "recipients": [{"address": "b@y.test"}],
+        "size": 10,
+        "client": {"ip": "192.0.2.1"},
+        "antispam": {
+            "spf": {
+                "result": "softfail",
+                "identity": "mailfrom",
+                "sender": "a@x.test",
+                "domain": "x.test",
+                "client_ip": "192.0.2.1",
+            },
+            "spam": {"result": "spam", "score": 6.5, "tag_score": 5.0},
+        },
+    }
+    text = format_history({"queue_id": "Q1", "entry": None, "events": [received]})
+    assert "client 192.0.2.1, antispam spf=softfail spam=spam(6.5)" in text

@@ -47,6 +47,9 @@ _tracer = tracer(__name__)
 
 Clock = Callable[[], datetime]
 
+# The stages whose answer may wait on I/O of seconds: each request is answered in a task.
+APART = ("auth", "mail", "data")
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -100,7 +103,8 @@ class PolicyEndpoints:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-        return handle_apart if stage == "auth" else handle
+        # So are SPF's DNS look-ups at MAIL and spamd's scan at DATA.
+        return handle_apart if stage in APART else handle
 
     async def drain(self) -> None:
         """Let the answers still being computed go out."""

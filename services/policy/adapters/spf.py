@@ -24,6 +24,7 @@ import spf
 from libs.common.config.sections import DnsSection
 from libs.common.contract.antispam import SpfCode, SpfResult
 from libs.common.mail.dns import resolver_of
+from services.policy.core.antispam import spf_identity
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,19 @@ class SpfChecker:
         return await loop.run_in_executor(self._pool, self._check, client_ip, sender, helo)
 
     def _check(self, client_ip: str, sender: str, helo: str) -> SpfResult:
+        identity = "helo" if not sender else "mailfrom"
+        checkable = spf_identity(sender, helo)
+        if checkable is None:
+            checked = sender or f"postmaster@{helo}"
+            return SpfResult(
+                result="none",
+                identity=identity,
+                sender=checked,
+                domain=checked.rpartition("@")[2],
+                client_ip=client_ip,
+                helo=helo,
+                explanation="no domain name to check",
+            )
         try:
             q = spf.query(
                 i=client_ip,
@@ -114,13 +128,12 @@ class SpfChecker:
             result, _code, explanation = q.check()
         except Exception as exc:
             # pyspf raises for input it cannot even start on (an odd address): no result.
-            log.warning("spf: %s for %s from %s: %s", type(exc).__name__, sender, client_ip, exc)
+            log.warning(
+                "spf: %s for %s from %s: %s", type(exc).__name__, ascii(sender), client_ip, exc
+            )
             result, explanation = "temperror", type(exc).__name__
-            q = None
         code: SpfCode = result if result in _RESULTS else "permerror"
-        identity = "helo" if not sender else "mailfrom"
-        checked = q.s if q is not None else (sender or f"postmaster@{helo}")
-        domain = q.o if q is not None else checked.rpartition("@")[2]
+        checked, domain = checkable
         return SpfResult(
             result=code,
             identity=identity,

@@ -70,6 +70,18 @@ def wanted(query: PolicyQuery, rules: AntispamRules, decision: PolicyDecision) -
     return query.stage == "data" and decision.rule == "data_ok" and rules.scan
 
 
+def spf_identity(sender: str, helo: str) -> tuple[str, str] | None:
+    """(identity checked, its domain), or None when SPF can only say "none" without DNS:
+    RFC 7208 section 4.3, a domain that is no multi-label name (an address literal, a
+    bare word) is not looked up."""
+    checked = sender or (f"postmaster@{helo}" if helo else "")
+    domain = checked.rpartition("@")[2].rstrip(".")
+    labels = domain.split(".")
+    if len(labels) < 2 or not all(0 < len(label) < 64 for label in labels) or "[" in domain:
+        return None
+    return checked, domain
+
+
 def skipped(decision: PolicyDecision, reason: str) -> PolicyDecision:
     return decision.model_copy(update={"antispam": AntispamResults(skipped=reason)})
 
