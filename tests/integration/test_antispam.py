@@ -28,16 +28,25 @@ from nats.js.errors import NotFoundError
 
 from libs.common.contract import subjects
 from libs.common.contract.antispam import AntispamResults
-from libs.common.contract.events import MessageReceived
+from libs.common.contract.events import MessageReceived, Pop3LoginSucceeded
+from libs.common.runtime.policy_client import publish_pop3_login
 from tests.support.dns import DnsServer
 from tests.support.spamd import GTUBE, Spamd
-from tests.support.stack import PASSWORD, PASSWORD_HASH, Stack, running_stack, unverified
+from tests.support.stack import (
+    PASSWORD,
+    PASSWORD_HASH,
+    Stack,
+    grant_of,
+    running_stack,
+    unverified,
+)
 from tests.support.streams import eventually, history
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
 HOST = "mx.example.test"
 TRUSTED = "127.0.0.5"
+POP3_USER_IP = "127.0.0.6"
 OUTSIDE = "127.0.0.1"
 SCAN_LIMIT = 20 * 1024
 
@@ -72,7 +81,11 @@ listeners:
 ip_groups: {{inside: ["{TRUSTED}"]}}
 users:
   - {{address: alice@example.test, password_hash: "{PASSWORD_HASH}"}}
-relay: {{mode: open, allowed_ip_group: inside, antispam_for_allowed_group: {str(strict).lower()}}}
+relay:
+  mode: open
+  allowed_ip_group: inside
+  antispam_for_allowed_group: {str(strict).lower()}
+  pop3_before_smtp: {{enabled: true, minutes: 30}}
 security: {{require_sender_domain_dns: false}}
 dns: {{servers: ["127.0.0.1:{dns}"], timeout: 1s}}
 antispam:
@@ -345,6 +358,25 @@ async def test_an_authenticated_sender_skips_spf_and_spamd(main: Stack) -> None:
     )
     assert code == 250, reply
     assert (await antispam_of(main, reply)).skipped == "authenticated"
+
+
+async def test_a_pop3_before_smtp_grant_skips_spf_and_spamd(main: Stack) -> None:
+    # What the POP3 listener publishes after a login; policy turns it into a grant.
+    login = Pop3LoginSucceeded(
+        event_id="pop3.antispam.login",
+        client_ip=POP3_USER_IP,
+        user="alice@example.test",
+        listener="pop3",
+        session_id="antispam",
+    )
+    await publish_pop3_login(main.js, login)
+    await eventually(lambda: grant_of(main.js, POP3_USER_IP), "the grant to be stored")
+    subject = "after a pop3 login"
+    code, reply = await asyncio.to_thread(
+        send, main.address("smtp"), "a@fail.test", message(subject, GTUBE + b"\r\n"), POP3_USER_IP
+    )
+    assert code == 250, reply
+    assert (await antispam_of(main, reply)).skipped == "pop3_before_smtp"
 
 
 async def test_antispam_for_allowed_group_checks_the_group(strict: Stack) -> None:

@@ -6,7 +6,7 @@ import json
 import logging
 
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError
+from nats.errors import MaxPayloadError, NoRespondersError, TimeoutError
 from nats.js import JetStreamContext, api
 
 from libs.common.contract import subjects
@@ -44,6 +44,16 @@ class PolicyClient:
         except (TimeoutError, NoRespondersError) as exc:
             log.warning(
                 "policy %s: no answer (%s); failing closed", query.stage, type(exc).__name__
+            )
+            return POLICY_UNAVAILABLE
+        except MaxPayloadError:
+            # A nats-server with a smaller max_payload than mailbus's own (8 MiB): the
+            # message to scan cannot travel, so nothing is accepted unscanned by accident.
+            log.error(
+                "policy %s: %d bytes exceed the server's max_payload; lower "
+                "antispam.spamd_max_size or raise max_payload",
+                query.stage,
+                len(payload),
             )
             return POLICY_UNAVAILABLE
         if msg.headers and msg.headers.get("Nats-Service-Error-Code"):

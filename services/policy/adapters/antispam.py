@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 from datetime import datetime
 
+from opentelemetry import trace
+
 from libs.common.contract.policy import PolicyDecision, PolicyQuery, canonical_ip
 from services.policy.adapters.spamd import SpamdScanner
 from services.policy.adapters.spf import SpfChecker
@@ -35,6 +37,16 @@ class AntispamChecks:
         self._grants = grants
 
     async def review(
+        self, query: PolicyQuery, decision: PolicyDecision, now: datetime, body: bytes | None
+    ) -> PolicyDecision:
+        reviewed = await self._review(query, decision, now, body)
+        found = reviewed.antispam
+        if found is not None:
+            # On the policy span, so the message's trace says why it was tagged or skipped.
+            trace.get_current_span().set_attribute("mailbus.antispam", found.summary())
+        return reviewed
+
+    async def _review(
         self, query: PolicyQuery, decision: PolicyDecision, now: datetime, body: bytes | None
     ) -> PolicyDecision:
         rules = self._rules.antispam
