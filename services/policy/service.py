@@ -51,6 +51,7 @@ def limits_from_config(config: Config) -> SecurityLimits:
         require_sender_domain_dns=sec.require_sender_domain_dns,
         max_recipients=sec.max_recipients,
         max_failed_commands=sec.max_failed_commands,
+        max_auth_failures_per_ip=sec.max_auth_failures_per_ip,
         max_message_size=sec.max_message_size,
         max_received_headers=sec.max_received_headers,
     )

@@ -12,8 +12,9 @@ from nats.js import JetStreamContext
 
 from libs.common.config import Config
 from libs.common.contract import subjects
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import consumers, metrics
-from libs.common.runtime.lease import Lease
+from libs.common.runtime.lease import Lease, slot_from_env
 from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
@@ -46,15 +47,20 @@ class QueueService:
     async def start(self) -> None:
         config = self.ctx.config
         js = self.ctx.js
-        # One writer: a second queue process stands by here until the first is gone.
+        # One writer: a second queue process stands by here until the first is gone; a
+        # successor in the same slot (MAILBUS_SLOT) takes over from its predecessor at once.
         self._lease = Lease(
-            js, subjects.QUEUE_LEADER_BUCKET, subjects.QUEUE_LEADER_KEY, self.ctx.instance
+            js,
+            subjects.QUEUE_LEADER_BUCKET,
+            subjects.QUEUE_LEADER_KEY,
+            self.ctx.instance,
+            slot=slot_from_env(),
         )
         await self._lease.acquire()
         self._lease.keep(self._lost)
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
         timing = timing_of(config)
-        bodies = await js.object_store(subjects.BODIES_BUCKET)
+        bodies = BodyStore(js)
         index = QueueIndex(timing)
         processor = QueueProcessor(js, bodies, routing, timing, index)
         self.processor = processor

@@ -106,6 +106,11 @@ def too_many_failed_logins(ip: str) -> SmtpReply:
     return SmtpReply(454, "4.7.0", f"Too many failed logins from {ip}, try again later")
 
 
+# Policy had no time to check the password (too many logins waiting, or one from the
+# same address still being checked): temporary, so the client tries again.
+LOGINS_BUSY = SmtpReply(454, "4.7.0", "Too many logins in progress, try again later")
+
+
 # --- policy: MAIL ----------------------------------------------------------------------
 
 MAIL_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: MAIL FROM:<address>")

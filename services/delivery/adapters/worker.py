@@ -26,12 +26,11 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from libs.common.contract.events import DeliveryJob, Event, event_type
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from libs.common.runtime.telemetry import context_from_headers, messaging_attributes, tracer
@@ -49,6 +48,15 @@ FAULT_EXIT_BEFORE_ACK = "delivery.exit_before_ack"
 
 FETCH_TIMEOUT_S = 1.0  # also the longest a stop() waits for an idle fetch
 RETRY_DELAY_S = 5.0
+# A job in hand is reported in progress this often (at most; a quarter of ack_wait when
+# that is shorter): a delivery loses its job only if the process stalls for ack_wait.
+HEARTBEAT_S = 1.0
+# Once the remote server has answered, the results are published until JetStream takes
+# them (NATS restarting, a leader election): nak'ing the job instead would send the mail
+# again. Each try reuses the results' ids, so one that was stored but not acknowledged
+# is dropped as a duplicate. Past this bound the job is nak'ed (and sent again).
+RESULT_PUBLISH_LIMIT_S = 300.0
+RESULT_RETRY_MAX_S = 2.0
 # Jobs taken in one fetch (when that many slots are free): enough to group a burst.
 MAX_BATCH = 16
 # Jobs one session carries in a row: a burst to one destination still goes out over
@@ -67,7 +75,7 @@ class DeliveryWorker:
     def __init__(
         self,
         js: JetStreamContext,
-        bodies: ObjectStore,
+        bodies: BodyStore,
         courier: Courier,
         settings: WorkerSettings,
         fault: str | None = None,
@@ -148,7 +156,7 @@ class DeliveryWorker:
                 await session.close()
 
     async def _keep_alive(self, msg: Msg) -> None:
-        interval = max(self._settings.ack_wait / 3, 0.2)
+        interval = max(min(HEARTBEAT_S, self._settings.ack_wait / 4), 0.2)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):
@@ -210,7 +218,7 @@ class DeliveryWorker:
             )
             _annotate(span, attempt, [r.code for r in replies])
             # Every result must be durable before the job is acked (then it cannot vanish).
-            await asyncio.gather(*(bus.publish_event(self._js, e) for e in events))
+            await asyncio.gather(*(publish_result(self._js, e) for e in events))
             _count(job, events, loop.time() - started)
         if self._fault == FAULT_EXIT_BEFORE_ACK:
             log.warning("delivery: fault %s: exiting before ack of %s", self._fault, job.job_id)
@@ -219,12 +227,30 @@ class DeliveryWorker:
         return session
 
     async def _body(self, queue_id: str) -> bytes | None:
+        return await self._bodies.get(queue_id)
+
+
+async def publish_result(
+    js: JetStreamContext, event: Event, limit_s: float = RESULT_PUBLISH_LIMIT_S
+) -> None:
+    """Publish one result until JetStream acknowledges it, for up to `limit_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    pause = 0.1
+    while True:
         try:
-            result = await self._bodies.get(queue_id)
-        except NotFoundError:
-            return None
-        data = result.data
-        return data if isinstance(data, bytes) else b""
+            await bus.publish_event(js, event)
+            return
+        except Exception as exc:
+            if loop.time() + pause > deadline:
+                raise
+            log.warning(
+                "delivery: result %s not yet published: %s; retrying",
+                event.event_id,
+                type(exc).__name__,
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, RESULT_RETRY_MAX_S)
 
 
 def _parse(msg: Msg) -> DeliveryJob | None:

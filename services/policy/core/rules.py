@@ -36,6 +36,7 @@ class SecurityLimits:
     require_sender_domain_dns: bool = False
     max_recipients: int = 0
     max_failed_commands: int = 0
+    max_auth_failures_per_ip: int = 0  # per FAILURE_WINDOW, across replicas
     max_message_size: int = 0
     max_received_headers: int = 0
     exempt_ip_group_name: str | None = field(default=None, compare=False)

@@ -20,8 +20,6 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link
@@ -29,6 +27,7 @@ from pydantic import ValidationError
 
 from libs.common.contract import subjects
 from libs.common.contract.events import DeliveryJob, event_type, parse_event
+from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history
 from libs.common.runtime import bus
 from libs.common.runtime.locks import KeyedLocks
@@ -68,7 +67,7 @@ class QueueProcessor:
     def __init__(
         self,
         js: JetStreamContext,
-        bodies: ObjectStore,
+        bodies: BodyStore,
         routing: Routing,
         timing: Timing,
         index: QueueIndex | None = None,
@@ -217,10 +216,8 @@ class QueueProcessor:
             )
 
     async def _delete_body(self, queue_id: str) -> None:
-        try:
-            await self._bodies.delete(queue_id)
-        except NotFoundError:
-            pass  # already deleted (a redelivered input) or never stored
+        # Purging a body already gone (a redelivered input) is no error.
+        await self._bodies.delete(queue_id)
 
     def _remember(self, queue_id: str, state: MessageState) -> None:
         self.index.update(state)
