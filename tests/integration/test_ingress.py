@@ -48,6 +48,7 @@ policy:
   timeout: 2s
 security:
   require_sender_domain_dns: false  # the senders here have no DNS; tested in test_security_limits
+antispam: {spf: false}  # nor SPF records: tested in test_antispam
 """
 
 MESSAGE = (

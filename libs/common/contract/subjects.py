@@ -14,6 +14,14 @@ PREFIX = "mailbus"
 POLICY_SERVICE = "mailbus-policy"
 POLICY_PREFIX = f"{PREFIX}.policy.v1"
 POLICY_STAGES = ("connect", "helo", "auth", "mail", "rcpt", "data")
+# A DATA query whose message policy scans (antispam.spamd) carries the message as its
+# payload and the query, as JSON, in this header.
+POLICY_QUERY_HEADER = "Mailbus-Policy-Query"
+# The nats-server's max_payload wherever mailbus runs it (embedded_nats.py,
+# deploy/nats/nats-server.conf, deploy/k8s/nats.yaml); a message to scan fits in one
+# NATS message with room left for the query and the headers.
+BUS_MAX_PAYLOAD = 8 * 1024 * 1024
+MAX_SCAN_SIZE = BUS_MAX_PAYLOAD - 64 * 1024
 
 
 def policy_subject(stage: str) -> str:
