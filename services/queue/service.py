@@ -19,7 +19,7 @@ from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
 from services.queue.adapters.index import QueueIndex, read_all_states
-from services.queue.adapters.orphans import ObjectStoreBodies, OrphanSweeper, SweepSettings
+from services.queue.adapters.orphans import OrphanSweeper, StreamBodies, SweepSettings
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.core import Routing, Timing
 
@@ -88,7 +88,7 @@ class QueueService:
             for sub, handle, what, name in loops
         ]
         # Bodies a killed ingress stored without their event: only the lease holder sweeps.
-        sweeper = OrphanSweeper(js, ObjectStoreBodies(bodies), SweepSettings.from_env())
+        sweeper = OrphanSweeper(js, StreamBodies(bodies), SweepSettings.from_env())
         self._tasks.append(
             asyncio.create_task(sweeper.run(self._stopping), name="queue-orphan-bodies")
         )

@@ -196,6 +196,8 @@ def service_permissions() -> dict[str, Permissions]:
                 *_read_stream(s.TIMERS_STREAM),
                 f"$JS.API.STREAM.PURGE.{s.TIMERS_STREAM}",
                 *_consume(s.TIMERS_STREAM, s.QUEUE_TIMERS_CONSUMER),
+                # Completion purges a body; the orphan sweep lists them (headers only).
+                *_read_stream(s.BODIES_STREAM),
                 f"$JS.API.STREAM.PURGE.{s.BODIES_STREAM}",
                 *_kv(s.QUEUE_LEADER_BUCKET, write=True),
             ],
