@@ -31,6 +31,7 @@ def relay_target(config: Config) -> RelayTarget | None:
         username=auth.username,
         password=auth.effective_password,
         pop3_port=auth.pop3_port,
+        allow_plaintext=auth.allow_plaintext,
     )
 
 
@@ -42,6 +43,7 @@ def courier_of(config: Config) -> Courier:
         connect_timeout=delivery.connect_timeout.total_seconds(),
         mx_port=delivery.mx_port,
         relay=relay_target(config),
+        ca_file=delivery.tls_ca_file,
     )
     return Courier(settings, MxResolver(resolver_of(config.dns)))
 

@@ -170,7 +170,8 @@ async def test_relay_with_smtp_auth(
       enabled: true
       method: smtp_auth
       username: mailbus
-      password: {password}"""
+      password: {password}
+      allow_plaintext: true  # the sink offers no TLS"""
     await run(nats_server, relay_config(port, auth), services)
     await receive(js, "QAUTH", ["someone@remote.test"])
 
@@ -210,7 +211,8 @@ async def test_relay_with_pop3_before_smtp(
       method: pop3_before_smtp
       username: {USER}
       password: {password}
-      pop3_port: {pop3_server.port}"""
+      pop3_port: {pop3_server.port}
+      allow_plaintext: {str(not stls).lower()}"""
     await run(nats_server, relay_config(port, auth, tls="opportunistic"), services)
     await receive(js, "QPOP", ["someone@remote.test"])
 

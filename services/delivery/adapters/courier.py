@@ -42,15 +42,17 @@ class RelayTarget:
     username: str | None = None
     password: str | None = None
     pop3_port: int = 110
+    allow_plaintext: bool = False  # the password may go out without TLS
 
 
 @dataclass(frozen=True)
 class CourierSettings:
     helo: str
-    tls: str  # delivery.tls: opportunistic | required | none
+    tls: str  # delivery.tls: opportunistic | required | verify | none
     connect_timeout: float
     mx_port: int = 25
     relay: RelayTarget | None = None
+    ca_file: str | None = None  # delivery.tls_ca_file
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ class Courier:
             connect_timeout=self.settings.connect_timeout,
             username=relay.username if smtp_auth and relay is not None else None,
             password=relay.password if smtp_auth and relay is not None else None,
+            allow_plaintext=relay.allow_plaintext if relay is not None else False,
+            ca_file=self.settings.ca_file,
         )
 
     async def _pop3_before_smtp(self) -> Reply | None:
@@ -108,6 +112,8 @@ class Courier:
                 relay.password or "",
                 self.settings.tls,
                 self.settings.connect_timeout,
+                allow_plaintext=relay.allow_plaintext,
+                ca_file=self.settings.ca_file,
             )
             self._pop3_at = None if refused is not None else loop.time()
             return refused

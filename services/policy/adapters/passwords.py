@@ -3,7 +3,7 @@
 One argon2id verification takes tens of milliseconds of CPU and 64 MiB of
 memory by default: on the loop it would stall every other policy answer, and
 on an unbounded pool a burst of logins would allocate without limit. So the
-checks run on one thread fewer than there are cores, and wait for one in a queue
+checks run on as many threads as there are cores, and wait for one in a queue
 that is bounded in length and in time:
 
 - a check whose deadline (`policy.timeout` after the request came in) has
@@ -50,9 +50,9 @@ class _Waiter:
 
 class PasswordChecker:
     def __init__(self, threads: int | None = None, max_waiting: int | None = None) -> None:
-        # One core is left to the event loop: every other policy answer (MAIL, RCPT)
-        # runs there, and must not wait behind password checks for CPU.
-        self.threads = threads or max(1, (os.cpu_count() or 1) - 1)
+        # As many as cores: measured with one fewer (the loop's), a login from elsewhere
+        # waited longer behind the one running check, and MAIL answers gained little.
+        self.threads = threads or os.cpu_count() or 1
         self.max_waiting = max_waiting or WAITING_PER_THREAD * self.threads
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="argon2")
         self._running = 0
