@@ -13,16 +13,11 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import ssl
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from nats.js import JetStreamContext
 
 from libs.common.config import load_config_text
@@ -30,6 +25,7 @@ from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running
 from tests.integration.test_delivery_routes import relay_config, run
 from tests.support import queue
+from tests.support.certs import Authority, Issued
 from tests.support.queue import equals, receive
 from tests.support.sink import Sink, self_signed
 from tests.support.streams import eventually, results_by_recipient, results_count
@@ -108,53 +104,10 @@ async def test_a_wrong_password_is_one_failed_login(
 # --- delivery.tls: verify ---------------------------------------------------------------------
 
 
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def issue(tmp: Path, ca_name: str, hostname: str) -> tuple[Path, ssl.SSLContext]:
-    """A CA (its PEM file) and a server context with a certificate it signed for `hostname`."""
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(_name(ca_name))
-        .issuer_name(_name(ca_name))
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
-        .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
-            critical=True,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    leaf = (
-        x509.CertificateBuilder()
-        .subject_name(_name(hostname))
-        .issuer_name(ca.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(hours=1))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(hostname)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    pem = serialization.Encoding.PEM
-    ca_file = tmp / f"{ca_name}.pem"
-    ca_file.write_bytes(ca.public_bytes(pem))
-    cert_file, key_file = tmp / f"{ca_name}-{hostname}.crt", tmp / f"{ca_name}-{hostname}.key"
-    cert_file.write_bytes(leaf.public_bytes(pem))
-    key_file.write_bytes(
-        key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
+def server_context(issued: Issued) -> ssl.SSLContext:
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    context.load_cert_chain(cert_file, key_file)
-    return ca_file, context
+    context.load_cert_chain(issued.cert_file, issued.key_file)
+    return context
 
 
 def verify_config(port: int, ca_file: Path) -> str:
@@ -187,13 +140,10 @@ async def test_tls_verify_checks_chain_and_name(
     name: str,
     expected: str,
 ) -> None:
-    ours, _ = issue(tmp_path, "ours", "unused.test")
-    ca_file, server_context = issue(tmp_path, signed_by, name)
-    if signed_by == "ours":
-        # The leaf must come from the CA in tls_ca_file: issue both from one key.
-        ours = ca_file
-    sink, port = sink_factory(tls=server_context)
-    await run(nats_server, load_config_text(verify_config(port, ours)), services)
+    ours = Authority.create(tmp_path, "ours")
+    signer = ours if signed_by == "ours" else Authority.create(tmp_path, signed_by)
+    sink, port = sink_factory(tls=server_context(signer.issue(tmp_path, name)))
+    await run(nats_server, load_config_text(verify_config(port, ours.file)), services)
     kind, status, text = await one_result(js, f"QVERIFY{signed_by}{name[:4]}")
     assert kind == expected, text
     if expected == "DeliveryDeferred":
