@@ -32,6 +32,7 @@ def relay_target(config: Config) -> RelayTarget | None:
         password=auth.effective_password,
         pop3_port=auth.pop3_port,
         allow_plaintext=auth.allow_plaintext,
+        pop3_grant_s=auth.pop3_grant.total_seconds(),
     )
 
 

@@ -47,6 +47,12 @@ class RelayAuth(Section):
         default=110,
         description="POP3 port of the relay host, used by pop3_before_smtp.",
     )
+    pop3_grant: PositiveDuration = Field(
+        default=timedelta(seconds=60),
+        description="How long the relay host lets us relay after a POP3 login "
+        "(pop3_before_smtp): we log in again once half of it has passed, so mail never "
+        "arrives after the grant ended (the relay host would refuse it with 554).",
+    )
     allow_plaintext: bool = Field(
         default=False,
         description="Send the password (SMTP AUTH, POP3 PASS) over a connection without TLS "

@@ -29,9 +29,10 @@ from services.delivery.core.transaction import Transcript
 
 log = logging.getLogger(__name__)
 
-# A POP3 login opens the relay for minutes (relay.pop3_before_smtp.minutes on our
-# side); logging in again after this long keeps us well inside any such window.
-POP3_LOGIN_REUSE_S = 60.0
+# A POP3 login is reused for this share of the relay host's grant
+# (delivery.relay_host.auth.pop3_grant): the session that follows a reuse
+# starts well inside the grant, however long its MAIL transaction waits.
+POP3_REUSE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,7 @@ class RelayTarget:
     password: str | None = None
     pop3_port: int = 110
     allow_plaintext: bool = False  # the password may go out without TLS
+    pop3_grant_s: float = 60.0  # how long a POP3 login lets us relay
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ class Courier:
             return None
         async with self._pop3_lock:
             loop = asyncio.get_running_loop()
-            if self._pop3_at is not None and loop.time() - self._pop3_at < POP3_LOGIN_REUSE_S:
+            reuse_s = relay.pop3_grant_s * POP3_REUSE_SHARE
+            if self._pop3_at is not None and loop.time() - self._pop3_at < reuse_s:
                 return None
             refused = await pop3_login(
                 relay.host,
