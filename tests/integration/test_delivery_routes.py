@@ -240,6 +240,7 @@ async def test_pop3_login_is_renewed_within_the_relay_hosts_grant(
     # reused for longer (the old fixed 60 s) would get 554 and bounce the second message.
     pop3_server.grant_s = 1.5
     sink, port = sink_factory(relay_gate=pop3_server)
+    assert sink.received == []
     auth = f"""    auth:
       enabled: true
       method: pop3_before_smtp
@@ -258,6 +259,7 @@ async def test_pop3_login_is_renewed_within_the_relay_hosts_grant(
         (result,) = (await results_by_recipient(js, qid)).values()
         assert result.type == "DeliverySucceeded", result
     assert len(pop3_server.logins) == 2
+    assert [r for _, r, _ in sink.received] == [["first@remote.test"], ["second@remote.test"]]
 
 
 async def test_relay_refuses_without_the_pop3_login(
