@@ -26,6 +26,7 @@ from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from libs.common.contract.records import first_error
 from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
 from libs.common.runtime.telemetry import context_from_headers, tracer
+from services.policy.adapters.antispam import AntispamChecks
 from services.policy.adapters.facts import FactFinder
 from services.policy.adapters.logins import LoginChecker
 from services.policy.adapters.passwords import PasswordChecker
@@ -48,6 +49,9 @@ _tracer = tracer(__name__)
 Clock = Callable[[], datetime]
 DEFAULT_TIMEOUT_S = 5.0
 
+# The stages whose answer may wait on I/O of seconds: each request is answered in a task.
+APART = ("auth", "mail", "data")
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -61,6 +65,7 @@ class Lookups:
     grants: GrantStore | None = None
     failures: FailedLoginCounter | None = None
     facts: FactFinder | None = None
+    antispam: AntispamChecks | None = None
 
 
 class PolicyEndpoints:
@@ -108,7 +113,8 @@ class PolicyEndpoints:
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-        return handle_apart if stage == "auth" else handle
+        # So are SPF's DNS look-ups at MAIL and spamd's scan at DATA.
+        return handle_apart if stage in APART else handle
 
     async def drain(self) -> None:
         """Let the answers still being computed go out."""
@@ -121,14 +127,14 @@ class PolicyEndpoints:
             f"policy {stage}", context=parent, kind=SpanKind.SERVER
         ) as span:
             span.set_attribute("mailbus.policy.stage", stage)
-            query = self._parse(stage, request.data)
+            query, body = self._parse(stage, request)
             if isinstance(query, str):
                 span.set_status(Status(StatusCode.ERROR, query))
                 log.warning("policy %s: malformed request: %s", stage, query)
                 await request.respond_error("400", query)
                 return
             started = time.perf_counter()
-            decision = await self._decide(query, arrived or time.monotonic())
+            decision = await self._decide(query, arrived or time.monotonic(), body)
             POLICY_DECISION_SECONDS.labels(stage).observe(time.perf_counter() - started)
             POLICY_DECISIONS.labels(stage, decision.action, decision.rule).inc()
             span.set_attribute("mailbus.policy.rule", decision.rule)
@@ -144,21 +150,25 @@ class PolicyEndpoints:
             return NO_FACTS
         return await finder.gather(needs(query, self._rules), query)
 
-    async def _decide(self, query: PolicyQuery, arrived: float) -> PolicyDecision:
+    async def _decide(
+        self, query: PolicyQuery, arrived: float, body: bytes | None = None
+    ) -> PolicyDecision:
         """A fact that cannot be looked up now defers the query with its error's reply."""
         try:
             if query.stage == "auth":
                 return await self.logins.authenticate(query, await self._facts(query), arrived)
-            return await self._decide_stage(query)
+            return await self._decide_stage(query, body)
         except Unavailable as exc:
             return exc.decision
 
-    async def _decide_stage(self, query: PolicyQuery) -> PolicyDecision:
+    async def _decide_stage(self, query: PolicyQuery, body: bytes | None) -> PolicyDecision:
         facts = await self._facts(query)
         decision = decide(query, self._rules, self._clock(), facts)
         if self._lookups.grants is not None and wants_pop3_grant(decision, self._rules):
             grant = await self._grant(self._lookups.grants, query)
             decision = decide(query, self._rules, self._clock(), replace(facts, pop3_grant=grant))
+        if self._lookups.antispam is not None:
+            decision = await self._lookups.antispam.review(query, decision, self._clock(), body)
         if self._lookups.facts is not None:
             decision = await self._lookups.facts.record(query, decision, self._clock())
         return decision
@@ -172,15 +182,21 @@ class PolicyEndpoints:
             raise GrantsUnavailable(str(exc)) from exc
 
     @staticmethod
-    def _parse(stage: str, data: bytes) -> PolicyQuery | str:
-        """The query, or the reason it cannot be answered (becomes a 400 service error)."""
+    def _parse(stage: str, request: Request) -> tuple[PolicyQuery | str, bytes | None]:
+        """The query and the message sent along with it (a DATA query to scan), or the
+        reason it cannot be answered (becomes a 400 service error)."""
+        carried = (request.headers or {}).get(subjects.POLICY_QUERY_HEADER)
+        data = request.data if carried is None else carried.encode()
+        body = None if carried is None else request.data
         try:
             query = PolicyQuery.model_validate_json(data)
         except ValidationError as exc:
-            return f"invalid PolicyQuery: {first_error(exc)}"
+            return f"invalid PolicyQuery: {first_error(exc)}", None
         if query.stage != stage:
-            return f"query for stage {query.stage!r} sent to the {stage!r} endpoint"
-        return query
+            return f"query for stage {query.stage!r} sent to the {stage!r} endpoint", None
+        if body is not None and stage != "data":
+            return f"a message sent along with a {stage!r} query", None
+        return query, body
 
     @staticmethod
     def _log_refusal(query: PolicyQuery, decision: PolicyDecision) -> None:
