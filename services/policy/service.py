@@ -158,6 +158,7 @@ class PolicyService:
         )
         self.endpoints = PolicyEndpoints(self.rules, clock, lookups)
         self.blocks_api = BlocksEndpoints(blocks, counters, clock)
+        self._blocks = blocks
         self.pop3_logins: Pop3LoginConsumer | None = None
         if self.rules.pop3_grant is not None:
             self.pop3_logins = Pop3LoginConsumer(ctx.js, self.grants, self.rules.pop3_grant, clock)
@@ -214,5 +215,6 @@ class PolicyService:
         if self.pop3_logins is not None:
             await self.pop3_logins.stop()
         await self.endpoints.drain()
+        await self._blocks.close()
         self.passwords.close()
         self.antispam.close()

@@ -19,6 +19,7 @@ from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
 from services.queue.adapters.index import QueueIndex, read_all_states
+from services.queue.adapters.orphans import ObjectStoreBodies, OrphanSweeper, SweepSettings
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.core import Routing, Timing
 
@@ -65,6 +66,7 @@ class QueueService:
         processor = QueueProcessor(js, bodies, routing, timing, index)
         self.processor = processor
         # Before the consumers start, so every later input lands on a complete index.
+        processor.seen_up_to((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
         states = await read_all_states(js)
         for state in states.values():
             index.update(state)
@@ -85,6 +87,11 @@ class QueueService:
             )
             for sub, handle, what, name in loops
         ]
+        # Bodies a killed ingress stored without their event: only the lease holder sweeps.
+        sweeper = OrphanSweeper(js, ObjectStoreBodies(bodies), SweepSettings.from_env())
+        self._tasks.append(
+            asyncio.create_task(sweeper.run(self._stopping), name="queue-orphan-bodies")
+        )
 
     async def stop(self) -> None:
         if self._stats is not None:

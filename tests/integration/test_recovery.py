@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from nats.js import JetStreamContext, api
@@ -25,7 +25,7 @@ from tests.support import queue
 from tests.support.procs import processes
 from tests.support.queue import receive, start_queue
 from tests.support.sink import Sink
-from tests.support.streams import count_of, eventually
+from tests.support.streams import body_exists, count_of, eventually
 
 services = queue.services  # a shared fixture
 
@@ -208,3 +208,83 @@ async def test_a_memory_connections_bucket_is_moved_to_file(js: JetStreamContext
     await bus.ensure_topology(js)
     info = await js.stream_info(subjects.kv_stream(subjects.CONNECTIONS_BUCKET))
     assert info.config.storage == api.StorageType.FILE
+
+
+# --- duplicate mechanism 2: results published while NATS is away --------------------------------
+
+
+async def test_results_wait_for_nats_instead_of_sending_again(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+    tmp_path: Path,
+) -> None:
+    """nats-server dies while the remote server is in DATA and comes back after its 250:
+    the worker publishes the result once NATS is back, under the same id, and acks the job;
+    the mail is not sent a second time."""
+    sink, port = sink_factory(data_delay=2.0)
+    text = relay_config(port, threads=2)
+    config = load_config_text(text)
+    services.append(await start_service("delivery", DeliveryService, config, [nats_server.url]))
+    slot = {"MAILBUS_SLOT": "test-queue"}
+    async with processes(tmp_path, text, nats_server.url) as procs:
+        # A child process: cut off longer than its lease's TTL it exits, as it must, and
+        # is started again in its slot, as a supervisor does.
+        queue_proc = await procs.start("queue", env=slot)
+        await queue_proc.ready()
+        await receive(js, "QAWAY", ["away@remote.test"])
+
+        async def in_data() -> bool:
+            return sink.in_data > 0
+
+        async def accepted() -> bool:
+            return len(sink.received) == 1
+
+        async def completed_with_a_queue() -> bool:
+            nonlocal queue_proc
+            if queue_proc.proc.returncode is not None:
+                queue_proc = await procs.start("queue", env=slot)
+            return await _completed(js, "QAWAY")
+
+        await eventually(in_data, "the delivery in DATA")
+        nats_server.kill()
+        await eventually(accepted, "the remote 250")
+        await asyncio.sleep(7.0)  # longer than a JetStream publish waits (5 s): it fails
+        await nats_server.astart()
+        await eventually(completed_with_a_queue, "MessageCompleted", within=40)
+        await asyncio.sleep(DEFAULT_ACK_WAIT_S + 2)  # a nak'ed or unacked job is back by now
+    assert len(sink.received) == 1
+    assert await count_of(js, "QAWAY", "DeliverySucceeded") == 1
+
+
+# --- finding 5: orphan bodies are swept after a grace period and counted ------------------------
+
+
+async def test_orphan_bodies_are_swept_after_the_grace_period(
+    nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """What an ingress killed between storing a body and publishing its MessageReceived
+    leaves behind: a body no event refers to. The queue removes it once it is older than
+    the grace period, keeps the bodies of known messages, and counts what it removed."""
+    store = await js.object_store(subjects.BODIES_BUCKET)
+    await store.put("QORPHAN1", b"left by a killed ingress\r\n")
+    await receive(js, "QKNOWN", ["known@remote.test"])  # a live message, never delivered here
+    env = {"MAILBUS_ORPHAN_SWEEP_EVERY": "0.5", "MAILBUS_ORPHAN_GRACE": "3"}
+    async with processes(tmp_path, "server: {hostname: mx.example.test}\n", nats_server.url) as p:
+        queue_proc = await p.start("queue", env=env)
+        await queue_proc.ready()
+        await store.put("QORPHAN2", b"a younger orphan\r\n")
+        await asyncio.sleep(1.5)
+        assert await body_exists(js, "QORPHAN2")  # inside its grace period
+        await eventually(lambda: _not(body_exists(js, "QORPHAN1")), "the old orphan gone", 10)
+        await eventually(lambda: _not(body_exists(js, "QORPHAN2")), "the young one gone", 10)
+        assert await body_exists(js, "QKNOWN")
+        assert await asyncio.to_thread(queue_proc.metric, ORPHANS_METRIC) == 2
+
+
+ORPHANS_METRIC = "mailbus_qmgr_orphan_bodies_removed_total"
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value

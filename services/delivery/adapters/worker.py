@@ -10,8 +10,9 @@ serves jobs that are unacked, sessions never outnumber max_delivery_threads.
 Test-only fault point: when the environment variable MAILBUS_FAULT equals
 `delivery.exit_before_ack`, the process calls `os._exit(137)` after a job's
 results are acknowledged by JetStream and before the job itself is acked. The
-crash test uses it to show that such a job is delivered again (at least once)
-and that the message still completes exactly once. Never set it in production.
+crash test uses it to show that such a job, redelivered, is acked without being
+sent again (its results are in the log) and that the message completes exactly
+once. Never set it in production.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from libs.common.runtime.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from libs.common.runtime.telemetry import context_from_headers, messaging_attributes, tracer
 from services.delivery.adapters.courier import Attempt, Courier
 from services.delivery.adapters.local_store import LocalDelivery
+from services.delivery.adapters.redelivery import RedeliveryGuard
 from services.delivery.adapters.smtp_client import SmtpSession
 from services.delivery.core import Transcript, replies_for, result_events, unsupported
 from services.delivery.core.mx import NoRoute, Route
@@ -89,6 +91,7 @@ class DeliveryWorker:
         self._fault = fault if fault is not None else os.environ.get(FAULT_ENV, "")
         self._slots = asyncio.Semaphore(settings.slots)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._guard = RedeliveryGuard(js)
 
     async def run(self, sub: JetStreamContext.PullSubscription, stopping: asyncio.Event) -> None:
         """Fetch only as many jobs as there are free slots: never sit on jobs we cannot start."""
@@ -138,9 +141,13 @@ class DeliveryWorker:
                     if job is None:
                         await msg.term()
                         continue
-                    if route is None and unsupported(job.destination) is None:
-                        route = await self._courier.route(job.destination)
-                    session = await self._job(msg, job, route, session)
+                    async with self._guard.working_on(job):
+                        if await self._sent_before(msg, job):
+                            await msg.ack()
+                            continue
+                        if route is None and unsupported(job.destination) is None:
+                            route = await self._courier.route(job.destination)
+                        session = await self._job(msg, job, route, session)
                 except Exception:
                     log.exception("delivery: job on %s failed; retrying", msg.subject)
                     # If even the nak cannot reach NATS, ack_wait brings the job back anyway.
@@ -154,6 +161,17 @@ class DeliveryWorker:
                 heartbeat.cancel()
             if session is not None:
                 await session.close()
+
+    async def _sent_before(self, msg: Msg, job: DeliveryJob) -> bool:
+        """A redelivered copy of a job whose results are already recorded."""
+        if msg.metadata.num_delivered is None or msg.metadata.num_delivered < 2:
+            return False
+        if not await self._guard.recorded(job):
+            return False
+        log.info(
+            "delivery %s: job %s redelivered after its results; acked", job.queue_id, job.job_id
+        )
+        return True
 
     async def _keep_alive(self, msg: Msg) -> None:
         interval = max(min(HEARTBEAT_S, self._settings.ack_wait / 4), 0.2)
