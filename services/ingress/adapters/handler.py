@@ -21,11 +21,12 @@ from libs.common.contract.ids import new_queue_id
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from libs.common.mail.submission import StoreError
 from libs.common.runtime.telemetry import current_traceparent
+from services.ingress.adapters import spool
 from services.ingress.adapters.listener import Listener
 from services.ingress.adapters.session import IngressEnvelope, SmtpSession
-from services.ingress.core import dsn, replies, smuggling
+from services.ingress.core import dsn, replies
 from services.ingress.core.errors import DsnSyntaxError
-from services.ingress.core.received import count_received, received_header, with_protocol
+from services.ingress.core.received import received_header, with_protocol
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,9 @@ class IngressHandler:
         if not server.data_size_limit and not any(r[4:].startswith("SIZE") for r in responses):
             responses.insert(1, "250-SIZE")
         responses.insert(len(responses) - 1, "250-DSN")
+        # RFC 2920, 2034 and 3030: all three are spoken by the session (smtp.py).
+        for extension in ("PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING"):
+            responses.insert(len(responses) - 1, f"250-{extension}")
         return responses
 
     async def handle_MAIL(
@@ -130,12 +134,13 @@ class IngressHandler:
     async def handle_DATA(
         self, server: SmtpSession, session: Session, envelope: IngressEnvelope
     ) -> str:
-        content = envelope.original_content or b""
-        bare = smuggling.refusal(content)
+        content, scan = envelope.spool, envelope.scan
+        assert content is not None and scan is not None  # the session spooled the message
+        bare = scan.refusal()
         if bare is not None:
             server.note_refusal("smuggling")
             log.warning(
-                "session %s: message from %s refused: bare line break (smuggling attempt?)",
+                "session %s: message from %s refused: bare line break or NUL (smuggling attempt?)",
                 server.session_id,
                 server.peer[0],
             )
@@ -145,8 +150,8 @@ class IngressHandler:
             session=server.policy(),
             mail_from=_null_sender(envelope.mail_from or ""),
             rcpt_count=len(envelope.rcpt_tos),
-            size=len(content),
-            received_headers=count_received(content),
+            size=scan.size,
+            received_headers=scan.received_headers,
         )
         with server.stage("data") as span:
             decision = await self._ask(query, span)
@@ -154,16 +159,16 @@ class IngressHandler:
                 return server.refuse(decision)
             qid = new_queue_id()
             span.set_attribute("mailbus.queue_id", qid)
-            body = self._received(server, session, envelope, qid) + content
-            event = self._event(server, session, envelope, qid, len(body), decision.rule)
+            body = content.body(self._received(server, session, envelope, qid))
+            event = self._event(server, session, envelope, qid, body.size, decision.rule)
             # Shielded: a client hanging up now must not cut between the body and its event.
             try:
-                accepting = self.listener.store.accept(body, event)
+                accepting = spool.accept(self.listener.store, body, event)
                 await asyncio.shield(self.listener.sessions.track(accepting))
             except StoreError:
                 server.note_refusal("queue_unavailable")
                 return replies.QUEUE_UNAVAILABLE
-        self.listener.metrics.message_accepted(len(body))
+        self.listener.metrics.message_accepted(body.size)
         log.info("%s: queued from %s, %d recipient(s)", qid, server.peer[0], len(event.recipients))
         return replies.accepted(qid)
 
@@ -275,6 +280,6 @@ def _null_sender(address: str) -> str:
 def _size_param(options: list[str]) -> int | None:
     for option in options:
         key, _, value = option.partition("=")
-        if key == "SIZE" and value.isdigit():
+        if key == "SIZE" and value.isascii() and value.isdigit():
             return int(value)
     return None

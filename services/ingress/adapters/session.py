@@ -17,7 +17,9 @@ from opentelemetry.trace import Span
 from libs.common.contract.events import TlsInfo
 from libs.common.contract.policy import PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
+from services.ingress.adapters.spool import Spool
 from services.ingress.core import dsn
+from services.ingress.core.scan import ContentScan
 
 
 class IngressEnvelope(Envelope):
@@ -29,6 +31,10 @@ class IngressEnvelope(Envelope):
         # DSN (RFC 3461): per recipient, parallel to rcpt_tos; per message from MAIL.
         self.rcpt_dsn: list[dsn.RcptParams] = []
         self.dsn: dsn.MailParams = dsn.MailParams()
+        # After DATA or BDAT LAST: the message (never whole in memory) and what was
+        # learnt of it on its way into the spool.
+        self.spool: Spool | None = None
+        self.scan: ContentScan | None = None
 
 
 class SmtpSession(Protocol):
