@@ -209,6 +209,7 @@ class IngressHandler:
         self, server: SmtpSession, session: Session, envelope: IngressEnvelope, qid: str
     ) -> bytes:
         hidden = self.settings.hidden_clients
+        tls = server.tls_info
         return received_header(
             helo=session.host_name or "",
             client_ip=server.peer[0],
@@ -223,6 +224,7 @@ class IngressHandler:
             queue_id=qid,
             recipients=envelope.rcpt_sent,
             now=self.listener.clock(),
+            tls=None if tls is None else (tls.version, tls.cipher),
         )
 
     def _event(

@@ -47,7 +47,7 @@ from libs.common.contract.events import TlsInfo
 from libs.common.contract.policy import PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
 from libs.common.runtime.telemetry import tracer
-from services.ingress.adapters import spool
+from services.ingress.adapters import librarylog, spool
 from services.ingress.adapters.data import (
     LineTooLong,
     ReadTimeout,
@@ -69,6 +69,7 @@ from services.ingress.core.scan import ContentScan
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
+librarylog.install()
 
 IDENT = "ESMTP mailbus"
 SESSION_TIMEOUT_S = 300.0  # aiosmtpd's own timer, which `_reset_timeout` keeps off
@@ -475,6 +476,9 @@ class IngressSMTP(SMTP):
             except asyncio.CancelledError:
                 self._output.close()  # the client hung up in the middle of the message
                 raise
+            except ReadTimeout:
+                await self._time_out()
+                return
             # Only now, after the whole message was read (RFC 5321 section 4.2.5).
             if assembler.state is DataState.TOO_MUCH:
                 self.refusals.note("max_message_size")
@@ -505,7 +509,11 @@ class IngressSMTP(SMTP):
         refusal = await self._bdat_refusal()
         clock = self._chunk_clock or self._transfer_clock()
         if refusal is not None:
-            await read_chunk(self._input, size, clock, lambda _piece: None)
+            try:
+                await read_chunk(self._input, size, clock, lambda _piece: None)
+            except ReadTimeout:
+                await self._time_out()
+                return
             await self.push(refusal)
             return
         if self._chunks is None:
@@ -527,6 +535,9 @@ class IngressSMTP(SMTP):
                 await self.push(replies.too_big(self.data_size_limit or 0))
                 return
             await self._deliver(body, chunks.scan)
+        except ReadTimeout:
+            self._forget_chunks()
+            await self._time_out()
         except BaseException:
             self._forget_chunks()
             raise
