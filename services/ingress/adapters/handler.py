@@ -113,7 +113,7 @@ class IngressHandler:
             session=server.policy(),
             mail_from=_null_sender(envelope.mail_from or ""),
             rcpt=address,
-            rcpt_count=len(envelope.rcpt_tos),
+            rcpt_count=envelope.rcpt_commands,
         )
         with server.stage("rcpt") as span:
             decision = await self._ask(query, span)
@@ -123,6 +123,7 @@ class IngressHandler:
         # account); the same mailbox named twice gets the message once, with the DSN
         # parameters of its first RCPT.
         canonical = decision.canonical or address
+        envelope.rcpt_commands += 1
         if canonical not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(canonical)
             envelope.rcpt_sent.append(address)

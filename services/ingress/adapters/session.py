@@ -28,6 +28,8 @@ class IngressEnvelope(Envelope):
         self.policy_rules: list[str] = []
         # The recipients as the client wrote them, parallel to rcpt_tos (canonical).
         self.rcpt_sent: list[str] = []
+        # Accepted RCPT commands, a mailbox named twice counted twice (max_recipients).
+        self.rcpt_commands = 0
         # DSN (RFC 3461): per recipient, parallel to rcpt_tos; per message from MAIL.
         self.rcpt_dsn: list[dsn.RcptParams] = []
         self.dsn: dsn.MailParams = dsn.MailParams()
