@@ -89,7 +89,12 @@ class IngressService:
                 await self._listen(listener, entry.host, entry.port)
             for entry in config.pop3_listeners:
                 pop3 = Pop3Server(
-                    Pop3Settings(entry.name, config.server.hostname, entry.tls),
+                    Pop3Settings(
+                        entry.name,
+                        config.server.hostname,
+                        entry.tls,
+                        security.tls_handshake_timeout.total_seconds(),
+                    ),
                     policy,
                     self.ctx.js,
                     tls_context,
