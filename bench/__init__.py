@@ -1,1 +1,1 @@
-"""Benchmarks: scripts that print numbers (run them with python bench/<name>.py)."""
+"""Benchmarks: they print numbers; none is a test."""

@@ -77,6 +77,8 @@ class IngressService:
                     max_junk_commands=security.max_junk_commands,
                     deadlines=deadlines,
                     tls_handshake_timeout=security.tls_handshake_timeout.total_seconds(),
+                    scan_max_size=config.antispam.spamd_max_size if config.antispam.spamd else 0,
+                    scan_seconds=config.antispam.spamd_timeout.total_seconds(),
                 )
                 listener = Listener(
                     settings,

@@ -16,6 +16,7 @@ import logging
 from aiosmtpd.smtp import Session
 from opentelemetry.trace import Span
 
+from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import Client, MessageReceived, Recipient
 from libs.common.contract.ids import new_queue_id
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
@@ -24,7 +25,7 @@ from libs.common.runtime.telemetry import current_traceparent
 from services.ingress.adapters import spool
 from services.ingress.adapters.listener import Listener
 from services.ingress.adapters.session import IngressEnvelope, SmtpSession
-from services.ingress.core import dsn, replies
+from services.ingress.core import antispam, dsn, replies
 from services.ingress.core.errors import DsnSyntaxError
 from services.ingress.core.received import received_header, with_protocol
 
@@ -94,6 +95,7 @@ class IngressHandler:
         envelope.mail_options.extend(mail_options)
         envelope.policy_rules = [decision.rule]
         envelope.dsn = params
+        envelope.antispam = decision.antispam
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -146,6 +148,9 @@ class IngressHandler:
                 server.peer[0],
             )
             return bare
+        # A client's Authentication-Results in our name would pass for our own verdict.
+        header, rest = _header_section(content)
+        header = antispam.without_forged_results(header, self.settings.hostname)
         query = PolicyQuery(
             stage="data",
             session=server.policy(),
@@ -154,22 +159,28 @@ class IngressHandler:
             size=scan.size,
             received_headers=scan.received_headers,
         )
+        qid = new_queue_id()
         with server.stage("data") as span:
-            decision = await self._ask(query, span)
+            received = self._received(server, session, envelope, qid)
+            # Only a message small enough for spamd is ever read whole (_to_scan).
+            small = scan.size <= self.settings.scan_max_size
+            whole = header + content.read_from(rest) if small else b""
+            decision = await self._ask(query, span, self._to_scan(query, envelope, received, whole))
             if not decision.accepted:
                 return server.refuse(decision)
-            qid = new_queue_id()
             span.set_attribute("mailbus.queue_id", qid)
-            body = content.body(self._received(server, session, envelope, qid))
-            event = self._event(server, session, envelope, qid, body.size, decision.rule)
+            results = antispam.merged(envelope.antispam, decision.antispam)
+            prefix = antispam.trace_headers(results, self.settings.hostname) + received + header
+            size = len(prefix) + content.size - rest
+            event = self._event(server, session, envelope, qid, size, decision.rule, results)
             # Shielded: a client hanging up now must not cut between the body and its event.
             try:
-                accepting = spool.accept(self.listener.store, body, event)
+                accepting = spool.accept(self.listener.store, content, rest, prefix, event)
                 await asyncio.shield(self.listener.sessions.track(accepting))
             except StoreError:
                 server.note_refusal("queue_unavailable")
                 return replies.QUEUE_UNAVAILABLE
-        self.listener.metrics.message_accepted(body.size)
+        self.listener.metrics.message_accepted(size)
         log.info("%s: queued from %s, %d recipient(s)", qid, server.peer[0], len(event.recipients))
         return replies.accepted(qid)
 
@@ -198,9 +209,23 @@ class IngressHandler:
         session.auth_data = decision.canonical or username  # type: ignore[assignment]
         return "235 2.7.0 Authentication successful"
 
-    async def _ask(self, query: PolicyQuery, span: Span) -> PolicyDecision:
+    def _to_scan(
+        self, query: PolicyQuery, envelope: IngressEnvelope, received: bytes, content: bytes
+    ) -> bytes | None:
+        """The message as policy's spamd is to see it, when it will scan one: spamd set,
+        the message within antispam.spamd_max_size, the sender not skipped at MAIL."""
+        limit = self.settings.scan_max_size
+        skipped = envelope.antispam is not None and envelope.antispam.skipped
+        if not limit or skipped or (query.size or 0) > limit:
+            return None
+        return received + content
+
+    async def _ask(
+        self, query: PolicyQuery, span: Span, message: bytes | None = None
+    ) -> PolicyDecision:
         """Called inside the stage's span, so the request carries it as its trace parent."""
-        decision = await self.listener.policy.ask(query)
+        extra = self.settings.scan_seconds if message is not None else 0.0
+        decision = await self.listener.policy.ask(query, message, extra)
         span.set_attribute("mailbus.policy_rule", decision.rule)
         if not decision.accepted:
             span.set_attribute("mailbus.reply", decision.smtp_reply)
@@ -236,6 +261,7 @@ class IngressHandler:
         qid: str,
         size: int,
         data_rule: str,
+        results: AntispamResults | None = None,
     ) -> MessageReceived:
         ip, port = server.peer
         helo = session.host_name or ""
@@ -259,6 +285,7 @@ class IngressHandler:
             envid=envelope.dsn.envid,
             ret=envelope.dsn.ret,
             trace_parent=current_traceparent(),
+            antispam=results,
         )
 
 
@@ -269,6 +296,21 @@ def _recipient(address: str, sent: str, params: dsn.RcptParams) -> Recipient:
     if orcpt is None and address.lower() != sent.lower():
         orcpt = f"{'rfc822' if sent.isascii() else 'utf-8'};{sent}"
     return Recipient(address=address, orcpt=orcpt, notify=params.notify)
+
+
+# The header section is read into memory to drop forged Authentication-Results; one
+# longer than this (rare, and bounded by max_message_size) is read whole.
+HEADER_LIMIT = 256 * 1024
+
+
+def _header_section(content: spool.Spool) -> tuple[bytes, int]:
+    """The message's header section, without its empty line, and where the rest starts."""
+    head = content.head(HEADER_LIMIT)
+    end = antispam.header_end(head)
+    if end == len(head) and content.size > len(head):
+        head = content.head(content.size)
+        end = antispam.header_end(head)
+    return head[:end], end
 
 
 def _dsn_refusal(server: SmtpSession, error: DsnSyntaxError) -> str:

@@ -50,6 +50,10 @@ class ListenerSettings:
     max_junk_commands: int = 0
     deadlines: Deadlines = field(default_factory=lambda: Deadlines(300.0, 300.0))
     tls_handshake_timeout: float = 10.0
+    # antispam.spamd set: messages up to this size go to policy to be scanned (0: none),
+    # and their DATA answer may take this much longer (antispam.spamd_timeout).
+    scan_max_size: int = 0
+    scan_seconds: float = 0.0
 
 
 class OpenSession(Protocol):

@@ -14,6 +14,7 @@ from typing import Protocol
 from aiosmtpd.smtp import Envelope
 from opentelemetry.trace import Span
 
+from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import TlsInfo
 from libs.common.contract.policy import PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
@@ -37,6 +38,8 @@ class IngressEnvelope(Envelope):
         # learnt of it on its way into the spool.
         self.spool: Spool | None = None
         self.scan: ContentScan | None = None
+        # Policy's antispam answer to MAIL: the SPF result, or why the checks are skipped.
+        self.antispam: AntispamResults | None = None
 
 
 class SmtpSession(Protocol):

@@ -1,14 +1,15 @@
 """Where one message waits between its last byte and the store: a spooled temporary file.
 
 Up to `IN_MEMORY` octets stay in memory, the rest goes to disk, so an upload
-costs the same memory whatever its size. The store gets the Received header
-followed by the content as one seekable binary file (`Body`).
+costs the same memory whatever its size. The store reads the file a chunk at
+a time (`MessageStore.accept` takes a binary file and a prefix), so the
+message is never whole in memory on its way to the bus either.
 """
 
 from __future__ import annotations
 
-import io
 import tempfile
+from typing import BinaryIO, cast
 
 from libs.common.contract.events import MessageReceived
 from libs.common.mail.submission import MessageStore
@@ -28,56 +29,28 @@ class Spool:
         self.size += len(data)
         return self._file.write(data)
 
-    def body(self, header: bytes) -> Body:
-        """The message as the store keeps it: `header`, then the content."""
+    def head(self, limit: int) -> bytes:
+        """The first `limit` octets (all of a smaller message)."""
         self._file.seek(0)
-        return Body(header, self._file, self.size)
+        return self._file.read(limit)
+
+    def read_from(self, offset: int) -> bytes:
+        """From `offset` to the end, as bytes: only for what is known to be small."""
+        self._file.seek(offset)
+        return self._file.read()
+
+    def file_from(self, offset: int) -> BinaryIO:
+        """The content from `offset` on, as a file for the store to read."""
+        self._file.seek(offset)
+        return cast(BinaryIO, self._file)
 
     def close(self) -> None:
         self._file.close()
 
 
-class Body(io.RawIOBase):
-    """A header in memory followed by the spooled content, read as one file."""
-
-    def __init__(
-        self, header: bytes, content: tempfile.SpooledTemporaryFile[bytes], content_size: int
-    ) -> None:
-        super().__init__()
-        self._header = header
-        self._content = content
-        self.size = len(header) + content_size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self.size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
-        view = memoryview(buffer).cast("B")
-        head = len(self._header)
-        if self._pos < head:
-            n = min(len(view), head - self._pos)
-            view[:n] = self._header[self._pos : self._pos + n]
-        else:
-            self._content.seek(self._pos - head)
-            n = self._content.readinto(view)
-        self._pos += n
-        return n
-
-
-async def accept(store: MessageStore, body: Body, event: MessageReceived) -> None:
-    """Today's store takes the body as bytes, so it is read whole here, once; a store that
-    takes a binary file gets `body` itself and the message never is whole in memory."""
-    body.seek(0)
-    await store.accept(body.read(), event)
+async def accept(
+    store: MessageStore, body: Spool, offset: int, prefix: bytes, event: MessageReceived
+) -> None:
+    """`prefix` (trace headers, the message's own header section), then the spooled
+    content from `offset`: durable once this returns."""
+    await store.accept(body.file_from(offset), event, prefix)
