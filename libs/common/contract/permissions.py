@@ -190,6 +190,7 @@ def service_permissions() -> dict[str, Permissions]:
             "queue",
             publish=[
                 *_events("queue"),
+                s.QUEUE_EPOCH_SUBJECT,
                 *_read_stream(s.EVENTS_STREAM),
                 *_consume(s.EVENTS_STREAM, s.QUEUE_CONSUMER),
                 f"{s.JOBS_PREFIX}.*",
