@@ -27,6 +27,7 @@ from nats.micro.service import ServiceConfig
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
+from libs.common.contract.errors import CannotStart
 from libs.common.runtime import bus
 from libs.common.runtime.health import Health
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
@@ -35,6 +36,7 @@ from libs.common.runtime.telemetry import setup_telemetry
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+EX_CONFIG = 78  # sysexits: cannot start as configured; `mailbus up` does not restart it
 LAG_EVERY_S = 10.0
 
 
@@ -206,4 +208,8 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
-    return asyncio.run(serve(name, factory, config, servers, args.metrics_address))
+    try:
+        return asyncio.run(serve(name, factory, config, servers, args.metrics_address))
+    except CannotStart as exc:
+        print(f"fatal: {exc}", file=sys.stderr, flush=True)
+        return EX_CONFIG
