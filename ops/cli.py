@@ -10,6 +10,7 @@ mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (op
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Sequence
 
@@ -20,7 +21,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from libs.common.runtime.service import setup_logging
     from ops.up import up
 
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "INFO")
+    if args.log_level:
+        os.environ["MAILBUS_LOG_LEVEL"] = args.log_level  # for every child
     try:
         config = load_config(args.config)
     except ConfigError as exc:
@@ -49,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     p_up = sub.add_parser("up", help="run embedded NATS (when nats.url is empty) and all services")
     p_up.add_argument("--config", required=True)
     p_up.add_argument("--data-dir", default="./var")
-    p_up.add_argument("--log-level", default="INFO")
+    p_up.add_argument("--log-level", default=None, help="overrides logging.level in every service")
     p_up.set_defaults(func=_cmd_up)
 
     p_cfg = sub.add_parser("config", help="configuration tools")

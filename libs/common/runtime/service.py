@@ -28,7 +28,7 @@ from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
 from libs.common.contract.errors import CannotStart
-from libs.common.runtime import bus
+from libs.common.runtime import bus, maillog
 from libs.common.runtime.health import Health
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.runtime.telemetry import setup_telemetry
@@ -174,12 +174,8 @@ async def serve(
     return 0
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str = "INFO", fmt: str = "text", program: str = "mailbus") -> None:
+    maillog.setup(level, fmt, program)
 
 
 def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) -> int:
@@ -196,9 +192,13 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         default=os.environ.get("MAILBUS_METRICS_ADDRESS"),
         help="overrides telemetry.metrics_address (host:port of /metrics, /healthz, /readyz)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("MAILBUS_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("MAILBUS_LOG_LEVEL"),
+        help="overrides logging.level (MAILBUS_LOG_LEVEL also works)",
+    )
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "INFO", program=name)
     if not args.config:
         parser.error("--config FILE (or MAILBUS_CONFIG) is required")
     try:
@@ -208,6 +208,7 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
+    setup_logging(args.log_level or config.logging.level, config.logging.format, name)
     try:
         return asyncio.run(serve(name, factory, config, servers, args.metrics_address))
     except CannotStart as exc:

@@ -17,7 +17,8 @@ from nats.js import JetStreamContext
 
 from libs.common.contract import subjects
 from libs.common.contract.events import ClientBlocked, ClientUnblocked, event_type
-from libs.common.runtime import bus
+from libs.common.mail import maillines
+from libs.common.runtime import bus, maillog
 from libs.common.runtime.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.adapters.stores import readable
 from services.policy.core import Block, ContentionError
@@ -52,6 +53,9 @@ class BlockStore:
                 return current, False
             revision = entry.revision if entry is not None and entry.revision else 0
             if await self._bucket.swap(key, block.encode(), revision, ttl):
+                maillog.emit(
+                    maillines.blocked(block.client_ip, block.reason, block.rule, block.end)
+                )
                 await self._publish_blocked(block)
                 return block, True
             await backoff(attempt)

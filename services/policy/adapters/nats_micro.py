@@ -24,6 +24,8 @@ from pydantic import ValidationError
 from libs.common.contract import subjects
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from libs.common.contract.records import first_error
+from libs.common.mail import maillines
+from libs.common.runtime import maillog
 from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
 from libs.common.runtime.telemetry import context_from_headers, tracer
 from services.policy.adapters.facts import FactFinder
@@ -177,6 +179,11 @@ class PolicyEndpoints:
             ok = await checker.verify(stored, query.password or "")
             decision = decide(query, self._rules, self._clock(), replace(facts, password_ok=ok))
         if decision.rule == "auth_failed":
+            maillog.emit(
+                maillines.sasl_failed(
+                    query.session.client_ip, query.mechanism or "", query.username
+                )
+            )
             await self._count_failure(query)
         return decision
 
@@ -191,7 +198,8 @@ class PolicyEndpoints:
             log.warning("failed login not counted: %s: %s", type(exc).__name__, exc)
             return
         if counted is not None:
-            log.info(
+            # Detail: the mail log has the failure's own line (sasl_failed).
+            log.debug(
                 "failed login from %s as %r (%d from there since %s)",
                 query.session.client_ip,
                 query.username,
@@ -212,13 +220,16 @@ class PolicyEndpoints:
 
     @staticmethod
     def _log_refusal(query: PolicyQuery, decision: PolicyDecision) -> None:
-        what = query.rcpt if query.stage == "rcpt" else query.mail_from
-        log.info(
-            "policy %s refused: rule=%s reply=%r session=%s client=%s%s",
-            query.stage,
-            decision.rule,
-            decision.smtp_reply,
-            query.session.session_id,
-            query.session.client_ip,
-            f" address={what!r}" if what is not None else "",
+        if query.stage == "auth":
+            return  # a failed login has its own line (SASL ... authentication failed)
+        session = query.session
+        maillog.emit(
+            maillines.rejected(
+                query.stage,
+                session.client_ip,
+                decision.smtp_reply,
+                query.mail_from,
+                query.rcpt,
+                session.helo,
+            )
         )

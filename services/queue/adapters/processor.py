@@ -30,7 +30,8 @@ from pydantic import ValidationError
 from libs.common.contract import subjects
 from libs.common.contract.events import DeliveryJob, event_type, parse_event
 from libs.common.mail.history import message_history
-from libs.common.runtime import bus
+from libs.common.mail.maillines import queue_lines
+from libs.common.runtime import bus, maillog
 from libs.common.runtime.locks import KeyedLocks
 from libs.common.runtime.metrics import QUEUE_EVENTS
 from libs.common.runtime.telemetry import (
@@ -195,6 +196,8 @@ class QueueProcessor:
         for phase in _phases(outputs):
             await asyncio.gather(*(self._carry_out(output) for output in phase))
         self._remember(qid, apply_outputs(after, outputs))
+        for line in queue_lines(trigger, outputs, after.received):
+            maillog.emit(line)
 
     async def _carry_out(self, output: Output) -> None:
         if isinstance(output, DeliveryJob):
