@@ -1,7 +1,8 @@
 """`mailbus`: the operator's command.
 
 mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
-mailbus config check FILE                   validate, print the effective config
+mailbus config check FILE [--non-default]   validate, print the effective config
+mailbus config get KEY [--config FILE]      one key's effective value
 mailbus user hash                           print the argon2id hash of a password
 mailbus queue list|show|retry|hold|release|delete   the delivery queue (ops.queuectl)
 mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (ops.blocksctl)
@@ -36,7 +37,16 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_config_check(args: argparse.Namespace) -> int:
     from libs.common.config.cli import config_check
 
-    return config_check(args.file)
+    return config_check(args.file, args.non_default)
+
+
+def _cmd_config_get(args: argparse.Namespace) -> int:
+    from libs.common.config.cli import config_get
+
+    if not args.config:
+        print("mailbus config get: --config FILE (or MAILBUS_CONFIG) is required", file=sys.stderr)
+        return 2
+    return config_get(args.config, args.key)
 
 
 def _cmd_user_hash(args: argparse.Namespace) -> int:
@@ -59,7 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     cfg_sub = p_cfg.add_subparsers(dest="config_command", required=True)
     p_check = cfg_sub.add_parser("check", help="validate FILE and print the effective config")
     p_check.add_argument("file")
+    p_check.add_argument(
+        "--non-default", action="store_true", help="only what differs from the defaults"
+    )
     p_check.set_defaults(func=_cmd_config_check)
+    p_get = cfg_sub.add_parser("get", help="one key's effective value, e.g. queue.retry_interval")
+    p_get.add_argument("key")
+    p_get.add_argument("--config", default=os.environ.get("MAILBUS_CONFIG"))
+    p_get.set_defaults(func=_cmd_config_get)
 
     p_user = sub.add_parser("user", help="local account tools")
     user_sub = p_user.add_subparsers(dest="user_command", required=True)
