@@ -6,6 +6,7 @@ mailbus config get KEY [--config FILE]      one key's effective value
 mailbus user hash                           print the argon2id hash of a password
 mailbus queue list|show|retry|hold|release|delete   the delivery queue (ops.queuectl)
 mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (ops.blocksctl)
+mailbus check --client IP --from S --to R   what policy would answer, counting nothing
 """
 
 from __future__ import annotations
@@ -92,6 +93,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.blocksctl import add_parser as add_blocks_parser
 
     add_blocks_parser(sub)
+
+    from ops.checkctl import add_parser as add_check_parser
+
+    add_check_parser(sub)
     return parser
 
 

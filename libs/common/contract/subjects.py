@@ -14,6 +14,9 @@ PREFIX = "mailbus"
 POLICY_SERVICE = "mailbus-policy"
 POLICY_PREFIX = f"{PREFIX}.policy.v1"
 POLICY_STAGES = ("connect", "helo", "auth", "mail", "rcpt", "data")
+# `mailbus check`: a query of any stage but auth, answered as it would be, counting
+# nothing (no message, unknown recipient or failed login counted; no block made).
+POLICY_DRYRUN_SUBJECT = f"{POLICY_PREFIX}.dryrun"
 
 
 def policy_subject(stage: str) -> str:

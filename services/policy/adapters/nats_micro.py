@@ -79,6 +79,25 @@ class PolicyEndpoints:
             await micro.add_endpoint(
                 name=stage, subject=subjects.policy_subject(stage), handler=self._handler(stage)
             )
+        await micro.add_endpoint(
+            name="dryrun", subject=subjects.POLICY_DRYRUN_SUBJECT, handler=self._dry_run
+        )
+
+    async def _dry_run(self, request: Request) -> None:
+        """`mailbus check`: the decision and its rule, with nothing counted or logged."""
+        try:
+            query = PolicyQuery.model_validate_json(request.data)
+        except ValidationError as exc:
+            await request.respond_error("400", f"invalid PolicyQuery: {first_error(exc)}")
+            return
+        if query.stage == "auth":
+            await request.respond_error("400", "no dry run of auth: give session.auth_user")
+            return
+        try:
+            decision = await self._decide_stage(query, count=False)
+        except Unavailable as exc:
+            decision = exc.decision
+        await request.respond(decision.model_dump_json().encode())
 
     def _handler(self, stage: str) -> Handler:
         async def handle(request: Request) -> None:
@@ -145,13 +164,13 @@ class PolicyEndpoints:
         except Unavailable as exc:
             return exc.decision
 
-    async def _decide_stage(self, query: PolicyQuery) -> PolicyDecision:
+    async def _decide_stage(self, query: PolicyQuery, count: bool = True) -> PolicyDecision:
         facts = await self._facts(query)
         decision = decide(query, self._rules, self._clock(), facts)
         if self._lookups.grants is not None and wants_pop3_grant(decision, self._rules):
             grant = await self._grant(self._lookups.grants, query)
             decision = decide(query, self._rules, self._clock(), replace(facts, pop3_grant=grant))
-        if self._lookups.facts is not None:
+        if count and self._lookups.facts is not None:
             decision = await self._lookups.facts.record(query, decision, self._clock())
         return decision
 
