@@ -108,8 +108,10 @@ def rejected(
     mail_from: str | None,
     rcpt: str | None,
     helo: str,
+    rule: str = "",
+    session_id: str = "",
 ) -> MailLine:
-    """smtpd's NOQUEUE reject line for a refusal by policy."""
+    """smtpd's NOQUEUE reject line for a refusal by policy, naming the rule that decided."""
     word = _STAGE_WORDS.get(stage, esc(stage.upper(), IN_NAME))
     text = f"{NOQUEUE}: reject: {word} from {client_text(client_ip)}: {esc(reply)}"
     details = []
@@ -119,6 +121,8 @@ def rejected(
         details.append(f"to=<{esc(rcpt, IN_ANGLES)}>")
     if helo:
         details.append(f"helo=<{esc(helo, IN_ANGLES)}>")
+    if rule:
+        details.append(f"rule={esc(rule, IN_ANGLES)}")
     if details:
         text += "; " + " ".join(details)
     return MailLine(
@@ -133,6 +137,8 @@ def rejected(
             "from": mail_from,
             "to": rcpt,
             "helo": helo,
+            "rule": rule,
+            "session": session_id,
         },
     )
 

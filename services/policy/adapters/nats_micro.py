@@ -250,5 +250,7 @@ class PolicyEndpoints:
                 query.mail_from,
                 query.rcpt,
                 session.helo,
+                decision.rule,
+                session.session_id,
             )
         )
