@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from libs.common.config.units import parse_duration
 from libs.common.contract import subjects
+from libs.common.contract.antispam import AntispamResults
 from ops import ctl
 from ops.ctl import time_text as _time
 
@@ -108,13 +109,16 @@ async def _run(args: argparse.Namespace) -> int:
 
 
 async def _body(nc: NATS, queue_id: str) -> bytes:
-    """The stored message as delivery reads it: the body store's object for the id."""
+    """The stored message as delivery reads it, from the body store."""
+    from libs.common.mail.bodies import BodyStore
+
     try:
-        store = await nc.jetstream().object_store(subjects.BODIES_BUCKET)
-        found = await store.get(queue_id)
+        found = await BodyStore(nc.jetstream()).get(queue_id)
     except Exception as exc:
-        raise ctl.CtlError(f"no stored message {queue_id!r}: {type(exc).__name__}", 1) from exc
-    return found.data or b""
+        raise ctl.CtlError(f"{queue_id}: body unreadable: {type(exc).__name__}", 2) from exc
+    if found is None:
+        raise ctl.CtlError(f"no stored message {queue_id!r}", 1)
+    return found
 
 
 def target_ids(given: Sequence[str], stdin: TextIO) -> list[str]:
@@ -242,7 +246,12 @@ def _event_details(e: dict[str, Any]) -> str:
     kind = e["type"]
     if kind == "MessageReceived":
         rcpts = ", ".join(r["address"] for r in e["recipients"])
-        return f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, client {e['client']['ip']}"
+        found = e.get("antispam")
+        checks = f", antispam {AntispamResults.model_validate(found).summary()}" if found else ""
+        return (
+            f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, "
+            f"client {e['client']['ip']}{checks}"
+        )
     if kind == "DeliveryScheduled":
         dest = e["destination"]
         where = f"{dest['kind']} {dest['domain']}".strip()

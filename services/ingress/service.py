@@ -68,6 +68,8 @@ class IngressService:
                     max_failed_commands=config.security.max_failed_commands,
                     proxy_protocol=entry.proxy_protocol,
                     hidden_clients=hidden,
+                    scan_max_size=config.antispam.spamd_max_size if config.antispam.spamd else 0,
+                    scan_seconds=config.antispam.spamd_timeout.total_seconds(),
                 )
                 listener = Listener(
                     settings,
