@@ -7,6 +7,7 @@ mailbus user hash                           print the argon2id hash of a passwor
 mailbus queue list|show|retry|hold|release|delete   the delivery queue (ops.queuectl)
 mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (ops.blocksctl)
 mailbus check --client IP --from S --to R   what policy would answer, counting nothing
+mailbus sendmail [-t] [-i] [-f S] [RCPT...]  send a message from stdin (ops.sendmail)
 """
 
 from __future__ import annotations
@@ -97,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.checkctl import add_parser as add_check_parser
 
     add_check_parser(sub)
+
+    from ops.sendmail import add_parser as add_sendmail_parser
+
+    add_sendmail_parser(sub)
     return parser
 
 
