@@ -16,6 +16,7 @@ import argparse
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from libs.common.config import ConfigError, load_config
 
@@ -106,6 +107,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    if argv is None and Path(sys.argv[0]).name == "sendmail":
+        # Called through a `sendmail` symlink (/usr/sbin/sendmail -> .venv/bin/mailbus):
+        # its arguments are sendmail's.
+        argv = ["sendmail", *sys.argv[1:]]
     args = build_parser().parse_args(argv)
     result: int = args.func(args)
     return result

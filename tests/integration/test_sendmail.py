@@ -66,6 +66,21 @@ async def test_sendmail_t_i_f_into_the_running_instance(
 
         code, err = await _sendmail(tmp_path / "var", stdin=b"Subject: x\n\nno one\n")
         assert code == 64 and "no recipients" in err, err
+        # Through a `sendmail` symlink to the `mailbus` script, the arguments are sendmail's.
+        link = tmp_path / "sendmail"
+        link.symlink_to(Path(sys.executable).parent / "mailbus")
+        proc = await asyncio.create_subprocess_exec(
+            str(link), "-oi", "-f", "cron@cron.test", "linked@remote.test",
+            env=dict(os.environ, MAILBUS_DATA_DIR=str(tmp_path / "var")),
+            stdin=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, linked_err = await asyncio.wait_for(proc.communicate(b"Subject: l\n\nlinked\n"), 60)
+        assert proc.returncode == 0, linked_err
+
+        async def linked() -> bool:
+            return any(r == ["linked@remote.test"] for _, r, _ in sink.received)
+
+        await eventually(linked, "the message sent through the symlink", within=30)
     code, err = await _sendmail(tmp_path / "var", "x@remote.test", stdin=b"\n")
     assert code == 69 and "no mailbus up is running" in err, err
 
