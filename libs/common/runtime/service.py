@@ -29,7 +29,7 @@ from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
 from libs.common.contract.errors import CannotStart
-from libs.common.runtime import bus, maillog
+from libs.common.runtime import bus, maillog, nats_tls
 from libs.common.runtime.health import Health
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.runtime.telemetry import setup_telemetry
@@ -108,7 +108,10 @@ async def start_service(
         host, port = split_host_port(address)
         health.serve(host, port)
     nc = await bus.connect(
-        servers, name=subjects.service_name(name), credentials_file=config.nats.credentials_file
+        servers,
+        name=subjects.service_name(name),
+        credentials_file=config.nats.credentials_file,
+        tls=nats_tls.client_context(config.nats),
     )
     js = await bus.wait_for_jetstream(nc)
     await bus.ensure_topology(js, replicas=config.nats.stream_replicas)
