@@ -14,6 +14,7 @@ from libs.common.config import Config
 from libs.common.contract import subjects
 from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import consumers, metrics
+from libs.common.runtime.fence import Fence
 from libs.common.runtime.lease import Lease, slot_from_env
 from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
@@ -59,11 +60,16 @@ class QueueService:
         )
         await self._lease.acquire()
         self._lease.keep(self._lost)
+        # Before the first decision: from now on a predecessor still writing is refused.
+        fence = Fence(js, subjects.QUEUE_EPOCH_SUBJECT)
+        await fence.open_epoch(self.ctx.instance)
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
         timing = timing_of(config)
         bodies = BodyStore(js)
         index = QueueIndex(timing)
-        processor = QueueProcessor(js, bodies, routing, timing, index)
+        processor = QueueProcessor(
+            js, bodies, routing, timing, index, fence=fence, on_fenced=self._lost
+        )
         self.processor = processor
         # Before the consumers start, so every later input lands on a complete index.
         processor.seen_up_to((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
@@ -108,7 +114,10 @@ class QueueService:
     async def _lost(self) -> None:
         """Another process holds the lease now (this one was cut off longer than its
         TTL): stop deciding at once, then end the process so its supervisor
-        (Kubernetes, `mailbus up`) starts it again as a standby."""
+        (Kubernetes, `mailbus up`) starts it again as a standby. Also called when a
+        write was fenced off, perhaps several times: once is enough."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         log.critical("queue: lease lost; no further decisions from %s", self.ctx.instance)
         os.kill(os.getpid(), signal.SIGTERM)

@@ -289,3 +289,23 @@ ORPHANS_METRIC = "mailbus_qmgr_orphan_bodies_removed_total"
 
 async def _not(value: Awaitable[bool]) -> bool:
     return not await value
+
+
+# --- fencing: a deposed queue's writes are refused by the server ---------------------------------
+
+
+async def test_a_deposed_queue_cannot_write(
+    nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """A successor's epoch marker lands while the old holder still runs (it has not yet
+    noticed that it lost the lease): the old holder's next decision is refused by the
+    server, nothing of it reaches the log, and it stops."""
+    async with processes(tmp_path, "server: {hostname: mx.example.test}\n", nats_server.url) as p:
+        old = await p.start("queue")
+        await old.ready()
+        await js.publish(subjects.QUEUE_EPOCH_SUBJECT, b"successor")
+        await receive(js, "QFENCE", ["fenced@remote.test"])
+        async with asyncio.timeout(15):
+            await old.proc.wait()
+        assert "write fenced off" in old.tail(), old.tail()
+    assert await count_of(js, "QFENCE", "DeliveryScheduled") == 0

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from .base import Section
-from .fieldtypes import Address, ListenAddress, comma_list, split_host_port
+from .fieldtypes import Address, Duration, ListenAddress, comma_list, split_host_port
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -23,6 +24,14 @@ def _listener_name(value: str) -> str:
 def _password_hash(value: str) -> str:
     if not value.strip():
         raise ValueError("empty; leave the key out for an account that cannot log in")
+    # Only argon2id is checked at login: anything else would load and then refuse
+    # every password, silently.
+    if not value.startswith("$argon2id$"):
+        kind = value.split("$")[1] if value.startswith("$") and value.count("$") > 1 else ""
+        shown = f" ({kind[:16]})" if kind else ""
+        raise ValueError(
+            f"not an argon2id hash{shown}; `mailbus user hash` prints one ($argon2id$...)"
+        )
     return value
 
 
@@ -48,6 +57,12 @@ class Listener(Section):
         default=False,
         description="Refuse mail until the client has authenticated, as a submission port "
         "does. AUTH is only offered once the connection is encrypted.",
+    )
+    pregreet_wait: Duration = Field(
+        default=timedelta(0),
+        description="SMTP: wait this long before the greeting; a client that sends anything "
+        "first is refused (554 5.5.0) and disconnected, as Postfix's postscreen does. 0s: "
+        "greet at once.",
     )
     proxy_protocol: bool = Field(
         default=False,

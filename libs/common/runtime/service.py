@@ -28,7 +28,8 @@ from nats.micro.service import ServiceConfig
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
-from libs.common.runtime import bus
+from libs.common.contract.errors import CannotStart
+from libs.common.runtime import bus, maillog, nats_tls
 from libs.common.runtime.health import Health
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.runtime.telemetry import setup_telemetry
@@ -36,6 +37,7 @@ from libs.common.runtime.telemetry import setup_telemetry
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+EX_CONFIG = 78  # sysexits: cannot start as configured; `mailbus up` does not restart it
 LAG_EVERY_S = 10.0
 
 
@@ -106,7 +108,10 @@ async def start_service(
         host, port = split_host_port(address)
         health.serve(host, port)
     nc = await bus.connect(
-        servers, name=subjects.service_name(name), credentials_file=config.nats.credentials_file
+        servers,
+        name=subjects.service_name(name),
+        credentials_file=config.nats.credentials_file,
+        tls=nats_tls.client_context(config.nats),
     )
     js = await bus.wait_for_jetstream(nc)
     await bus.ensure_topology(js, replicas=config.nats.stream_replicas)
@@ -173,12 +178,8 @@ async def serve(
     return 0
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str = "INFO", fmt: str = "text", program: str = "mailbus") -> None:
+    maillog.setup(level, fmt, program)
 
 
 def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) -> int:
@@ -195,9 +196,13 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         default=os.environ.get("MAILBUS_METRICS_ADDRESS"),
         help="overrides telemetry.metrics_address (host:port of /metrics, /healthz, /readyz)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("MAILBUS_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("MAILBUS_LOG_LEVEL"),
+        help="overrides logging.level (MAILBUS_LOG_LEVEL also works)",
+    )
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "INFO", program=name)
     if not args.config:
         parser.error("--config FILE (or MAILBUS_CONFIG) is required")
     try:
@@ -207,6 +212,11 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
-    # uvloop: a service's CPU goes to socket reads and writes and to scheduling
-    # callbacks (NATS and SMTP), which libuv does for a fraction of asyncio's cost.
-    return uvloop.run(serve(name, factory, config, servers, args.metrics_address))
+    setup_logging(args.log_level or config.logging.level, config.logging.format, name)
+    try:
+        # uvloop: a service's CPU goes to socket reads and writes and to scheduling
+        # callbacks (NATS and SMTP), which libuv does for a fraction of asyncio's cost.
+        return uvloop.run(serve(name, factory, config, servers, args.metrics_address))
+    except CannotStart as exc:
+        print(f"fatal: {exc}", file=sys.stderr, flush=True)
+        return EX_CONFIG

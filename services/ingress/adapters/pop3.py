@@ -34,7 +34,9 @@ from opentelemetry.trace import SpanKind
 from libs.common.contract.events import Pop3LoginSucceeded
 from libs.common.contract.policy import PolicyQuery
 from libs.common.contract.policy import Session as PolicySession
+from libs.common.mail import maillines
 from libs.common.mail.mailbox import MailboxEntry, MailboxLock, MailboxStore
+from libs.common.runtime import maillog
 from libs.common.runtime.policy_client import PolicyClient, publish_pop3_login
 from libs.common.runtime.telemetry import tracer
 from services.ingress.adapters.leases import ConnectionLeases
@@ -57,6 +59,7 @@ class Pop3Settings:
     name: str
     hostname: str
     tls: TlsMode
+    tls_handshake_timeout: float = 10.0  # security.tls_handshake_timeout, STLS and implicit
 
 
 @dataclass
@@ -96,7 +99,7 @@ class Pop3Server:
             self._serve,
             host=host,
             port=port,
-            ssl=self.tls_context if self.settings.tls == "implicit" else None,
+            # Implicit TLS too starts as plain TCP: counted first, then the handshake.
             limit=LINE_LIMIT,
             reuse_address=True,
         )
@@ -122,6 +125,9 @@ class Pop3Server:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.settings.tls == "implicit":
+            # Before anything is read: the ClientHello is TLS's, not the command reader's.
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
         conn = Pop3Connection(self, reader, writer)
         conn.task = asyncio.current_task()
         self.sessions.live.add(conn)
@@ -180,6 +186,9 @@ class Pop3Connection:
         leases = self.server.leases
         if leases is not None:
             await leases.acquire(self.session_id, self.peer[0], self.server.settings.name)
+        if self.server.settings.tls == "implicit":
+            if not await self._handshake():
+                return
         refusal = await self._connect_refusal()
         if refusal is not None:
             await self._send(pop3.err(refusal))
@@ -262,13 +271,24 @@ class Pop3Connection:
     async def _start_tls(self) -> Step:
         context = self.server.tls_context
         assert context is not None  # checked by _before_tls
-        try:
-            await self.writer.start_tls(context)
-        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            log.info("pop3 %s: TLS handshake failed: %s", self.session_id, exc)
+        if not await self._handshake():
             return self.state.tls_failed()
         self.state.tls_started()
         return Step()
+
+    async def _handshake(self) -> bool:
+        """TLS under the session, within tls_handshake_timeout; one WARNING if not."""
+        context = self.server.tls_context
+        assert context is not None
+        try:
+            await asyncio.wait_for(
+                self.writer.start_tls(context), self.server.settings.tls_handshake_timeout
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            why = "handshake took too long" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning("pop3 %s: TLS with %s failed: %s", self.session_id, self.peer[0], why)
+            return False
+        return True
 
     async def _login(self, action: pop3.CheckLogin) -> Step:
         query = PolicyQuery(
@@ -299,7 +319,7 @@ class Pop3Connection:
             await self._unlock()
             return self.state.login_failed("Mailbox unavailable, try again later", temporary=True)
         self._keeper = asyncio.create_task(self._keep_lock(), name="pop3-lock")
-        log.info("pop3 %s: %s logged in from %s", self.session_id, account, self.peer[0])
+        maillog.emit(maillines.pop3_login(account, self.peer[0], self.server.settings.name))
         drop = [DropMessage(size=e.size, uid=e.uid) for e in self.entries]
         return self.state.login_succeeded(drop)
 
