@@ -5,6 +5,7 @@ mailbus config check FILE                   validate, print the effective config
 mailbus user hash                           print the argon2id hash of a password
 mailbus queue list|show|retry|hold|release|delete   the delivery queue (ops.queuectl)
 mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (ops.blocksctl)
+mailbus migrate [--check]                   create/update the bus's streams (ops.migrate)
 """
 
 from __future__ import annotations
@@ -72,6 +73,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.blocksctl import add_parser as add_blocks_parser
 
     add_blocks_parser(sub)
+
+    from ops.migrate import add_parser as add_migrate_parser
+
+    add_migrate_parser(sub)
     return parser
 
 

@@ -25,6 +25,7 @@ from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import permissions, subjects
 from libs.common.runtime.embedded_nats import EmbeddedNats, die_with_parent
 from libs.common.runtime.lease import SLOT_ENV
+from ops.migrate import migrate_at
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 8.0
@@ -146,6 +147,11 @@ class Supervisor:
         if not self.servers:
             await self._start_embedded()
         try:
+            # The one owner of the topology, before any service checks it (ops/migrate.py).
+            for line in await migrate_at(
+                self.admin_urls, self.config.nats.stream_replicas, self.config.nats.credentials_file
+            ):
+                _say(f"migrated {line}")
             for name in self.services:
                 await self._spawn(name)
             ready = asyncio.create_task(self.wait_ready())

@@ -89,6 +89,9 @@ def send(
 
 
 async def stream_count(js: JetStreamContext, stream: str) -> int:
+    if stream == subjects.EVENTS_STREAM:  # the events, not the queue's fencing marker
+        info = await js.stream_info(stream, subjects_filter=subjects.MESSAGE_EVENTS)
+        return sum((info.state.subjects or {}).values())
     return (await js.stream_info(stream)).state.messages
 
 

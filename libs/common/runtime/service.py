@@ -27,7 +27,7 @@ from nats.micro.service import ServiceConfig
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
-from libs.common.runtime import bus
+from libs.common.runtime import bus, topology
 from libs.common.runtime.health import Health
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.runtime.telemetry import setup_telemetry
@@ -108,7 +108,9 @@ async def start_service(
         servers, name=subjects.service_name(name), credentials_file=config.nats.credentials_file
     )
     js = await bus.wait_for_jetstream(nc)
-    await bus.ensure_topology(js, replicas=config.nats.stream_replicas)
+    # Only `mailbus migrate` changes an existing stream; a service creates what is missing
+    # and refuses to start beside a configuration other than its own (runtime/topology.py).
+    await topology.prepare(js, replicas=config.nats.stream_replicas)
     micro = await add_service(
         nc,
         ServiceConfig(
@@ -163,7 +165,13 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    running = await start_service(name, factory, config, servers, metrics_address)
+    try:
+        running = await start_service(name, factory, config, servers, metrics_address)
+    except topology.TopologyMismatch as exc:
+        for line in exc.differences:
+            log.error("%s not started: %s", subjects.service_name(name), line)
+        log.error("run `mailbus migrate --config FILE` to bring the bus to this version")
+        return 3
     log.info("%s started", subjects.service_name(name))
     await stop.wait()
     log.info("%s draining", subjects.service_name(name))
