@@ -1,1 +1,1 @@
-"""Benchmarks and the chaos run: programs that print numbers (`python bench/<name>.py`)."""
+"""Benchmarks and the chaos run: programs that print numbers; none is a test."""

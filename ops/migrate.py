@@ -11,10 +11,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from libs.common.contract.errors import MailbusError
 from ops import ctl
+
+if TYPE_CHECKING:
+    from libs.common.config import Config
 
 NAME = "mailbus-migrate"
 
@@ -31,15 +34,18 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-async def migrate_at(
-    urls: list[str], replicas: int, credentials_file: str | None = None
-) -> list[str]:
+async def migrate_at(urls: list[str], config: Config) -> list[str]:
     """What `mailbus up` runs before it starts the services."""
-    from libs.common.runtime import bus, topology
+    from libs.common.runtime import bus, nats_tls, topology
 
-    nc = await bus.connect(urls, name=NAME, credentials_file=credentials_file)
+    nc = await bus.connect(
+        urls,
+        name=NAME,
+        credentials_file=config.nats.credentials_file,
+        tls=nats_tls.client_context(config.nats),
+    )
     try:
-        return await topology.migrate(await bus.wait_for_jetstream(nc), replicas)
+        return await topology.migrate(await bus.wait_for_jetstream(nc), config.nats.stream_replicas)
     finally:
         await nc.close()
 

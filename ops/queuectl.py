@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from libs.common.contract import subjects
+from libs.common.contract.antispam import AntispamResults
 from ops import ctl
 from ops.ctl import time_text as _time
 
@@ -92,7 +93,12 @@ def _event_details(e: dict[str, Any]) -> str:
     kind = e["type"]
     if kind == "MessageReceived":
         rcpts = ", ".join(r["address"] for r in e["recipients"])
-        return f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, client {e['client']['ip']}"
+        found = e.get("antispam")
+        checks = f", antispam {AntispamResults.model_validate(found).summary()}" if found else ""
+        return (
+            f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, "
+            f"client {e['client']['ip']}{checks}"
+        )
     if kind == "DeliveryScheduled":
         dest = e["destination"]
         where = f"{dest['kind']} {dest['domain']}".strip()

@@ -1,7 +1,7 @@
 """delivery: stateless workers that attempt delivery jobs, scaled out freely.
 
 Consumes: DeliveryJob commands from the MAILBUS_JOBS work queue (shared consumer).
-Reads: bodies from the `mailbus-bodies` Object Store; MX and address records
+Reads: bodies from the `MAILBUS_BODIES` stream (direct get); MX and address records
 (dnspython, `dns.servers`).
 Delivers: to the MX hosts of each domain (`delivery.mode: mx`) or the relay host
 (SMTP AUTH or POP3-before-SMTP), with STARTTLS per `delivery.tls`; jobs to one

@@ -7,7 +7,7 @@ import asyncio
 from nats.js import JetStreamContext
 
 from libs.common.config import Config
-from libs.common.contract import subjects
+from libs.common.mail.bodies import BodyStore
 from libs.common.mail.dns import resolver_of
 from libs.common.runtime import consumers
 from libs.common.runtime.service import Context
@@ -31,6 +31,8 @@ def relay_target(config: Config) -> RelayTarget | None:
         username=auth.username,
         password=auth.effective_password,
         pop3_port=auth.pop3_port,
+        allow_plaintext=auth.allow_plaintext,
+        pop3_grant_s=auth.pop3_grant.total_seconds(),
     )
 
 
@@ -42,6 +44,7 @@ def courier_of(config: Config) -> Courier:
         connect_timeout=delivery.connect_timeout.total_seconds(),
         mx_port=delivery.mx_port,
         relay=relay_target(config),
+        ca_file=delivery.tls_ca_file,
     )
     return Courier(settings, MxResolver(resolver_of(config.dns)))
 
@@ -60,7 +63,7 @@ class DeliveryService:
     async def start(self) -> None:
         config = self.ctx.config
         slots = config.delivery.max_delivery_threads
-        bodies = await self.ctx.js.object_store(subjects.BODIES_BUCKET)
+        bodies = BodyStore(self.ctx.js)
         settings = WorkerSettings(slots=slots, ack_wait=self._ack_wait, instance=self.ctx.instance)
         local = LocalDelivery(self.ctx.js, local_settings(config))
         self._worker = DeliveryWorker(

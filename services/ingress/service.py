@@ -15,6 +15,7 @@ from services.ingress.adapters.leases import ConnectionLeases, lease_ttl
 from services.ingress.adapters.listener import Listener, ListenerSettings, Sessions
 from services.ingress.adapters.pop3 import Pop3Server, Pop3Settings
 from services.ingress.adapters.smtp import IngressSMTP
+from services.ingress.core.deadlines import Deadlines
 
 log = logging.getLogger(__name__)
 
@@ -41,12 +42,24 @@ class IngressService:
             tls_context = server_context(
                 config.server.hostname, config.tls.cert_file, config.tls.key_file
             )
+            if config.tls.cert_file is None:
+                log.warning(
+                    "tls: no cert_file; using a self-signed certificate for %s made at start "
+                    "(clients that verify certificates will refuse it)",
+                    config.server.hostname,
+                )
         policy = PolicyClient(self.ctx.nc, timeout=config.policy.timeout.total_seconds())
         store = MessageStore(self.ctx.js)
         size = config.security.max_message_size
         if config.security.max_connections_per_ip:
             self.leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
             self.leases.start()
+        security = config.security
+        deadlines = Deadlines(
+            command_timeout=security.command_timeout.total_seconds(),
+            piece_timeout=security.data_timeout.total_seconds(),
+            min_rate=security.min_data_rate,
+        )
         hidden_group = config.relay.hide_local_ip_group
         hidden = config.ip_group(hidden_group) if hidden_group else None
         try:
@@ -60,6 +73,12 @@ class IngressService:
                     max_failed_commands=config.security.max_failed_commands,
                     proxy_protocol=entry.proxy_protocol,
                     hidden_clients=hidden,
+                    pregreet_wait=entry.pregreet_wait.total_seconds(),
+                    max_junk_commands=security.max_junk_commands,
+                    deadlines=deadlines,
+                    tls_handshake_timeout=security.tls_handshake_timeout.total_seconds(),
+                    scan_max_size=config.antispam.spamd_max_size if config.antispam.spamd else 0,
+                    scan_seconds=config.antispam.spamd_timeout.total_seconds(),
                 )
                 listener = Listener(
                     settings,
@@ -72,7 +91,12 @@ class IngressService:
                 await self._listen(listener, entry.host, entry.port)
             for entry in config.pop3_listeners:
                 pop3 = Pop3Server(
-                    Pop3Settings(entry.name, config.server.hostname, entry.tls),
+                    Pop3Settings(
+                        entry.name,
+                        config.server.hostname,
+                        entry.tls,
+                        security.tls_handshake_timeout.total_seconds(),
+                    ),
                     policy,
                     self.ctx.js,
                     tls_context,
@@ -97,7 +121,8 @@ class IngressService:
             lambda: IngressSMTP(listener, handler),
             host=host,
             port=port,
-            ssl=listener.tls_context if settings.tls == "implicit" else None,
+            # Implicit TLS too is accepted as plain TCP: the session counts the connection
+            # before it starts the handshake (smtp.py).
             reuse_address=True,
         )
         self._servers.append(server)

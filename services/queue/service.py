@@ -12,6 +12,7 @@ from nats.js import JetStreamContext
 
 from libs.common.config import Config
 from libs.common.contract import subjects
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import consumers, metrics
 from libs.common.runtime.fence import Fence
 from libs.common.runtime.lease import Lease, slot_from_env
@@ -19,7 +20,7 @@ from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
 from services.queue.adapters.index import QueueIndex, read_all_states
-from services.queue.adapters.orphans import ObjectStoreBodies, OrphanSweeper, SweepSettings
+from services.queue.adapters.orphans import OrphanSweeper, StreamBodies, SweepSettings
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.core import Routing, Timing
 
@@ -64,13 +65,14 @@ class QueueService:
         await fence.open_epoch(self.ctx.instance)
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
         timing = timing_of(config)
-        bodies = await js.object_store(subjects.BODIES_BUCKET)
+        bodies = BodyStore(js)
         index = QueueIndex(timing)
         processor = QueueProcessor(
             js, bodies, routing, timing, index, fence=fence, on_fenced=self._lost
         )
         self.processor = processor
         # Before the consumers start, so every later input lands on a complete index.
+        processor.seen_up_to((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
         states = await read_all_states(js)
         for state in states.values():
             index.update(state)
@@ -92,7 +94,7 @@ class QueueService:
             for sub, handle, what, name in loops
         ]
         # Bodies a killed ingress stored without their event: only the lease holder sweeps.
-        sweeper = OrphanSweeper(js, ObjectStoreBodies(bodies), SweepSettings.from_env())
+        sweeper = OrphanSweeper(js, StreamBodies(bodies), SweepSettings.from_env())
         self._tasks.append(
             asyncio.create_task(sweeper.run(self._stopping), name="queue-orphan-bodies")
         )

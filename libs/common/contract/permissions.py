@@ -17,6 +17,7 @@ create the streams it shares (`ensure_topology` at start), not delete them.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ def _stream_names() -> list[str]:
         s.ACCESS_STREAM,
         s.MAILBOXES_STREAM,
         s.MAILBOX_LOCKS_STREAM,
-        f"OBJ_{s.BODIES_BUCKET}",
+        s.BODIES_STREAM,
         f"OBJ_{s.MAILBOX_BODIES_BUCKET}",
         *(
             s.kv_stream(b)
@@ -99,6 +100,16 @@ def _object_store(bucket: str, write: bool) -> list[str]:
     return out
 
 
+def _bodies(read: bool, write: bool) -> list[str]:
+    """Message bodies: write = store and remove (a purge), read = direct get only."""
+    out: list[str] = []
+    if read:
+        out.append(f"$JS.API.DIRECT.GET.{s.BODIES_STREAM}.>")
+    if write:
+        out += [f"{s.BODIES_PREFIX}.>", f"$JS.API.STREAM.PURGE.{s.BODIES_STREAM}"]
+    return out
+
+
 def _kv(bucket: str, write: bool) -> list[str]:
     out = _read_stream(s.kv_stream(bucket))
     if write:
@@ -141,14 +152,14 @@ def _service(service: str, publish: Iterable[str], subscribe: Iterable[str]) -> 
 
 
 def service_permissions() -> dict[str, Permissions]:
-    bodies, mbox_bodies = s.BODIES_BUCKET, s.MAILBOX_BODIES_BUCKET
+    mbox_bodies = s.MAILBOX_BODIES_BUCKET
     return {
         "ingress": _service(
             "ingress",
             publish=[
                 f"{s.POLICY_PREFIX}.*",
                 *_events("ingress"),
-                *_object_store(bodies, write=True),
+                *_bodies(read=False, write=True),
                 *_access_events("ingress"),
                 *_kv(s.CONNECTIONS_BUCKET, write=True),
                 # POP3 reads and deletes mailbox entries and takes the mailbox lock.
@@ -187,7 +198,9 @@ def service_permissions() -> dict[str, Permissions]:
                 *_read_stream(s.TIMERS_STREAM),
                 f"$JS.API.STREAM.PURGE.{s.TIMERS_STREAM}",
                 *_consume(s.TIMERS_STREAM, s.QUEUE_TIMERS_CONSUMER),
-                *_object_store(bodies, write=True),
+                # Completion purges a body; the orphan sweep lists them (headers only).
+                *_read_stream(s.BODIES_STREAM),
+                f"$JS.API.STREAM.PURGE.{s.BODIES_STREAM}",
                 *_kv(s.QUEUE_LEADER_BUCKET, write=True),
             ],
             subscribe=[f"{s.QUEUE_API_PREFIX}.*"],
@@ -197,7 +210,7 @@ def service_permissions() -> dict[str, Permissions]:
             publish=[
                 *_events("delivery"),
                 *_consume(s.JOBS_STREAM, s.DELIVERY_CONSUMER),
-                *_object_store(bodies, write=False),
+                *_bodies(read=True, write=False),
                 f"{s.MAILBOXES_PREFIX}.*",
                 *_read_stream(s.MAILBOXES_STREAM),
                 *_object_store(mbox_bodies, write=True),
@@ -211,7 +224,7 @@ def service_permissions() -> dict[str, Permissions]:
                 *_events("notifier"),
                 *_read_stream(s.EVENTS_STREAM),
                 *_consume(s.EVENTS_STREAM, s.NOTIFIER_CONSUMER),
-                *_object_store(bodies, write=True),
+                *_bodies(read=True, write=True),
             ],
             subscribe=[],
         ),
@@ -222,16 +235,20 @@ def _quote(items: Iterable[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
+_ENV_REFERENCE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
+
+
 def authorization_block(passwords: Mapping[str, str], admin_password: str) -> str:
     """A nats-server `authorization` block: one user per service, plus an admin for
     operators' commands (`mailbus queue`, `mailbus blocks`) and `mailbus up`'s checks.
 
     A password of the form `$NAME` is left unquoted: nats-server reads it from the
-    environment variable NAME (how compose and Kubernetes pass Secrets).
+    environment variable NAME (how compose and Kubernetes pass Secrets). A bcrypt
+    hash (`$2a$...`, what `mailbus up` writes) is quoted like any other string.
     """
 
     def pw(value: str) -> str:
-        return value if value.startswith("$") else json.dumps(value)
+        return value if _ENV_REFERENCE.fullmatch(value) else json.dumps(value)
 
     lines = ["authorization {", "  users: ["]
     lines.append(f"    {{user: {json.dumps(ADMIN_USER)}, password: {pw(admin_password)}}}")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -30,8 +31,14 @@ DUPLICATE_WINDOW_S = 2 * 3600.0
 ACCESS_EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 
 
-async def connect(servers: Sequence[str], name: str, credentials_file: str | None = None) -> NATS:
-    """Connect with unbounded reconnects: a service outlives NATS restarts."""
+async def connect(
+    servers: Sequence[str],
+    name: str,
+    credentials_file: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> NATS:
+    """Connect with unbounded reconnects: a service outlives NATS restarts.
+    `tls` (runtime/nats_tls.py) makes every connection TLS, verified."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
@@ -48,6 +55,8 @@ async def connect(servers: Sequence[str], name: str, credentials_file: str | Non
     plain, user, password = split_credentials(servers)
     if user is not None:
         kwargs["user"], kwargs["password"] = user, password
+    if tls is not None:
+        kwargs["tls"] = tls
     return await nats.connect(
         servers=plain,
         name=name,
@@ -99,6 +108,7 @@ class Stream:
     max_age: float | None = None
     allow_msg_ttl: bool | None = None
     allow_msg_schedules: bool | None = None
+    allow_direct: bool | None = None
 
 
 STREAMS: tuple[Stream, ...] = (
@@ -128,6 +138,15 @@ STREAMS: tuple[Stream, ...] = (
         max_msgs_per_subject=1,
         allow_msg_ttl=True,
     ),
+    # One body per queue id, read by direct get (no consumer) and purged on completion;
+    # one message per subject, so a retried write replaces (libs/common/mail/bodies.py).
+    Stream(
+        subjects.BODIES_STREAM,
+        subjects.BODIES_SUBJECTS,
+        duplicate_window=0,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+    ),
 )
 
 
@@ -143,6 +162,7 @@ def stream_config(stream: Stream, replicas: int) -> api.StreamConfig:
         max_age=stream.max_age,
         allow_msg_ttl=stream.allow_msg_ttl,
         allow_msg_schedules=stream.allow_msg_schedules,
+        allow_direct=stream.allow_direct,
     )
 
 
@@ -160,7 +180,7 @@ KV_BUCKETS: tuple[str, ...] = (
     subjects.QUEUE_LEADER_BUCKET,
     subjects.CONNECTIONS_BUCKET,
 )
-OBJECT_STORES: tuple[str, ...] = (subjects.BODIES_BUCKET, subjects.MAILBOX_BODIES_BUCKET)
+OBJECT_STORES: tuple[str, ...] = (subjects.MAILBOX_BODIES_BUCKET,)
 
 
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
@@ -170,7 +190,6 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
         except BadRequestError:
             # Exists with another config: bring it to ours (e.g. replicas changed).
             await js.update_stream(cfg)
-    await ensure_object_store(js, replicas)
     await js.create_object_store(
         subjects.MAILBOX_BODIES_BUCKET,
         config=api.ObjectStoreConfig(
@@ -208,15 +227,6 @@ async def ensure_connections_bucket(js: JetStreamContext, replicas: int = 1) -> 
         log.warning("%s: recreating on file storage (%s)", subjects.CONNECTIONS_BUCKET, exc)
         await js.delete_key_value(subjects.CONNECTIONS_BUCKET)
         await js.create_key_value(config)
-
-
-async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> None:
-    await js.create_object_store(
-        subjects.BODIES_BUCKET,
-        config=api.ObjectStoreConfig(
-            bucket=subjects.BODIES_BUCKET, storage=api.StorageType.FILE, replicas=replicas
-        ),
-    )
 
 
 async def publish_event(

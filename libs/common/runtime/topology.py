@@ -57,6 +57,8 @@ def _compare_stream(want: api.StreamConfig, have: api.StreamConfig) -> list[str]
         ("allow_msg_ttl", bool(want.allow_msg_ttl), bool(have.allow_msg_ttl)),
         ("allow_msg_schedules", bool(want.allow_msg_schedules), bool(have.allow_msg_schedules)),
     ]
+    if want.allow_direct is not None:
+        pairs.append(("allow_direct", bool(want.allow_direct), bool(have.allow_direct)))
     # 0 asks for the server's default window; any other value must be kept as asked.
     if want.duplicate_window:
         pairs.append(("duplicate_window", want.duplicate_window, have.duplicate_window))

@@ -27,12 +27,11 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from libs.common.contract.events import DeliveryJob, Event, event_type
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from libs.common.runtime.telemetry import context_from_headers, messaging_attributes, tracer
@@ -78,7 +77,7 @@ class DeliveryWorker:
     def __init__(
         self,
         js: JetStreamContext,
-        bodies: ObjectStore,
+        bodies: BodyStore,
         courier: Courier,
         settings: WorkerSettings,
         fault: str | None = None,
@@ -246,12 +245,7 @@ class DeliveryWorker:
         return session
 
     async def _body(self, queue_id: str) -> bytes | None:
-        try:
-            result = await self._bodies.get(queue_id)
-        except NotFoundError:
-            return None
-        data = result.data
-        return data if isinstance(data, bytes) else b""
+        return await self._bodies.get(queue_id)
 
 
 async def publish_result(
