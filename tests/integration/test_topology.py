@@ -15,6 +15,7 @@ from nats.js import JetStreamContext
 from libs.common.contract import subjects
 from libs.common.runtime import bus, topology
 from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.service import EX_CONFIG
 from tests.support.cli import mailbus
 from tests.support.procs import processes
 
@@ -51,7 +52,7 @@ async def test_a_service_refuses_another_versions_stream_and_migrate_fixes_it(
         queue = await p.start("queue")
         async with asyncio.timeout(30):
             code = await queue.proc.wait()
-        assert code == 3, queue.tail()
+        assert code == EX_CONFIG, queue.tail()
         assert "MAILBUS_EVENTS: duplicate_window is 60.0, this version needs 7200.0" in queue.tail()
         assert "mailbus migrate" in queue.tail()
         after = await js.stream_info(subjects.EVENTS_STREAM)

@@ -28,7 +28,8 @@ from nats.micro.service import ServiceConfig
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
-from libs.common.runtime import bus, nats_tls, topology
+from libs.common.contract.errors import CannotStart
+from libs.common.runtime import bus, maillog, nats_tls, topology
 from libs.common.runtime.health import Health
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.runtime.telemetry import setup_telemetry
@@ -36,6 +37,7 @@ from libs.common.runtime.telemetry import setup_telemetry
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+EX_CONFIG = 78  # sysexits: cannot start as configured; `mailbus up` does not restart it
 LAG_EVERY_S = 10.0
 
 
@@ -169,13 +171,8 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    try:
-        running = await start_service(name, factory, config, servers, metrics_address)
-    except topology.TopologyMismatch as exc:
-        for line in exc.differences:
-            log.error("%s not started: %s", subjects.service_name(name), line)
-        log.error("run `mailbus migrate --config FILE` to bring the bus to this version")
-        return 3
+    # A topology other than this version's raises TopologyMismatch, a CannotStart.
+    running = await start_service(name, factory, config, servers, metrics_address)
     log.info("%s started", subjects.service_name(name))
     await stop.wait()
     log.info("%s draining", subjects.service_name(name))
@@ -184,12 +181,8 @@ async def serve(
     return 0
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str = "INFO", fmt: str = "text", program: str = "mailbus") -> None:
+    maillog.setup(level, fmt, program)
 
 
 def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) -> int:
@@ -206,9 +199,13 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         default=os.environ.get("MAILBUS_METRICS_ADDRESS"),
         help="overrides telemetry.metrics_address (host:port of /metrics, /healthz, /readyz)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("MAILBUS_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("MAILBUS_LOG_LEVEL"),
+        help="overrides logging.level (MAILBUS_LOG_LEVEL also works)",
+    )
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    setup_logging(args.log_level or "INFO", program=name)
     if not args.config:
         parser.error("--config FILE (or MAILBUS_CONFIG) is required")
     try:
@@ -218,6 +215,11 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
-    # uvloop: a service's CPU goes to socket reads and writes and to scheduling
-    # callbacks (NATS and SMTP), which libuv does for a fraction of asyncio's cost.
-    return uvloop.run(serve(name, factory, config, servers, args.metrics_address))
+    setup_logging(args.log_level or config.logging.level, config.logging.format, name)
+    try:
+        # uvloop: a service's CPU goes to socket reads and writes and to scheduling
+        # callbacks (NATS and SMTP), which libuv does for a fraction of asyncio's cost.
+        return uvloop.run(serve(name, factory, config, servers, args.metrics_address))
+    except CannotStart as exc:
+        print(f"fatal: {exc}", file=sys.stderr, flush=True)
+        return EX_CONFIG

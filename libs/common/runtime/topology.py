@@ -7,8 +7,9 @@ stream. So one step (`mailbus migrate`, run by `mailbus up` before the services 
 as a Job before an upgrade in a cluster) creates and updates the streams, buckets
 and stores (`bus.ensure_topology`). A service at start creates what is *missing*
 (a fresh server: creating is harmless, and no service waits for another), but when
-something exists with a configuration other than its own it refuses to start,
-naming each difference, and changes nothing.
+something exists with a configuration other than its own it refuses to start
+(CannotStart: one line naming each difference, exit 78, not restarted by
+`mailbus up`), and changes nothing.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
 from libs.common.contract import subjects
-from libs.common.contract.errors import MailbusError
+from libs.common.contract.errors import CannotStart
 from libs.common.runtime import bus
 
 
-class TopologyMismatch(MailbusError):
+class TopologyMismatch(CannotStart):
     def __init__(self, differences: list[str]) -> None:
         super().__init__(
             "the bus's streams differ from this version's (run `mailbus migrate`): "

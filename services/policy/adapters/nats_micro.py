@@ -24,6 +24,8 @@ from pydantic import ValidationError
 from libs.common.contract import subjects
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from libs.common.contract.records import first_error
+from libs.common.mail import maillines
+from libs.common.runtime import maillog
 from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
 from libs.common.runtime.telemetry import context_from_headers, tracer
 from services.policy.adapters.antispam import AntispamChecks
@@ -92,6 +94,25 @@ class PolicyEndpoints:
             await micro.add_endpoint(
                 name=stage, subject=subjects.policy_subject(stage), handler=self._handler(stage)
             )
+        await micro.add_endpoint(
+            name="dryrun", subject=subjects.POLICY_DRYRUN_SUBJECT, handler=self._dry_run
+        )
+
+    async def _dry_run(self, request: Request) -> None:
+        """`mailbus check`: the decision and its rule, with nothing counted or logged."""
+        try:
+            query = PolicyQuery.model_validate_json(request.data)
+        except ValidationError as exc:
+            await request.respond_error("400", f"invalid PolicyQuery: {first_error(exc)}")
+            return
+        if query.stage == "auth":
+            await request.respond_error("400", "no dry run of auth: give session.auth_user")
+            return
+        try:
+            decision = await self._decide_stage(query, None, count=False)
+        except Unavailable as exc:
+            decision = exc.decision
+        await request.respond(decision.model_dump_json().encode())
 
     def _handler(self, stage: str) -> Handler:
         async def handle(request: Request) -> None:
@@ -161,7 +182,9 @@ class PolicyEndpoints:
         except Unavailable as exc:
             return exc.decision
 
-    async def _decide_stage(self, query: PolicyQuery, body: bytes | None) -> PolicyDecision:
+    async def _decide_stage(
+        self, query: PolicyQuery, body: bytes | None, count: bool = True
+    ) -> PolicyDecision:
         facts = await self._facts(query)
         decision = decide(query, self._rules, self._clock(), facts)
         if self._lookups.grants is not None and wants_pop3_grant(decision, self._rules):
@@ -169,7 +192,7 @@ class PolicyEndpoints:
             decision = decide(query, self._rules, self._clock(), replace(facts, pop3_grant=grant))
         if self._lookups.antispam is not None:
             decision = await self._lookups.antispam.review(query, decision, self._clock(), body)
-        if self._lookups.facts is not None:
+        if count and self._lookups.facts is not None:
             decision = await self._lookups.facts.record(query, decision, self._clock())
         return decision
 
@@ -200,13 +223,18 @@ class PolicyEndpoints:
 
     @staticmethod
     def _log_refusal(query: PolicyQuery, decision: PolicyDecision) -> None:
-        what = query.rcpt if query.stage == "rcpt" else query.mail_from
-        log.info(
-            "policy %s refused: rule=%s reply=%r session=%s client=%s%s",
-            query.stage,
-            decision.rule,
-            decision.smtp_reply,
-            query.session.session_id,
-            query.session.client_ip,
-            f" address={what!r}" if what is not None else "",
+        if query.stage == "auth":
+            return  # a failed login has its own line (SASL ... authentication failed)
+        session = query.session
+        maillog.emit(
+            maillines.rejected(
+                query.stage,
+                session.client_ip,
+                decision.smtp_reply,
+                query.mail_from,
+                query.rcpt,
+                session.helo,
+                decision.rule,
+                session.session_id,
+            )
         )
