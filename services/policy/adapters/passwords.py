@@ -1,10 +1,11 @@
-"""Password checks off the event loop: a few threads, a bounded queue with deadlines.
+"""Password checks off the event loop: a few worker processes, a bounded queue with deadlines.
 
 One argon2id verification takes tens of milliseconds of CPU and 64 MiB of
 memory by default: on the loop it would stall every other policy answer, and
 on an unbounded pool a burst of logins would allocate without limit. So the
-checks run on as many threads as there are cores, and wait for one in a queue
-that is bounded in length and in time:
+checks run in as many niced worker processes as there are cores
+(`PasswordWorkers`), and wait for one in a queue that is bounded in length
+and in time:
 
 - a check whose deadline (`policy.timeout` after the request came in) has
   passed is dropped before it starts: ingress has already answered 451, so
@@ -12,7 +13,9 @@ that is bounded in length and in time:
 - a full queue refuses at once rather than growing;
 - the queue is ordered by how often the address failed this hour, then by
   arrival: an address flooding wrong passwords waits behind everyone else,
-  so a login from elsewhere is checked next, not after the flood.
+  so a login from elsewhere is checked next, not after the flood;
+- one worker is kept for addresses with no failure this hour: a login from
+  elsewhere does not even wait for a flooder's check to end.
 """
 
 from __future__ import annotations
@@ -22,22 +25,22 @@ import heapq
 import itertools
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from enum import Enum
 
-from libs.common.mail.userhash import verify_password
+from services.policy.adapters.password_workers import CheckExpired, CheckLost, PasswordWorkers
 
-# Checks that may wait for a thread, per thread: with one check in flight per
+# Checks that may wait for a worker, per worker: with one check in flight per
 # client address, more waiting than this is a flood from many addresses.
-WAITING_PER_THREAD = 16
+WAITING_PER_WORKER = 16
 
 
 class Verdict(Enum):
     MATCH = "match"
     MISMATCH = "mismatch"
-    EXPIRED = "expired"  # its deadline passed before a thread was free
+    EXPIRED = "expired"  # its deadline passed before a worker was free
     BUSY = "busy"  # the queue was full
+    LOST = "lost"  # its worker died or hung during the check
 
 
 @dataclass(order=True)
@@ -49,45 +52,73 @@ class _Waiter:
 
 
 class PasswordChecker:
-    def __init__(self, threads: int | None = None, max_waiting: int | None = None) -> None:
+    def __init__(self, workers: int | None = None, max_waiting: int | None = None) -> None:
         # As many as cores: measured with one fewer (the loop's), a login from elsewhere
-        # waited longer behind the one running check, and MAIL answers gained little.
-        self.threads = threads or os.cpu_count() or 1
-        self.max_waiting = max_waiting or WAITING_PER_THREAD * self.threads
-        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="argon2")
+        # waited longer behind the one running check, and MAIL answers gained little;
+        # the workers' niceness is what leaves the loop its share.
+        self.workers = workers or os.cpu_count() or 1
+        # Checks of addresses that failed this hour may take all workers but this many.
+        self.kept_for_fresh = 1 if self.workers > 1 else 0
+        self.max_waiting = max_waiting or WAITING_PER_WORKER * self.workers
+        self._pool = PasswordWorkers(self.workers)
         self._running = 0
         self._waiting: list[_Waiter] = []
         self._seq = itertools.count()
-        self.dropped = {Verdict.EXPIRED: 0, Verdict.BUSY: 0}
+        self.dropped = {Verdict.EXPIRED: 0, Verdict.BUSY: 0, Verdict.LOST: 0}
         self.ran = 0
 
     @property
     def waiting(self) -> int:
         return len(self._waiting)
 
+    @property
+    def running(self) -> int:
+        """Checks holding a worker (or waiting for one being replaced)."""
+        return self._running
+
+    @property
+    def pool(self) -> PasswordWorkers:
+        return self._pool
+
+    async def start(self) -> None:
+        """Start the worker processes (OSError if they cannot start)."""
+        await self._pool.start()
+
     async def verify(
         self, encoded: str | None, password: str, deadline: float, priority: int = 0
     ) -> Verdict:
-        """Check `password` against `encoded` if a thread is free before `deadline`
-        (time.monotonic()); lower `priority` goes first."""
+        """Check `password` against `encoded` if a worker is free before `deadline`
+        (time.monotonic()); lower `priority` goes first, 0 is an address with no
+        failure this hour."""
         verdict = await self._turn(deadline, priority)
-        if verdict is not None:
+        if verdict is None:
+            try:
+                ok = await self._pool.check(encoded, password, deadline)
+            except CheckExpired:
+                verdict = Verdict.EXPIRED  # its worker was being replaced
+            except CheckLost:
+                verdict = Verdict.LOST
+            else:
+                self.ran += 1
+                verdict = Verdict.MATCH if ok else Verdict.MISMATCH
+            finally:
+                self._running -= 1
+                self._wake()
+        if verdict in self.dropped:
             self.dropped[verdict] += 1
-            return verdict
-        self.ran += 1
-        try:
-            loop = asyncio.get_running_loop()
-            ok = await loop.run_in_executor(self._pool, verify_password, encoded, password)
-        finally:
-            self._running -= 1
-            self._wake()
-        return Verdict.MATCH if ok else Verdict.MISMATCH
+        return verdict
+
+    def _may_run(self, priority: int) -> bool:
+        limit = self.workers if priority <= 0 else self.workers - self.kept_for_fresh
+        return self._running < limit
 
     async def _turn(self, deadline: float, priority: int) -> Verdict | None:
-        """Wait for a thread; None once this check holds one."""
+        """Wait for a worker; None once this check holds one."""
         if time.monotonic() >= deadline:
             return Verdict.EXPIRED
-        if self._running < self.threads and not self._waiting:
+        # Nobody waiting could take a free worker (`_wake` runs whenever one frees
+        # up), and whoever waits goes no earlier than this priority would.
+        if self._may_run(priority):
             self._running += 1
             return None
         if len(self._waiting) >= self.max_waiting:
@@ -107,7 +138,7 @@ class PasswordChecker:
 
     def _give_up(self, waiter: _Waiter) -> None:
         if waiter.ready.done():
-            # Handed a thread just as it gave up: pass the thread on.
+            # Handed a worker just as it gave up: pass the worker on.
             self._running -= 1
             self._wake()
         elif waiter in self._waiting:
@@ -116,14 +147,18 @@ class PasswordChecker:
         waiter.ready.cancel()
 
     def _wake(self) -> None:
-        """Hand free threads to the best waiters whose deadlines have not passed."""
+        """Hand free workers to the best waiters whose deadlines have not passed."""
         now = time.monotonic()
-        while self._waiting and self._running < self.threads:
-            waiter = heapq.heappop(self._waiting)
+        while self._waiting:
+            waiter = self._waiting[0]
             if waiter.deadline <= now or waiter.ready.done():
-                continue  # its own wait_for ends it as expired; the thread goes on
+                heapq.heappop(self._waiting)
+                continue  # its own wait_for ends it as expired; the worker goes on
+            if not self._may_run(waiter.priority):
+                return  # the best waiter cannot run, so nor can any behind it
+            heapq.heappop(self._waiting)
             self._running += 1
             waiter.ready.set_result(None)
 
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+    async def close(self) -> None:
+        await self._pool.close()
