@@ -168,6 +168,10 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=(tmp / "policy.log").open("wb"),
+            # Its own session, so its own scheduling group (autogroup): the flood's
+            # clients, here on the same machine, then take CPU from their group and
+            # not from policy's niced workers (a remote attacker's take none).
+            start_new_session=True,
         )
         nc = NATS()
         await nc.connect(server.url, name="bench")
