@@ -34,6 +34,7 @@ from libs.common.runtime.lease import SLOT_ENV
 from libs.common.runtime.private import private_dir, write_private
 from libs.common.runtime.service import EX_CONFIG
 from ops.datadir import ADMIN_URL_FILE, DataDirInUse, DataDirLock, bind_problems
+from ops.migrate import migrate_at
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 8.0
@@ -246,6 +247,9 @@ class Supervisor:
         try:
             if not self.servers:
                 await self._start_embedded()
+            # The one owner of the topology, before any service checks it (ops/migrate.py).
+            for line in await migrate_at(self.admin_urls, self.config):
+                _say(f"migrated {line}")
             for name in self.services:
                 await self._spawn(name)
             ready = asyncio.create_task(self.wait_ready())

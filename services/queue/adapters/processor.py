@@ -224,8 +224,10 @@ class QueueProcessor:
         elif isinstance(output, DeleteBody):
             await self._delete_body(output.queue_id)
         else:
-            headers = self._fence.headers() if self._fence is not None else None
-            ack = await bus.publish_event(self._js, output, headers=headers)
+            if self._fence is not None:
+                ack = await self._fence.publish_event(output)
+            else:
+                ack = await bus.publish_event(self._js, output)
             log.debug(
                 "queue %s: %s seq=%s dup=%s",
                 output.queue_id,
