@@ -126,7 +126,8 @@ async def ask(nc: NATS, stage: str, data: bytes) -> tuple[str, float]:
     took = time.monotonic() - started
     if msg.headers and msg.headers.get("Nats-Service-Error-Code"):
         return "error", took
-    return str(json.loads(msg.data)["code"]), took
+    answer = json.loads(msg.data)
+    return f"{answer['code']} {answer.get('rule', '')}".strip(), took
 
 
 def pct(values: list[float], q: float) -> float:
@@ -167,6 +168,10 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=(tmp / "policy.log").open("wb"),
+            # Its own session, so its own scheduling group (autogroup): the flood's
+            # clients, here on the same machine, then take CPU from their group and
+            # not from policy's niced workers (a remote attacker's take none).
+            start_new_session=True,
         )
         nc = NATS()
         await nc.connect(server.url, name="bench")
@@ -208,7 +213,7 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
             )
             code, _ = await ask(nc, "auth", data)
             flood_codes[code] = flood_codes.get(code, 0) + 1
-            if code == "535":
+            if code.startswith("535"):
                 wrong[ip] = wrong.get(ip, 0) + 1
 
     legit: list[tuple[str, float]] = []
@@ -256,7 +261,7 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
         after_legit.append(await ask(nc, "auth", data))
     cpu1, hwm, workers_hwm = proc_stat(pid)
     per_ip = [wrong.get(ip, 0) for ip in ips]
-    ok = [t for code, t in legit if code == "235"]
+    ok = [t for code, t in legit if code.startswith("235")]
     prompt = [t for t in ok if t <= 1.0]
     mail_times = [t for _, t in mail]
     rows = [
@@ -269,6 +274,10 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
         ("legit logins ok during flood", f"{len(ok)}/{len(legit)}"),
         ("legit logins ok within 1 s", f"{len(prompt)}/{len(legit)}"),
         (
+            "legit logins over 1 s (n-th: s)",
+            ", ".join(f"{n}: {t:.2f}" for n, (_, t) in enumerate(legit, 1) if t > 1.0) or "none",
+        ),
+        (
             "legit login p50 / max (s)",
             f"{pct(ok, 0.5):.3f} / {max(ok) if ok else float('nan'):.3f}",
         ),
@@ -280,7 +289,7 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
         ),
         ("MAIL decision max during (ms)", f"{max(mail_times, default=0.0) * 1000:.1f}"),
         ("policy busy after the flood (s)", f"{idle_at - ended:.1f}"),
-        ("legit logins ok after it", f"{sum(c == '235' for c, _ in after_legit)}/3"),
+        ("legit logins ok after it", f"{sum(c.startswith('235') for c, _ in after_legit)}/3"),
         ("policy CPU (s), workers included", f"{cpu1 - cpu0:.1f}"),
         ("peak RSS (MB): policy / its workers", f"{hwm / 1024:.0f} / {workers_hwm / 1024:.0f}"),
         ("load average: start / flood's end", f"{load0} / {load1}"),

@@ -9,13 +9,16 @@ and one with none finds a worker kept for it.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from argon2 import PasswordHasher, Type
 
-from services.policy.adapters.passwords import PasswordChecker, Verdict
+from services.policy.adapters.logins import AddressGate
+from services.policy.adapters.password_workers import NICE
+from services.policy.adapters.passwords import FRESH_NICE, PasswordChecker, Verdict
 from services.policy.core.failures import FailedLogins, first_failure, locked, released, reserved
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -122,7 +125,13 @@ async def test_a_worker_is_kept_for_addresses_with_no_failure() -> None:
     checker = PasswordChecker(workers=2)
     await checker.start()
     deadline = time.monotonic() + 60
+    base = os.getpriority(os.PRIO_PROCESS, 0)
     try:
+        assert checker.fresh_pool is not None
+        # The kept worker is less niced than the one every address may use.
+        ((kept,), (shared,)) = (checker.fresh_pool.pids, checker.pool.pids)
+        assert os.getpriority(os.PRIO_PROCESS, kept) == min(19, base + FRESH_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, shared) == min(19, base + NICE)
         flood = [
             asyncio.create_task(checker.verify(SLOW_HASH, "wrong", deadline, priority=3))
             for _ in range(2)
@@ -136,5 +145,28 @@ async def test_a_worker_is_kept_for_addresses_with_no_failure() -> None:
         assert (checker.running, checker.waiting) == (2, 1)
         assert await fresh is Verdict.MATCH
         assert await asyncio.gather(*flood) == [Verdict.MISMATCH] * 2
+        # Both flooders ran in the shared worker, the fresh login in the kept one.
+        assert (checker.pool.answered, checker.fresh_pool.answered) == (2, 1)
     finally:
         await checker.close()
+
+
+async def test_logins_waiting_at_the_gate_count_against_their_address() -> None:
+    gate = AddressGate()
+    deadline = time.monotonic() + 30
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def login(ip: str) -> None:
+        async with gate.turn(ip, deadline) as held:
+            assert held
+            holding.set()
+            await release.wait()
+
+    tasks = [asyncio.create_task(login("198.51.100.1")) for _ in range(3)]
+    await holding.wait()
+    # One holds the lock, two wait behind it; an address with one login has none.
+    assert (gate.behind("198.51.100.1"), gate.behind("203.0.113.5")) == (2, 0)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert (gate.behind("198.51.100.1"), len(gate)) == (0, 0)

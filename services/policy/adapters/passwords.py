@@ -28,11 +28,19 @@ import time
 from dataclasses import dataclass, field
 from enum import Enum
 
-from services.policy.adapters.password_workers import CheckExpired, CheckLost, PasswordWorkers
+from services.policy.adapters.password_workers import (
+    NICE,
+    CheckExpired,
+    CheckLost,
+    PasswordWorkers,
+)
 
 # Checks that may wait for a worker, per worker: with one check in flight per
 # client address, more waiting than this is a flood from many addresses.
 WAITING_PER_WORKER = 16
+# The worker kept for addresses with no failure runs less niced than the others:
+# when both check at once, a login from elsewhere gets most of what the loop leaves.
+FRESH_NICE = 5
 
 
 class Verdict(Enum):
@@ -48,7 +56,7 @@ class _Waiter:
     priority: int
     seq: int
     deadline: float = field(compare=False)
-    ready: asyncio.Future[None] = field(compare=False)
+    ready: asyncio.Future[PasswordWorkers] = field(compare=False)
 
 
 class PasswordChecker:
@@ -57,11 +65,16 @@ class PasswordChecker:
         # waited longer behind the one running check, and MAIL answers gained little;
         # the workers' niceness is what leaves the loop its share.
         self.workers = workers or os.cpu_count() or 1
-        # Checks of addresses that failed this hour may take all workers but this many.
-        self.kept_for_fresh = 1 if self.workers > 1 else 0
         self.max_waiting = max_waiting or WAITING_PER_WORKER * self.workers
-        self._pool = PasswordWorkers(self.workers)
-        self._running = 0
+        # Checks of addresses with failures this hour (priority > 0) run in `pool`
+        # only; the others go to `fresh_pool` first, kept for them, where there are
+        # two workers or more.
+        kept = 1 if self.workers > 1 else 0
+        self.pool = PasswordWorkers(self.workers - kept, nice=NICE)
+        self.fresh_pool = PasswordWorkers(kept, nice=FRESH_NICE) if kept else None
+        self._busy: dict[PasswordWorkers, int] = {self.pool: 0}
+        if self.fresh_pool is not None:
+            self._busy[self.fresh_pool] = 0
         self._waiting: list[_Waiter] = []
         self._seq = itertools.count()
         self.dropped = {Verdict.EXPIRED: 0, Verdict.BUSY: 0, Verdict.LOST: 0}
@@ -74,15 +87,11 @@ class PasswordChecker:
     @property
     def running(self) -> int:
         """Checks holding a worker (or waiting for one being replaced)."""
-        return self._running
-
-    @property
-    def pool(self) -> PasswordWorkers:
-        return self._pool
+        return sum(self._busy.values())
 
     async def start(self) -> None:
         """Start the worker processes (OSError if they cannot start)."""
-        await self._pool.start()
+        await asyncio.gather(*(pool.start() for pool in self._busy))
 
     async def verify(
         self, encoded: str | None, password: str, deadline: float, priority: int = 0
@@ -90,10 +99,12 @@ class PasswordChecker:
         """Check `password` against `encoded` if a worker is free before `deadline`
         (time.monotonic()); lower `priority` goes first, 0 is an address with no
         failure this hour."""
-        verdict = await self._turn(deadline, priority)
-        if verdict is None:
+        turn = await self._turn(deadline, priority)
+        if isinstance(turn, Verdict):
+            verdict = turn
+        else:
             try:
-                ok = await self._pool.check(encoded, password, deadline)
+                ok = await turn.check(encoded, password, deadline)
             except CheckExpired:
                 verdict = Verdict.EXPIRED  # its worker was being replaced
             except CheckLost:
@@ -102,25 +113,34 @@ class PasswordChecker:
                 self.ran += 1
                 verdict = Verdict.MATCH if ok else Verdict.MISMATCH
             finally:
-                self._running -= 1
+                self._busy[turn] -= 1
                 self._wake()
         if verdict in self.dropped:
             self.dropped[verdict] += 1
         return verdict
 
-    def _may_run(self, priority: int) -> bool:
-        limit = self.workers if priority <= 0 else self.workers - self.kept_for_fresh
-        return self._running < limit
+    def _free(self, priority: int) -> PasswordWorkers | None:
+        """The pool with a free worker for a check of this priority, if any."""
+        if priority <= 0 and self.fresh_pool is not None:
+            if self._busy[self.fresh_pool] < self.fresh_pool.size:
+                return self.fresh_pool
+        return self.pool if self._busy[self.pool] < self.pool.size else None
 
-    async def _turn(self, deadline: float, priority: int) -> Verdict | None:
-        """Wait for a worker; None once this check holds one."""
+    def _take(self, priority: int) -> PasswordWorkers | None:
+        pool = self._free(priority)
+        if pool is not None:
+            self._busy[pool] += 1
+        return pool
+
+    async def _turn(self, deadline: float, priority: int) -> Verdict | PasswordWorkers:
+        """Wait for a worker: the pool it is in once this check holds it."""
         if time.monotonic() >= deadline:
             return Verdict.EXPIRED
         # Nobody waiting could take a free worker (`_wake` runs whenever one frees
         # up), and whoever waits goes no earlier than this priority would.
-        if self._may_run(priority):
-            self._running += 1
-            return None
+        pool = self._take(priority)
+        if pool is not None:
+            return pool
         if len(self._waiting) >= self.max_waiting:
             return Verdict.BUSY
         waiter = _Waiter(
@@ -128,18 +148,17 @@ class PasswordChecker:
         )
         heapq.heappush(self._waiting, waiter)
         try:
-            await asyncio.wait_for(asyncio.shield(waiter.ready), deadline - time.monotonic())
+            return await asyncio.wait_for(asyncio.shield(waiter.ready), deadline - time.monotonic())
         except BaseException as exc:
             self._give_up(waiter)
             if isinstance(exc, TimeoutError):
                 return Verdict.EXPIRED
             raise
-        return None
 
     def _give_up(self, waiter: _Waiter) -> None:
-        if waiter.ready.done():
+        if waiter.ready.done() and not waiter.ready.cancelled():
             # Handed a worker just as it gave up: pass the worker on.
-            self._running -= 1
+            self._busy[waiter.ready.result()] -= 1
             self._wake()
         elif waiter in self._waiting:
             self._waiting.remove(waiter)
@@ -154,11 +173,11 @@ class PasswordChecker:
             if waiter.deadline <= now or waiter.ready.done():
                 heapq.heappop(self._waiting)
                 continue  # its own wait_for ends it as expired; the worker goes on
-            if not self._may_run(waiter.priority):
+            pool = self._take(waiter.priority)
+            if pool is None:
                 return  # the best waiter cannot run, so nor can any behind it
             heapq.heappop(self._waiting)
-            self._running += 1
-            waiter.ready.set_result(None)
+            waiter.ready.set_result(pool)
 
     async def close(self) -> None:
-        await self._pool.close()
+        await asyncio.gather(*(pool.close() for pool in self._busy))
