@@ -176,9 +176,8 @@ class PolicyService:
         # buffered, so one PONG proves nothing; the second PING goes out after them.
         await self.ctx.nc.flush()
         await self.ctx.nc.flush()
-        # After the endpoints, which must answer as soon as the service answers PING
-        # (`mailbus up` waits for that): a login meanwhile waits for a worker, within
-        # its deadline.
+        # After the endpoints: they answer while the workers start (a login meanwhile
+        # waits for one, within its deadline), so starting them delays no other stage.
         await self.passwords.start()
         log.info(
             "policy answering on %s.*; local domains %s; relay %s, allowed group %s, "
