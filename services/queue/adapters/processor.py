@@ -248,7 +248,8 @@ class QueueProcessor:
         for phase in _phases(outputs):
             await asyncio.gather(*(self._carry_out(output) for output in phase))
         self._remember(qid, apply_outputs(after, outputs))
-        for line in queue_lines(trigger, outputs, after.received):
+        first = min((j.scheduled_at for j in after.jobs if j.scheduled_at), default=None)
+        for line in queue_lines(trigger, outputs, after.received, first):
             maillog.emit(line)
 
     async def _carry_out(self, output: Output) -> None:
