@@ -58,3 +58,12 @@ async def test_an_instance_attribute_counts_like_inspects() -> None:
         got = [name for name, _ in stand_in.getmembers(handler)]
         want = [n for n, _ in inspect.getmembers(handler) if n.startswith("auth_")]
         assert got == want == ["auth_CLASSY", "auth_EXTRA"]
+
+
+async def test_wrapped_commands_keep_what_help_reads() -> None:
+    session = _session(require_auth=False)
+    for name, wrapped in session._smtp_methods.items():
+        plain = getattr(type(session), f"smtp_{name}")
+        for attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+            assert getattr(wrapped, attr, None) == getattr(plain, attr, None), (name, attr)
+    assert session._smtp_methods["MAIL"].__smtp_syntax__.startswith("MAIL FROM:")

@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import functools
 import logging
 import secrets
 import ssl
@@ -737,7 +736,6 @@ class IngressSMTP(SMTP):
     def _command(self, name: str, method: Command) -> Command:
         """Run one command, then end the session if policy or a drain asks for it."""
 
-        @functools.wraps(method)
         async def run(arg: str | None) -> None:
             self.refusals.command(name)
             if self.sessions.draining and name == "MAIL":
@@ -755,6 +753,10 @@ class IngressSMTP(SMTP):
             elif self.sessions.draining and self.idle:
                 await self._shut_down()
 
+        # What aiosmtpd reads off a command (HELP text, when it is offered: @syntax's
+        # attributes); copied alone, as functools.wraps costs ~4 % of ingress's CPU
+        # when done for every command of every connection.
+        run.__dict__.update(getattr(method, "__dict__", {}))
         return run
 
     @property
