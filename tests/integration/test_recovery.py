@@ -20,7 +20,7 @@ from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.embedded_nats import EmbeddedNats, free_port
 from libs.common.runtime.service import Running, start_service
-from services.delivery.adapters.consumer import DEFAULT_ACK_WAIT_S
+from services.delivery.adapters.consumer import DEFAULT_ACK_WAIT_S, jobs_consumer
 from services.delivery.service import DeliveryService
 from tests.support import queue
 from tests.support.procs import processes
@@ -343,3 +343,46 @@ async def test_a_body_not_found_for_an_unfinished_message_is_looked_for_again(
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
+
+
+# --- duplicate mechanism 3: one job handed to two workers at once -------------------------------
+
+
+async def test_a_job_handed_to_two_workers_at_once_is_sent_once(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    """As after a nats-server SIGKILL that lost part of the consumer's delivery state:
+    worker A is in the middle of sending a job when the consumer forgets it (deleted and
+    made again, as a restarted server that lost its state) and hands it to worker B.
+    B finds A's claim and leaves the job to it: one copy at the remote server (without
+    the claim, B sends a second one while A is still in DATA)."""
+    sink, port = sink_factory(data_delay=3.0)
+    config = load_config_text(relay_config(port, threads=1))
+    services.append(await start_queue(config, nats_server))
+    workers = [
+        await start_service("delivery", DeliveryService, config, [nats_server.url])
+        for _ in range(2)
+    ]
+    services.extend(workers)
+    await receive(js, "QTWICE", ["twice@remote.test"])
+
+    async def in_data() -> bool:
+        return sink.in_data > 0
+
+    await eventually(in_data, "a worker in DATA")
+    consumer = jobs_consumer(1, DEFAULT_ACK_WAIT_S)
+    await js.delete_consumer(consumer.stream, consumer.name)
+    await js.add_consumer(consumer.stream, consumer.config())
+
+    async def handed_out_again() -> bool:
+        info = await js.consumer_info(consumer.stream, consumer.name)
+        return bool(info.delivered.stream_seq)
+
+    await eventually(handed_out_again, "the job handed out by the new consumer")
+    await eventually(lambda: _completed(js, "QTWICE"), "the message completed", within=30)
+    await asyncio.sleep(3.5)  # as long as a second DATA would take
+    assert len(sink.received) == 1
+    assert sink.sessions == 1

@@ -53,6 +53,7 @@ def _stream_names() -> list[str]:
                 s.CONNECTIONS_BUCKET,
                 s.BLOCKS_BUCKET,
                 s.QUEUE_LEADER_BUCKET,
+                s.DELIVERY_CLAIMS_BUCKET,
             )
         ),
     ]
@@ -218,6 +219,7 @@ def service_permissions() -> dict[str, Permissions]:
                 f"{s.MAILBOXES_PREFIX}.*",
                 *_read_stream(s.MAILBOXES_STREAM),
                 *_object_store(mbox_bodies, write=True),
+                *_kv(s.DELIVERY_CLAIMS_BUCKET, write=True),
             ],
             subscribe=[],
         ),

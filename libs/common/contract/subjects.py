@@ -147,6 +147,11 @@ BLOCKS_BUCKET = "mailbus-blocks"
 QUEUE_LEADER_BUCKET = "mailbus-queue-leader"
 QUEUE_LEADER_KEY = "queue"
 
+# Delivery claims (services/delivery/adapters/claims.py): one key per job id, written by
+# the worker sending it with a per-key TTL a little above the jobs' ack_wait, so a
+# second worker handed the same job at once does not send it too.
+DELIVERY_CLAIMS_BUCKET = "mailbus-delivery-claims"
+
 
 def connection_lease_key(client_ip: str, instance: str, session_id: str) -> str:
     """`client_ip` canonical (policy_api.canonical_ip); `session_id` a valid key token."""

@@ -179,6 +179,7 @@ KV_BUCKETS: tuple[str, ...] = (
     subjects.BLOCKS_BUCKET,
     subjects.QUEUE_LEADER_BUCKET,
     subjects.CONNECTIONS_BUCKET,
+    subjects.DELIVERY_CLAIMS_BUCKET,
 )
 OBJECT_STORES: tuple[str, ...] = (subjects.MAILBOX_BODIES_BUCKET,)
 

@@ -87,3 +87,14 @@ class Bucket:
         except NotFoundError:
             return 0
         return int(msg.seq or 0)
+
+    async def last_value_revision(self, key: str) -> tuple[int, bool]:
+        """`last_revision` and whether that message is a live value (not a delete or
+        purge marker), both from the stream's leader: a direct get may be answered by
+        a replica still catching up, and must not make a live key look absent."""
+        try:
+            msg = await self._js.get_last_msg(f"KV_{self.name}", f"$KV.{self.name}.{key}")
+        except NotFoundError:
+            return 0, False
+        operation = (msg.headers or {}).get("KV-Operation", "")
+        return int(msg.seq or 0), operation not in ("DEL", "PURGE")

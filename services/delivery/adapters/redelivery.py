@@ -10,6 +10,10 @@ state. Before a redelivered copy is sent, two checks:
 - the job's results are already in the event log (the worker died between
   publishing them and acking): the remote server has the mail, so ack the copy.
 
+A copy handed to a second worker while the first is still sending it (a restarted
+server's lost delivery state) is the claims' part (claims.py): the worker finds the
+job's claim held and leaves it.
+
 What remains is the SMTP minimum: a worker killed between the remote server's 250
 and the results' publish. Only redelivered copies pay for the history read.
 """

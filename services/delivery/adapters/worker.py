@@ -35,6 +35,7 @@ from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from libs.common.runtime.telemetry import context_from_headers, messaging_attributes, tracer
+from services.delivery.adapters.claims import Claim, JobClaims
 from services.delivery.adapters.courier import Attempt, Courier
 from services.delivery.adapters.local_store import LocalDelivery
 from services.delivery.adapters.redelivery import RedeliveryGuard
@@ -62,6 +63,9 @@ RESULT_RETRY_MAX_S = 2.0
 # A body missing for a message that is not done is looked for this many times (a
 # lagging replica catches up within seconds) before the job is dropped as unservable.
 BODY_MISSING_TRIES = 12
+# A job another worker is sending is asked for again after 1, 2, ... s, at most this:
+# soon after a short delivery, and at most this long after a dead holder's claim expired.
+CLAIM_RETRY_MAX_S = 5
 # Jobs taken in one fetch (when that many slots are free): enough to group a burst.
 MAX_BATCH = 16
 # Jobs one session carries in a row: a burst to one destination still goes out over
@@ -95,6 +99,7 @@ class DeliveryWorker:
         self._slots = asyncio.Semaphore(settings.slots)
         self._in_flight: set[asyncio.Task[None]] = set()
         self._guard = RedeliveryGuard(js)
+        self._claims = JobClaims(js, settings.ack_wait, settings.instance)
 
     async def run(self, sub: JetStreamContext.PullSubscription, stopping: asyncio.Event) -> None:
         """Fetch only as many jobs as there are free slots: never sit on jobs we cannot start."""
@@ -148,9 +153,13 @@ class DeliveryWorker:
                         if await self._sent_before(msg, job):
                             await msg.ack()
                             continue
-                        if route is None and unsupported(job.destination) is None:
-                            route = await self._courier.route(job.destination)
-                        session = await self._job(msg, job, route, session)
+                        async with self._claims.claimed(job.job_id) as claim:
+                            if claim is None:
+                                await self._held_elsewhere(msg, job)
+                                continue
+                            if route is None and unsupported(job.destination) is None:
+                                route = await self._courier.route(job.destination)
+                            session = await self._job(msg, job, route, session, claim)
                 except Exception:
                     log.exception("delivery: job on %s failed; retrying", msg.subject)
                     # If even the nak cannot reach NATS, ack_wait brings the job back anyway.
@@ -175,6 +184,19 @@ class DeliveryWorker:
             "delivery %s: job %s redelivered after its results; acked", job.queue_id, job.job_id
         )
         return True
+
+    async def _held_elsewhere(self, msg: Msg, job: DeliveryJob) -> None:
+        """Another worker is sending this job (JetStream handed it out twice): leave it to
+        that worker and ask again later, when its results are recorded (the copy is then
+        acked unsent) or its claim has expired (it died: this copy sends)."""
+        delay = min(msg.metadata.num_delivered or 1, CLAIM_RETRY_MAX_S)
+        log.info(
+            "delivery %s: job %s is being sent by another worker; again in %.0f s",
+            job.queue_id,
+            job.job_id,
+            delay,
+        )
+        await msg.nak(delay=delay)
 
     async def _body_missing(self, msg: Msg, job: DeliveryJob) -> None:
         """The queue deletes a body only once the message is done, so a job without one is
@@ -208,6 +230,7 @@ class DeliveryWorker:
         job: DeliveryJob,
         route: Route | NoRoute | None,
         session: SmtpSession | None,
+        claim: Claim,
     ) -> SmtpSession | None:
         with _tracer.start_as_current_span(
             "smtp deliver",
@@ -270,6 +293,7 @@ class DeliveryWorker:
         if self._fault == FAULT_EXIT_BEFORE_ACK:
             log.warning("delivery: fault %s: exiting before ack of %s", self._fault, job.job_id)
             os._exit(137)
+        claim.settled = True
         await msg.ack()
         return session
 
