@@ -23,6 +23,8 @@ import signal
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -69,6 +71,16 @@ async def _answers(nc: NATS, name: str) -> bool:
         reply = await nc.request(subjects.POLICY_DRYRUN_SUBJECT, _READY_QUERY.encode(), timeout=0.5)
         return not (reply.headers or {}).get("Nats-Service-Error") and bool(reply.data)
     return True
+
+
+def _says_ready(address: str) -> bool:
+    """The process's own /readyz: policy answers before its password workers run,
+    and counts itself ready only after them."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/readyz", timeout=0.5) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 class Backoff:
@@ -266,8 +278,11 @@ class Supervisor:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no health answer from: {', '.join(sorted(pending))}")
                 for name in sorted(pending):
+                    metrics = self.metrics_address(name)
                     try:
-                        if await _answers(nc, name):
+                        if await _answers(nc, name) and (
+                            metrics is None or await asyncio.to_thread(_says_ready, metrics)
+                        ):
                             pending.discard(name)
                     except Exception:
                         pass

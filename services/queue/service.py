@@ -78,7 +78,7 @@ class QueueService:
             index.update(state)
         processor.seed(states.values())
         log.info("queue: %d messages in the queue at start", len(index))
-        self._stats = metrics.register_queue_stats(index.stats)
+        self._stats = metrics.register_queue_stats(index.stats, index.ages)
         await QueueApi(js, processor).register(self.ctx.micro)
         events_sub = await consumers.bind(js, consumer.EVENTS_CONSUMER)
         timers_sub = await consumers.bind(js, timers.TIMERS_CONSUMER)
