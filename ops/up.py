@@ -2,7 +2,9 @@
 
 The supervisor owns the order: NATS first, then the services; on Ctrl-C or
 SIGTERM the services drain first and NATS stops last, so nothing in flight is
-cut off from the bus. Children die with the supervisor even if it is killed.
+cut off from the bus. Killed by SIGKILL, it stops in the same order: the
+services get a parent-death SIGTERM and drain; nats-server is kept by a small
+watchdog (ops/nats_watchdog.py) that stops it once they are gone.
 
 One supervisor per data directory (ops/datadir.py's lock). A listener address
 that cannot be bound stops the start in one line, before anything runs. A child
@@ -116,6 +118,7 @@ class Supervisor:
         self._backoff: dict[str, Backoff] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.lock = DataDirLock(data_dir)
+        self.watchdog: asyncio.subprocess.Process | None = None
 
     async def _spawn(self, name: str) -> asyncio.subprocess.Process:
         args = [sys.executable, "-m", f"services.{name}", "--config", self.config_path]
@@ -138,9 +141,53 @@ class Supervisor:
             preexec_fn=die_with_parent,
         )
         self.children[name] = proc
+        self._tell_watchdog(f"service {name} {proc.pid}")
         self._backoff.setdefault(name, Backoff()).start()
         self._tasks.append(asyncio.create_task(self._watch(name, proc)))
         return proc
+
+    async def _start_watchdog(self) -> None:
+        """Before nats-server: from its first instant it has someone to stop it last."""
+        self.watchdog = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "ops.nats_watchdog",
+            stdin=asyncio.subprocess.PIPE,
+            start_new_session=True,  # Ctrl-C reaches only us
+        )  # fmt: skip
+        self._tasks.append(asyncio.create_task(self._watch_watchdog(self.watchdog)))
+
+    def _tell_watchdog(self, line: str) -> None:
+        watchdog = self.watchdog
+        if watchdog is not None and watchdog.stdin is not None and watchdog.returncode is None:
+            watchdog.stdin.write(line.encode() + b"\n")
+
+    async def _watch_watchdog(self, watchdog: asyncio.subprocess.Process) -> None:
+        """A watchdog that died is started again and told what runs now."""
+        code = await watchdog.wait()
+        if self.stopping:
+            return
+        _say(f"nats watchdog exited with code {code}; starting it again")
+        await asyncio.sleep(1.0)
+        if self.stopping:
+            return
+        await self._start_watchdog()
+        if self.nats is not None and self.nats.proc is not None:
+            self._tell_watchdog(f"nats {self.nats.proc.pid}")
+        for name, proc in self.children.items():
+            if proc.returncode is None:
+                self._tell_watchdog(f"service {name} {proc.pid}")
+
+    async def _stop_watchdog(self) -> None:
+        watchdog = self.watchdog
+        if watchdog is None or watchdog.returncode is not None:
+            return
+        self._tell_watchdog("done")
+        if watchdog.stdin is not None:
+            watchdog.stdin.close()
+        try:
+            await asyncio.wait_for(watchdog.wait(), 5)
+        except TimeoutError:
+            watchdog.kill()
+            await watchdog.wait()
 
     def metrics_address(self, name: str) -> str | None:
         """One port per process: telemetry.metrics_address's port plus the service's index."""
@@ -200,8 +247,7 @@ class Supervisor:
                 if self.stopping:
                     return
                 try:
-                    # In this (the main) thread, for die_with_parent; it blocks the
-                    # loop only until the server accepts clients.
+                    # It blocks the loop only until the server accepts clients.
                     nats_.start()
                 except (RuntimeError, TimeoutError, OSError) as exc:
                     code = nats_.proc.returncode if nats_.proc is not None else None
@@ -263,6 +309,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self._stop.set)
         try:
             if not self.servers:
+                await self._start_watchdog()
                 await self._start_embedded()
             # The one owner of the topology, before any service checks it (ops/migrate.py).
             for line in await migrate_at(self.admin_urls, self.config):
@@ -303,9 +350,9 @@ class Supervisor:
                 {svc: hashed_password(pw) for svc, pw in passwords.items()},
                 hashed_password(admin),
             ),
-            die_with_parent=True,
+            # No parent-death signal: it must outlive the services' drain (the watchdog).
+            spawned=lambda pid: self._tell_watchdog(f"nats {pid}"),
         )
-        # In this (the main) thread: die_with_parent follows the thread that forks.
         url = self.nats.start()
         self.servers = [url]
         hostport = url.removeprefix("nats://")
@@ -340,6 +387,7 @@ class Supervisor:
             task.cancel()
         if self.nats is not None:
             await self.nats.astop()
+        await self._stop_watchdog()
         _say("stopped")
 
 

@@ -169,8 +169,6 @@ class PolicyService:
         _warn_about_accounts(self.ctx.config)
         if self.pop3_logins is not None:
             await self.pop3_logins.start()
-        # Before the endpoints: a login must not wait for a worker to start.
-        await self.passwords.start()
         await self.endpoints.register(self.ctx.micro)
         await self.blocks_api.register(self.ctx.micro)
         # "Started" must mean "answering", or the first requests get "no responders".
@@ -178,6 +176,9 @@ class PolicyService:
         # buffered, so one PONG proves nothing; the second PING goes out after them.
         await self.ctx.nc.flush()
         await self.ctx.nc.flush()
+        # After the endpoints: they answer while the workers start (a login meanwhile
+        # waits for one, within its deadline), so starting them delays no other stage.
+        await self.passwords.start()
         log.info(
             "policy answering on %s.*; local domains %s; relay %s, allowed group %s, "
             "smtp_auth %s, pop3-before-smtp %s; %d account(s)",

@@ -114,6 +114,14 @@ async def test_pflogsumm_and_fail2ban_read_the_mail_log(
         await eventually(logged("authentication failed", 4), "the failed logins", within=30)
     log = tmp_path / "mail.log"
     log.write_text("".join(up.output))
+    # Every delivery line has Postfix's four phases, adding up to its delay=.
+    outcomes = [line for line in up.output if ", status=" in line and " to=<" in line]
+    assert outcomes
+    for line in outcomes:
+        found = re.search(r"delay=([0-9.]+), delays=([0-9.]+)/([0-9.]+)/([0-9.]+)/([0-9.]+),", line)
+        assert found, line
+        total, *phases = (float(x) for x in found.groups())
+        assert abs(sum(phases) - total) <= 0.1 + 0.1 * total, line
 
     report = await _run(pflogsumm, "--syslog-name=mailbus", str(log))
     assert _count(report, "received") == 3, report

@@ -78,6 +78,7 @@ SAMPLES: list[ev.Event] = [
             status=status,
             tls_version="TLSv1.3",
             worker="w1",
+            timings=ev.DeliveryTimings(scheduled_at=AT, setup_s=0.25, transfer_s=0.5),
         )
         for cls, code, text, status in (
             (ev.DeliverySucceeded, 250, "2.0.0 Ok", "2.0.0"),

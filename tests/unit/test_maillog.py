@@ -10,7 +10,14 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from libs.common.contract.events import Client, DeliveryDeferred, MessageReceived, Recipient
+from libs.common.contract.events import (
+    Client,
+    DeliveryDeferred,
+    DeliverySucceeded,
+    DeliveryTimings,
+    MessageReceived,
+    Recipient,
+)
 from libs.common.mail import maillines
 from libs.common.runtime import maillog
 from ops.up import Backoff
@@ -52,6 +59,46 @@ def test_a_deferral_has_postfix_shape() -> None:
         "dsn=4.4.1, status=deferred (connect to mx.remote.test[192.0.2.5]:25: "
         "Connection refused)"
     )
+
+
+def test_a_delivery_line_has_postfix_delays() -> None:
+    """a: arrival to the first job; b: waiting in the queue (the retry pause too);
+    c: connection setup; d: transmission. They add up to delay=."""
+    arrival = datetime(2026, 1, 1, tzinfo=UTC)
+    event = DeliverySucceeded(
+        event_id="e",
+        queue_id="QID",
+        occurred_at=arrival + timedelta(seconds=61.2),
+        job_id="j",
+        attempt=2,
+        recipient="bob@remote.test",
+        remote_host="mx.remote.test[192.0.2.5]:25",
+        reply_code=250,
+        reply_text="2.0.0 Ok: queued as ABC",
+        status="2.0.0",
+        timings=DeliveryTimings(
+            scheduled_at=arrival + timedelta(seconds=60.5), setup_s=0.42, transfer_s=0.2
+        ),
+    )
+    first = arrival + timedelta(seconds=0.1)
+    line = maillines.delivery(event, arrival, first)
+    assert line.text == (
+        "QID: to=<bob@remote.test>, relay=mx.remote.test[192.0.2.5]:25, delay=61, "
+        "delays=0.1/60/0.42/0.2, dsn=2.0.0, status=sent (250 2.0.0 Ok: queued as ABC)"
+    )
+    assert line.fields["delays"] == [0.1, 60.48, 0.42, 0.2]
+    # The first attempt: its own job is the first; a phase under 10 ms is 0.
+    quick = event.model_copy(
+        update={
+            "occurred_at": arrival + timedelta(seconds=0.5),
+            "timings": DeliveryTimings(scheduled_at=arrival, setup_s=0.005, transfer_s=0.3),
+        }
+    )
+    assert "delay=0.5, delays=0/0.2/0/0.3, dsn=" in maillines.delivery(quick, arrival).text
+    # A result from before timings were recorded has no delays=.
+    old = event.model_copy(update={"timings": None})
+    assert "delays=" not in maillines.delivery(old, arrival).text
+    assert maillines.delivery(old, arrival).fields["delays"] is None
 
 
 @pytest.fixture(autouse=True)

@@ -97,6 +97,15 @@ class DeliveryScheduled(Event):
     recipients: tuple[str, ...]
 
 
+class DeliveryTimings(_Model):
+    """Where one attempt's time went (the mail log's `delays=a/b/c/d`)."""
+
+    # When the queue handed out the job: its time in the job stream.
+    scheduled_at: datetime | None = None
+    setup_s: float = 0.0  # MX lookup, connect, greeting, EHLO, STARTTLS, AUTH
+    transfer_s: float = 0.0  # MAIL FROM to the reply to the end of DATA
+
+
 class _DeliveryResult(Event):
     publishers = ("delivery",)
     job_id: str
@@ -108,6 +117,8 @@ class _DeliveryResult(Event):
     status: str = ""  # RFC 3463 enhanced status code
     tls_version: str | None = None
     worker: str = ""
+    # None for results from before this field.
+    timings: DeliveryTimings | None = None
 
 
 class DeliverySucceeded(_DeliveryResult):

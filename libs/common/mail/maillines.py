@@ -206,8 +206,37 @@ def _seconds(value: float) -> str:
     return f"{value:.1f}" if value < 10 else f"{value:.0f}"
 
 
+def _phase(value: float) -> str:
+    """One of delays=a/b/c/d: two significant digits, 0 below 10 ms, as Postfix."""
+    if value < 0.01:
+        return "0"
+    return f"{value:.2g}" if value < 10 else f"{value:.0f}"
+
+
+def delays(
+    event: DeliverySucceeded | DeliveryDeferred | DeliveryFailed,
+    arrival: datetime | None,
+    first_scheduled: datetime | None,
+) -> tuple[float, float, float, float] | None:
+    """Postfix's four phases: before the queue manager (arrival to the first job),
+    in it (waiting, retries included), connection setup, transmission. None for a
+    result without timings (from before they were recorded)."""
+    timings = event.timings
+    if timings is None or arrival is None:
+        return None
+    total = max((event.occurred_at - arrival).total_seconds(), 0.0)
+    first = first_scheduled or timings.scheduled_at
+    before = max((first - arrival).total_seconds(), 0.0) if first else 0.0
+    setup, transfer = max(timings.setup_s, 0.0), max(timings.transfer_s, 0.0)
+    before = min(before, total)
+    waiting = max(total - before - setup - transfer, 0.0)
+    return before, waiting, setup, transfer
+
+
 def delivery(
-    event: DeliverySucceeded | DeliveryDeferred | DeliveryFailed, arrival: datetime | None
+    event: DeliverySucceeded | DeliveryDeferred | DeliveryFailed,
+    arrival: datetime | None,
+    first_scheduled: datetime | None = None,
 ) -> MailLine:
     """smtp (local for the mailbox store): one recipient's outcome of one attempt."""
     status = {
@@ -221,9 +250,11 @@ def delivery(
     if status == "bounced" and event.reply_code and event.remote_host:
         reply = f"host {event.remote_host} said: {reply}"
     dsn = esc(event.status, IN_ANGLES) or ("2.0.0" if status == "sent" else "4.0.0")
+    phases = delays(event, arrival, first_scheduled)
+    shown = f" delays={'/'.join(_phase(p) for p in phases)}," if phases else ""
     text = (
         f"{event.queue_id}: to=<{esc(event.recipient, IN_ANGLES)}>, relay={relay}, "
-        f"delay={_seconds(delay)}, dsn={dsn}, status={status} ({esc(reply, IN_PARENS)})"
+        f"delay={_seconds(delay)},{shown} dsn={dsn}, status={status} ({esc(reply, IN_PARENS)})"
     )
     daemon = "local" if event.remote_host == "mailbox" else "smtp"
     return MailLine(
@@ -235,6 +266,7 @@ def delivery(
             "to": event.recipient,
             "relay": event.remote_host or None,
             "delay": round(delay, 3),
+            "delays": [round(p, 3) for p in phases] if phases else None,
             "dsn": event.status,
             "status": status,
             "reply": reply,
@@ -259,13 +291,15 @@ def queued(event: MessageReceived) -> MailLine:
     )
 
 
-def queue_event(event: Event, received: MessageReceived | None) -> MailLine | None:
+def queue_event(
+    event: Event, received: MessageReceived | None, first_scheduled: datetime | None = None
+) -> MailLine | None:
     """The line for an event the queue consumed or published, if it has one."""
     qid = event.queue_id
     if isinstance(event, MessageReceived):
         return queued(event)
     if isinstance(event, DeliverySucceeded | DeliveryDeferred | DeliveryFailed):
-        return delivery(event, received.occurred_at if received else None)
+        return delivery(event, received.occurred_at if received else None, first_scheduled)
     if isinstance(event, MessageExpired):
         sender = esc(received.mail_from, IN_ANGLES) if received else ""
         return MailLine(
@@ -297,7 +331,10 @@ def requeued(queue_id: str) -> MailLine:
 
 
 def queue_lines(
-    trigger: object, outputs: Iterable[object], received: MessageReceived | None
+    trigger: object,
+    outputs: Iterable[object],
+    received: MessageReceived | None,
+    first_scheduled: datetime | None = None,
 ) -> Iterator[MailLine]:
     """The lines of one queue decision: its input, then the events it published.
 
@@ -308,6 +345,6 @@ def queue_lines(
         yield requeued(str(getattr(trigger, "queue_id", "")))
     for item in [trigger, *outputs]:
         if isinstance(item, Event):
-            line = queue_event(item, received)
+            line = queue_event(item, received, first_scheduled)
             if line is not None:
                 yield line

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
@@ -76,6 +77,9 @@ class EmbeddedNats:
     # `mailbus up` sets it: the server must not outlive a supervisor killed by SIGKILL.
     # Only for a start() from the main thread: Linux ties it to the forking thread.
     die_with_parent: bool = False
+    # Told the pid of every nats-server this starts, the moment it exists (`mailbus
+    # up`'s watchdog stops the server last when the supervisor itself is killed).
+    spawned: Callable[[int], None] | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, init=False)
 
     @property
@@ -115,6 +119,8 @@ class EmbeddedNats:
         finally:
             if out is not None:
                 out.close()  # the child holds its own descriptor
+        if self.spawned is not None:
+            self.spawned(self.proc.pid)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -65,6 +65,9 @@ class Attempt:
     endpoint: Endpoint | None = None
     # Whether the server that answered offered DSN; None when none was reached.
     remote_dsn: bool | None = None
+    # Seconds spent reaching a server (every address tried) and in the transaction.
+    setup_s: float = 0.0
+    transfer_s: float = 0.0
 
 
 class Courier:
@@ -149,10 +152,12 @@ class Courier:
         destination = job.destination
         if isinstance(route, NoRoute):
             return Attempt(Transcript(broken=route.reply)), reuse
+        clock = asyncio.get_running_loop().time
+        began = clock()
         if reuse is not None and reuse.healthy:
             transcript = await reuse.transact(job, body)
             if not (try_next_address(transcript) and transcript.mail is None):
-                return self._attempt(reuse, transcript), await _keep(reuse)
+                return self._attempt(reuse, transcript, 0.0, clock() - began), await _keep(reuse)
             await reuse.close()  # it went stale between jobs: start over below
         elif reuse is not None:
             await reuse.close()
@@ -162,12 +167,16 @@ class Courier:
             session, broken = await self._open(destination, endpoint)
             if session is None:
                 assert broken is not None
-                last = Attempt(Transcript(broken=broken), None, endpoint.label, endpoint)
+                last = Attempt(
+                    Transcript(broken=broken), None, endpoint.label, endpoint,
+                    setup_s=clock() - began,
+                )  # fmt: skip
                 if destination.kind == "relay" and broken.status == LoginRefusedError.status:
                     break  # our login was refused: no other address will take it
                 continue
+            opened = clock()
             transcript = await session.transact(job, body)
-            last = self._attempt(session, transcript)
+            last = self._attempt(session, transcript, opened - began, clock() - opened)
             if more and try_next_address(transcript):
                 await session.close()
                 continue
@@ -175,9 +184,17 @@ class Courier:
         return last, None
 
     @staticmethod
-    def _attempt(session: SmtpSession, transcript: Transcript) -> Attempt:
+    def _attempt(
+        session: SmtpSession, transcript: Transcript, setup_s: float, transfer_s: float
+    ) -> Attempt:
         return Attempt(
-            transcript, session.tls_version, session.label, session.endpoint, session.offers_dsn
+            transcript,
+            session.tls_version,
+            session.label,
+            session.endpoint,
+            session.offers_dsn,
+            setup_s,
+            transfer_s,
         )
 
 

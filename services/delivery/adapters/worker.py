@@ -30,7 +30,7 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from libs.common.contract.events import DeliveryJob, Event, event_type
+from libs.common.contract.events import DeliveryJob, DeliveryTimings, Event, event_type
 from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
@@ -259,8 +259,13 @@ class DeliveryWorker:
                     await self._body_missing(msg, job)
                     return session
                 if local is not None:
-                    attempt = Attempt(Transcript(), remote_host=local.remote_host)
+                    handed = loop.time()
                     local_replies = await local.deliver(job, body)
+                    attempt = Attempt(
+                        Transcript(),
+                        remote_host=local.remote_host,
+                        transfer_s=loop.time() - handed,
+                    )
                 else:
                     assert route is not None
                     reused = session is not None
@@ -275,6 +280,11 @@ class DeliveryWorker:
                 remote_dsn=attempt.remote_dsn,
                 worker=self._settings.instance,
                 now=datetime.now(UTC),
+                timings=DeliveryTimings(
+                    scheduled_at=msg.metadata.timestamp,
+                    setup_s=round(attempt.setup_s, 4),
+                    transfer_s=round(attempt.transfer_s, 4),
+                ),
             )
             _annotate(span, attempt, [r.code for r in replies])
             # Every result must be durable before the job is acked (then it cannot vanish).

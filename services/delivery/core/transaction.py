@@ -21,6 +21,7 @@ from libs.common.contract.events import (
     DeliveryFailed,
     DeliveryJob,
     DeliverySucceeded,
+    DeliveryTimings,
 )
 from services.delivery.core.replies import PROTOCOL_ERROR, Reply
 
@@ -91,6 +92,7 @@ def result_events(
     worker: str,
     now: datetime,
     remote_dsn: bool | None = None,
+    timings: DeliveryTimings | None = None,
 ) -> list[ResultEvent]:
     """`remote_dsn`: whether the server offered DSN; the queue needs it for successes
     (a requested success report says "relayed" when it did not)."""
@@ -110,6 +112,7 @@ def result_events(
             status=reply.enhanced_status,
             tls_version=tls_version,
             worker=worker,
+            timings=timings,
         )
         if isinstance(event, DeliverySucceeded) and remote_dsn is not None:
             event = event.model_copy(update={"remote_dsn": remote_dsn})

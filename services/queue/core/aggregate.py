@@ -93,6 +93,7 @@ class JobRecord:
     attempt: int
     destination: Destination
     recipients: tuple[str, ...]
+    scheduled_at: datetime | None = None  # the mail log's delays= start from the first
 
 
 @dataclass(frozen=True)
@@ -197,7 +198,9 @@ def _received(state: MessageState, event: MessageReceived) -> MessageState:
 def _scheduled(state: MessageState, event: DeliveryScheduled) -> MessageState:
     if state.job(event.job_id) is not None:
         return state
-    record = JobRecord(event.job_id, event.attempt, event.destination, tuple(event.recipients))
+    record = JobRecord(
+        event.job_id, event.attempt, event.destination, tuple(event.recipients), event.occurred_at
+    )
     targets = set(event.recipients)
     updated = {
         r.address: replace(r, status=status, job_id=event.job_id, attempt=event.attempt)
