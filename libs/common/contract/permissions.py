@@ -10,8 +10,9 @@ forbidden publish or subscribe is refused.
 What a service can never do, by construction: ingress cannot publish delivery
 results or jobs; delivery cannot publish MessageReceived or touch the queue's
 timers; only the queue writes jobs and schedules; only policy writes counters,
-grants and blocks (ingress writes its own connection leases). Every service may
-create the streams it shares (`ensure_topology` at start), not delete them.
+grants and blocks (ingress writes its own connection leases). No service may
+create, update or delete a stream: it only verifies them at start; `mailbus migrate`,
+as the admin user, owns the topology (libs/common/runtime/topology.py).
 """
 
 from __future__ import annotations
@@ -60,10 +61,10 @@ def _stream_names() -> list[str]:
 
 
 def _topology() -> list[str]:
-    """Start-up: look at the account and create or update the shared streams."""
+    """Start-up: look at the account and verify the shared streams. Creating and
+    updating them is `mailbus migrate`'s, as the admin user (runtime/topology.py)."""
     out = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]
-    for name in _stream_names():
-        out += [f"$JS.API.STREAM.{op}.{name}" for op in ("CREATE", "UPDATE", "INFO")]
+    out += [f"$JS.API.STREAM.INFO.{name}" for name in _stream_names()]
     return out
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -184,23 +184,36 @@ KV_BUCKETS: tuple[str, ...] = (
 OBJECT_STORES: tuple[str, ...] = (subjects.MAILBOX_BODIES_BUCKET,)
 
 
-async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_topology(
+    js: JetStreamContext, replicas: int = 1, only: Collection[str] | None = None
+) -> None:
+    """Create (and update) the streams, buckets and stores; `only`: just those of these
+    stream names (a service creating what it found missing, nothing else)."""
+
+    def wanted(stream: str) -> bool:
+        return only is None or stream in only
+
     for cfg in stream_configs(replicas):
+        if not wanted(cfg.name or ""):
+            continue
         try:
             await js.add_stream(cfg)
         except BadRequestError:
             # Exists with another config: bring it to ours (e.g. replicas changed).
             await js.update_stream(cfg)
-    await js.create_object_store(
-        subjects.MAILBOX_BODIES_BUCKET,
-        config=api.ObjectStoreConfig(
-            bucket=subjects.MAILBOX_BODIES_BUCKET, storage=api.StorageType.FILE, replicas=replicas
-        ),
-    )
+    if wanted(f"OBJ_{subjects.MAILBOX_BODIES_BUCKET}"):
+        await js.create_object_store(
+            subjects.MAILBOX_BODIES_BUCKET,
+            config=api.ObjectStoreConfig(
+                bucket=subjects.MAILBOX_BODIES_BUCKET,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+            ),
+        )
     # Buckets made by nats-py allow per-message TTLs; grants and failure counts use them.
     for bucket in KV_BUCKETS:
-        if bucket == subjects.CONNECTIONS_BUCKET:
-            continue  # below
+        if bucket == subjects.CONNECTIONS_BUCKET or not wanted(subjects.kv_stream(bucket)):
+            continue  # the connections bucket: below
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1
@@ -210,7 +223,8 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     # standalone nats-server's restart, and policy, finding no bucket, fails closed (421)
     # until something recreates it. On disk it is back with the server, stale keys expire
     # by their TTLs, and the live ingress instances rewrite theirs within one renewal.
-    await ensure_connections_bucket(js, replicas)
+    if wanted(subjects.kv_stream(subjects.CONNECTIONS_BUCKET)):
+        await ensure_connections_bucket(js, replicas)
 
 
 async def ensure_connections_bucket(js: JetStreamContext, replicas: int = 1) -> None:
