@@ -92,7 +92,13 @@ def _event_details(e: dict[str, Any]) -> str:
     kind = e["type"]
     if kind == "MessageReceived":
         rcpts = ", ".join(r["address"] for r in e["recipients"])
-        return f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, client {e['client']['ip']}"
+        rules = ", ".join(e.get("policy_rules") or ()) or "-"
+        revision = e.get("config_revision")
+        under = f" under configuration revision {revision}" if revision is not None else ""
+        return (
+            f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, client {e['client']['ip']}; "
+            f"policy rules {rules}{under}"
+        )
     if kind == "DeliveryScheduled":
         dest = e["destination"]
         where = f"{dest['kind']} {dest['domain']}".strip()

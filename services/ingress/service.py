@@ -5,9 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from dataclasses import replace
 
+from libs.common.config import Config
+from libs.common.config.entries import Listener as ListenerEntry
 from libs.common.mail.submission import MessageStore
 from libs.common.mail.tlsutil import server_context
+from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.policy_client import PolicyClient
 from libs.common.runtime.service import Context
 from services.ingress.adapters.handler import IngressHandler
@@ -31,44 +35,32 @@ class IngressService:
         self.leases: ConnectionLeases | None = None
         # Where each listener is bound, by name: with port 0 the system chose it.
         self.addresses: dict[str, tuple[str, int]] = {}
+        # What a new SMTP connection of each listener gets, swapped whole by a new
+        # configuration revision; open sessions keep the pair they started with.
+        self._current: dict[str, tuple[Listener, IngressHandler]] = {}
+        self._bound: dict[str, ListenerEntry] = {}
+        ctx.live.on_change(self._prepare)
 
     async def start(self) -> None:
         config = self.ctx.config
         listeners = [entry for entry in config.listeners if entry.protocol == "smtp"]
-        tls_context: ssl.SSLContext | None = None
-        if any(entry.tls != "none" for entry in config.listeners):
-            # Made once, so every listener and session presents the same certificate.
-            tls_context = server_context(
-                config.server.hostname, config.tls.cert_file, config.tls.key_file
-            )
+        tls_context = _tls_context(config)
         policy = PolicyClient(self.ctx.nc, timeout=config.policy.timeout.total_seconds())
         store = MessageStore(self.ctx.js)
-        size = config.security.max_message_size
         if config.security.max_connections_per_ip:
             self.leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
             self.leases.start()
-        hidden_group = config.relay.hide_local_ip_group
-        hidden = config.ip_group(hidden_group) if hidden_group else None
         try:
             for entry in listeners:
-                settings = ListenerSettings(
-                    name=entry.name,
-                    hostname=config.server.hostname,
-                    tls=entry.tls,
-                    require_auth=entry.require_auth,
-                    data_size_limit=size or None,
-                    max_failed_commands=config.security.max_failed_commands,
-                    proxy_protocol=entry.proxy_protocol,
-                    hidden_clients=hidden,
-                )
                 listener = Listener(
-                    settings,
+                    _settings(entry, config),
                     policy,
                     store,
                     self.sessions,
                     tls_context=tls_context,
                     leases=self.leases,
                 )
+                self._bound[entry.name] = entry
                 await self._listen(listener, entry.host, entry.port)
             for entry in config.pop3_listeners:
                 pop3 = Pop3Server(
@@ -90,11 +82,47 @@ class IngressService:
             await self._close_servers()
             raise
 
+    def _session(self, name: str) -> IngressSMTP:
+        listener, handler = self._current[name]
+        return IngressSMTP(listener, handler)
+
+    def _prepare(self, config: Config, revision: int) -> Commit:
+        """A new revision's certificate and per-listener settings, for new sessions.
+
+        Listener addresses, protocols and TLS modes stay as bound at start (a restart
+        applies them); everything else a session is made with comes from `config`.
+        """
+        tls_context = _tls_context(config)  # a bad certificate fails here, before any swap
+        entries = {entry.name: entry for entry in config.smtp_listeners}
+        leases = self.leases
+        if leases is None and config.security.max_connections_per_ip:
+            # Connections were not counted so far: from now on policy can count them.
+            leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
+        current: dict[str, tuple[Listener, IngressHandler]] = {}
+        for name, (listener, _) in self._current.items():
+            bound, entry = self._bound[name], entries.get(name)
+            if entry is None or (entry.address, entry.tls) != (bound.address, bound.tls):
+                log.warning("listener %s: its new address or tls waits for a restart", name)
+                entry = bound
+            settings = _settings(entry, config, tls=bound.tls)
+            fresh = replace(listener, settings=settings, tls_context=tls_context, leases=leases)
+            current[name] = (fresh, IngressHandler(fresh))
+
+        def commit() -> None:
+            if leases is not None and self.leases is None:
+                self.leases = leases
+                leases.start()
+            self._current.update(current)
+            for pop3 in self._pop3:
+                pop3.tls_context = tls_context
+
+        return commit
+
     async def _listen(self, listener: Listener, host: str, port: int) -> None:
         settings = listener.settings
-        handler = IngressHandler(listener)
+        self._current[settings.name] = (listener, IngressHandler(listener))
         server = await asyncio.get_running_loop().create_server(
-            lambda: IngressSMTP(listener, handler),
+            lambda: self._session(settings.name),
             host=host,
             port=port,
             ssl=listener.tls_context if settings.tls == "implicit" else None,
@@ -131,3 +159,26 @@ class IngressService:
         for pop3 in self._pop3:
             await pop3.stop(0)
         self._pop3.clear()
+
+
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    if not any(entry.tls != "none" for entry in config.listeners):
+        return None
+    # One per revision, so every listener and session started under it presents the
+    # same certificate; read from the files again each time (a renewal keeps the paths).
+    return server_context(config.server.hostname, config.tls.cert_file, config.tls.key_file)
+
+
+def _settings(entry: ListenerEntry, config: Config, tls: str | None = None) -> ListenerSettings:
+    hidden_group = config.relay.hide_local_ip_group
+    size = config.security.max_message_size
+    return ListenerSettings(
+        name=entry.name,
+        hostname=config.server.hostname,
+        tls=tls or entry.tls,
+        require_auth=entry.require_auth,
+        data_size_limit=size or None,
+        max_failed_commands=config.security.max_failed_commands,
+        proxy_protocol=entry.proxy_protocol,
+        hidden_clients=config.ip_group(hidden_group) if hidden_group else None,
+    )

@@ -14,6 +14,7 @@ from libs.common.config import Config
 from libs.common.contract import subjects
 from libs.common.runtime import consumers, metrics
 from libs.common.runtime.lease import Lease
+from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
@@ -42,6 +43,18 @@ class QueueService:
         self.processor: QueueProcessor | None = None
         self._stats: metrics.QueueStatsCollector | None = None
         self._lease: Lease | None = None
+        ctx.live.on_change(self._prepare)
+
+    def _prepare(self, config: Config, revision: int) -> Commit:
+        """Retry, warning and bounce times for the next decision (and the listing)."""
+        timing = timing_of(config)
+
+        def commit() -> None:
+            if self.processor is not None:
+                self.processor._timing = timing
+                self.processor.index._timing = timing
+
+        return commit
 
     async def start(self) -> None:
         config = self.ctx.config

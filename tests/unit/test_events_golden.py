@@ -41,6 +41,7 @@ SAMPLES: list[ev.Event] = [
         auth_user="alice@example.test",
         policy_rules=("connect_ok", "allowed_ip_group", "data_ok"),
         trace_parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        config_revision=7,
     ),
     ev.DeliveryScheduled(
         event_id="Q1.a1.d0.scheduled",

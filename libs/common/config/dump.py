@@ -20,6 +20,11 @@ def effective_config_yaml(config: Config) -> str:
     return header + to_yaml(data)
 
 
+def effective_data(config: Config) -> object:
+    """The effective configuration as plain data, secrets masked (for diffs of revisions)."""
+    return _masked(config.model_dump(mode="json"))
+
+
 def to_yaml(data: object) -> str:
     """Block-style YAML of plain data, keys in the model's order rather than sorted."""
     out = io.StringIO()

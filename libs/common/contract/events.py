@@ -69,6 +69,9 @@ class MessageReceived(Event):
     # Set on the notifier's delivery reports: the queue id of the message reported on.
     # Reports carry mail_from "" too; this tells one of ours from any null-sender mail.
     report_of: str | None = None
+    # The configuration revision policy decided the end of DATA under (None: from
+    # before revisions, or a report the notifier made).
+    config_revision: int | None = None
 
 
 class Destination(_Model):

@@ -73,6 +73,9 @@ class PolicyDecision(_Model):
     canonical: str | None = None
     # Set on an accepted connect: what ingress enforces for the rest of the session.
     limits: SessionLimits | None = None
+    # The configuration revision the decision was made under (0: the file the policy
+    # replica started with, before any revision was applied; None: not from policy).
+    config_revision: int | None = None
 
     @property
     def accepted(self) -> bool:

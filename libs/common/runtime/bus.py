@@ -128,6 +128,8 @@ STREAMS: tuple[Stream, ...] = (
         max_msgs_per_subject=1,
         allow_msg_ttl=True,
     ),
+    # Shadow-policy differences are evidence for one decision (promote or not): a week.
+    Stream(subjects.SHADOW_STREAM, subjects.SHADOW_SUBJECTS, max_age=ACCESS_EVENTS_MAX_AGE_S),
 )
 
 
@@ -177,6 +179,15 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
                 bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1
             )
         )
+    # Configuration revisions: the history is what `mailbus config rollback` goes back to.
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=subjects.CONFIG_BUCKET,
+            storage=api.StorageType.FILE,
+            replicas=replicas,
+            history=subjects.CONFIG_HISTORY,
+        )
+    )
     # Connection leases live seconds and are rewritten every few: memory is enough, and
     # after a NATS restart the live ingress instances write them again within one refresh.
     await js.create_key_value(

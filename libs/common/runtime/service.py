@@ -29,6 +29,7 @@ from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
 from libs.common.runtime import bus
 from libs.common.runtime.health import Health
+from libs.common.runtime.liveconfig import ConfigFollower, LiveConfig
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.runtime.telemetry import setup_telemetry
 
@@ -48,6 +49,13 @@ class Context:
     js: JetStreamContext
     micro: MicroService
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # The revisions followed live (libs/common/runtime/liveconfig.py); `config` above is
+    # swapped with each, for the code that reads it at use time.
+    live: LiveConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.live = LiveConfig(self.service, self.instance, self.config)
+        self.live.on_change(lambda config, _revision: lambda: setattr(self, "config", config))
 
 
 class Service(Protocol):
@@ -78,11 +86,14 @@ class Running:
     service: Service
     health: Health
     lag: asyncio.Task[None] | None = None
+    follower: ConfigFollower | None = None
 
     async def close(self) -> None:
         self.health.ready = False  # a load balancer stops sending work first
         if self.lag is not None:
             self.lag.cancel()
+        if self.follower is not None:
+            await self.follower.stop()
         try:
             await self.service.stop()
         finally:
@@ -121,6 +132,10 @@ async def start_service(
     ctx = Context(service=name, config=config, nc=nc, js=js, micro=micro)
     service = factory(ctx)
     await service.start()
+    # After start, so each part has registered its live-apply hook: the bucket's active
+    # revision (if any) replaces the file's configuration before the service is ready.
+    follower = ConfigFollower(js, nc, ctx.live)
+    await follower.start()
     # nats-py 2.16 can send flush's PING ahead of SUBs still being written, so a
     # single flush may return before the server knows our subscriptions; the
     # second round trip is ordered after them. Readiness must mean "answering".
@@ -130,7 +145,7 @@ async def start_service(
     lag = None
     if subjects.SERVICE_CONSUMERS.get(name):
         lag = asyncio.create_task(report_consumer_lag(js, subjects.SERVICE_CONSUMERS[name]))
-    return Running(ctx, service, health, lag)
+    return Running(ctx, service, health, lag, follower)
 
 
 async def report_consumer_lag(

@@ -156,6 +156,8 @@ class IngressHandler:
             span.set_attribute("mailbus.queue_id", qid)
             body = self._received(server, session, envelope, qid) + content
             event = self._event(server, session, envelope, qid, len(body), decision.rule)
+            # The revision that accepted it: "why was this accepted" answerable later.
+            event = event.model_copy(update={"config_revision": decision.config_revision})
             # Shielded: a client hanging up now must not cut between the body and its event.
             try:
                 accepting = self.listener.store.accept(body, event)

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from libs.common.contract import subjects
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from libs.common.contract.records import first_error
+from libs.common.contract.shadow import ShadowDifference
 from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
 from libs.common.runtime.telemetry import context_from_headers, tracer
 from services.policy.adapters.facts import FactFinder
@@ -40,6 +41,7 @@ from services.policy.core import (
     needs,
     wants_pop3_grant,
 )
+from services.policy.core.shadow import SHADOW_STAGES, compare, union
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -71,6 +73,16 @@ class PolicyEndpoints:
         self._clock = clock
         self._lookups = lookups or Lookups()
         self._in_flight: set[asyncio.Task[None]] = set()
+        # The configuration revision of _rules, stamped on every decision.
+        self.revision = 0
+        # Rules of the shadow revision and its number, decided beside the active ones.
+        self.shadow: tuple[PolicyRules, int] | None = None
+        # Where a differing shadow decision goes (policy's service publishes it).
+        self.record_difference: Callable[[ShadowDifference], None] | None = None
+
+    def use(self, rules: PolicyRules, revision: int) -> None:
+        """Answer the next queries with these rules (one assignment: no query sees a mix)."""
+        self._rules, self.revision = rules, revision
 
     async def register(self, micro: MicroService) -> None:
         for stage in subjects.POLICY_STAGES:
@@ -118,7 +130,9 @@ class PolicyEndpoints:
                 await request.respond_error("400", query)
                 return
             started = time.perf_counter()
+            revision = self.revision
             decision = await self._decide(query)
+            decision = decision.model_copy(update={"config_revision": revision})
             POLICY_DECISION_SECONDS.labels(stage).observe(time.perf_counter() - started)
             POLICY_DECISIONS.labels(stage, decision.action, decision.rule).inc()
             span.set_attribute("mailbus.policy.rule", decision.rule)
@@ -128,11 +142,14 @@ class PolicyEndpoints:
                 self._log_refusal(query, decision)
             await request.respond(decision.model_dump_json().encode())
 
-    async def _facts(self, query: PolicyQuery) -> Facts:
+    async def _facts(self, query: PolicyQuery, shadow: PolicyRules | None = None) -> Facts:
         finder = self._lookups.facts
         if finder is None:
             return NO_FACTS
-        return await finder.gather(needs(query, self._rules), query)
+        wanted = needs(query, self._rules)
+        if shadow is not None:
+            wanted = union(wanted, needs(query, shadow))
+        return await finder.gather(wanted, query)
 
     async def _decide(self, query: PolicyQuery) -> PolicyDecision:
         """A fact that cannot be looked up now defers the query with its error's reply."""
@@ -144,14 +161,44 @@ class PolicyEndpoints:
             return exc.decision
 
     async def _decide_stage(self, query: PolicyQuery) -> PolicyDecision:
-        facts = await self._facts(query)
+        shadow = self.shadow if query.stage in SHADOW_STAGES else None
+        facts = await self._facts(query, shadow[0] if shadow else None)
         decision = decide(query, self._rules, self._clock(), facts)
         if self._lookups.grants is not None and wants_pop3_grant(decision, self._rules):
             grant = await self._grant(self._lookups.grants, query)
-            decision = decide(query, self._rules, self._clock(), replace(facts, pop3_grant=grant))
+            facts = replace(facts, pop3_grant=grant)
+            decision = decide(query, self._rules, self._clock(), facts)
+        if shadow is not None:
+            await self._compare_shadow(query, decision, facts, shadow)
         if self._lookups.facts is not None:
             decision = await self._lookups.facts.record(query, decision, self._clock())
         return decision
+
+    async def _compare_shadow(
+        self,
+        query: PolicyQuery,
+        active: PolicyDecision,
+        facts: Facts,
+        shadow: tuple[PolicyRules, int],
+    ) -> None:
+        """Decide under the shadow rules too; nothing it decides is counted or enforced."""
+        rules, revision = shadow
+        try:
+            if facts.pop3_grant is None and self._lookups.grants is not None:
+                probe = decide(query, rules, self._clock(), facts)
+                if wants_pop3_grant(probe, rules):
+                    grant = await self._grant(self._lookups.grants, query)
+                    facts = replace(facts, pop3_grant=grant)
+            now = self._clock()
+            found = compare(
+                query, active, decide(query, rules, now, facts), (self.revision, revision), now
+            )
+        except Exception as exc:
+            # The shadow is an experiment: whatever goes wrong with it, the answer stands.
+            log.warning("shadow revision %d: %s: %s", revision, type(exc).__name__, exc)
+            return
+        if found is not None and self.record_difference is not None:
+            self.record_difference(found)
 
     @staticmethod
     async def _grant(grants: GrantStore, query: PolicyQuery) -> Pop3Grant | None:
@@ -214,9 +261,10 @@ class PolicyEndpoints:
     def _log_refusal(query: PolicyQuery, decision: PolicyDecision) -> None:
         what = query.rcpt if query.stage == "rcpt" else query.mail_from
         log.info(
-            "policy %s refused: rule=%s reply=%r session=%s client=%s%s",
+            "policy %s refused: rule=%s revision=%s reply=%r session=%s client=%s%s",
             query.stage,
             decision.rule,
+            decision.config_revision,
             decision.smtp_reply,
             query.session.session_id,
             query.session.client_ip,
