@@ -2,6 +2,8 @@
 
 mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
 mailbus config check FILE                   validate, print the effective config
+mailbus config apply [--shadow] FILE|history|diff A B|rollback REV|status|shadow-report|promote
+                                            configuration revisions, live (ops.configctl)
 mailbus user hash                           print the argon2id hash of a password
 mailbus queue list|show|retry|hold|release|delete   the delivery queue (ops.queuectl)
 mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (ops.blocksctl)
@@ -57,6 +59,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_check = cfg_sub.add_parser("check", help="validate FILE and print the effective config")
     p_check.add_argument("file")
     p_check.set_defaults(func=_cmd_config_check)
+    from ops.configctl import add_parser as add_revision_parser
+
+    add_revision_parser(cfg_sub)
 
     p_user = sub.add_parser("user", help="local account tools")
     user_sub = p_user.add_subparsers(dest="user_command", required=True)

@@ -16,6 +16,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import nats
 
@@ -143,6 +144,11 @@ class Supervisor:
         if not self.servers:
             await self._start_embedded()
         try:
+            await self._publish_config("start")
+            # Like `postfix reload`: the edited file becomes the next revision, applied live.
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: self._tasks.append(loop.create_task(self._reload()))
+            )
             for name in self.services:
                 await self._spawn(name)
             ready = asyncio.create_task(self.wait_ready())
@@ -160,6 +166,15 @@ class Supervisor:
             return 1
         finally:
             await self.shutdown()
+
+    async def _publish_config(self, action: Literal["start", "reload"]) -> None:
+        from ops.configctl import from_supervisor
+
+        await from_supervisor(self.admin_urls, self.config_path, action)
+
+    async def _reload(self) -> None:
+        _say(f"SIGHUP: applying {self.config_path}")
+        await self._publish_config("reload")
 
     async def _start_embedded(self) -> None:
         """Start nats-server with one user per service (libs/common/contract/permissions.py).

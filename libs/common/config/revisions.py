@@ -129,6 +129,7 @@ def restart_only(changes: list[Change]) -> list[tuple[str, str]]:
 LIVE_EFFECTS: dict[str, str] = {
     "server": "hostname and postmaster: new sessions, new reports and decisions use them; "
     "local_domains: policy at once, the queue's routing at the next restart",
+    "nats": "restart only: the connection is made at start",
     "dns": "policy's sender-domain resolver and delivery's MX resolver are made anew",
     "listeners": "restart only: addresses stay bound; the per-listener settings of a "
     "running listener keep their start values",
