@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import smtplib
 import ssl
 import threading
@@ -23,11 +24,13 @@ from libs.common.contract import subjects
 from libs.common.contract.events import MessageReceived, parse_event
 from libs.common.mail.tlsutil import self_signed_pem
 from libs.common.runtime import liveconfig
+from libs.common.runtime.embedded_nats import free_port
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.core import HOUR
 from tests.support.cli import mailbus
 from tests.support.stack import Stack, running_stack, unverified
 from tests.support.streams import eventually
+from tests.support.up import mailbus_up
 
 pytestmark = pytest.mark.asyncio
 
@@ -310,3 +313,37 @@ def mail_code(addr: tuple[str, int], source: str) -> int:
         smtp.ehlo("client.test")
         code, _ = smtp.mail("alice@remote.test")
         return code
+
+
+async def test_sighup_to_mailbus_up_applies_the_edited_file(tmp_path: Path) -> None:
+    port = free_port()
+    listener = (
+        f"listeners:\n  - {{name: smtp, protocol: smtp, address: '127.0.0.1:{port}', tls: none}}\n"
+    )
+    text = config_text(INSIDE).replace(
+        "listeners:\n  - {name: smtp, protocol: smtp, address: '127.0.0.1:0', tls: none}\n",
+        listener,
+    )
+    data_dir = ["--data-dir", str(tmp_path / "var")]
+    async with mailbus_up(tmp_path, text) as up:
+        rc, out, err = await mailbus("config", "history", *data_dir)
+        assert rc == 0, err
+        assert "-- 1 revision(s)" in out and " start " in out, out
+        addr = ("127.0.0.1", port)
+        assert await asyncio.to_thread(rcpt_code, addr, NEWCOMER) == 554
+
+        (tmp_path / "mailbus.yaml").write_text(text.replace(INSIDE, f"{INSIDE}, {NEWCOMER}"))
+        up.proc.send_signal(signal.SIGHUP)
+
+        async def applied() -> bool:
+            rc, out, _ = await mailbus("config", "status", "--json", *data_dir)
+            found = json.loads(out) if rc == 0 else []
+            return len(found) == len(subjects.SERVICES) and all(
+                r["revision"] >= 2 and not r["failed"] for r in found
+            )
+
+        await eventually(applied, "every service on the reloaded revision")
+        assert await asyncio.to_thread(rcpt_code, addr, NEWCOMER) == 250
+        rc, out, _ = await mailbus("config", "history", *data_dir)
+        assert " reload " in out and "ip_groups.office" in out, out
+        assert up.proc.returncode is None  # SIGHUP no longer stops anything

@@ -67,15 +67,17 @@ def flatten(data: object, prefix: str = "") -> Iterator[tuple[str, object]]:
     elif isinstance(data, list) and data and all(_named(item) for item in data):
         for item in data:
             assert isinstance(item, dict)
-            name = item.get("name") or item.get("address")
-            rest = {k: v for k, v in item.items() if k not in ("name", "address")}
-            yield from flatten(rest or {"": True}, f"{prefix}[{name}]")
+            by = "name" if isinstance(item.get("name"), str) else "address"
+            rest = {k: v for k, v in item.items() if k != by}
+            yield from flatten(rest or {"": True}, f"{prefix}[{item[by]}]")
     else:
         yield prefix, data
 
 
 def _named(item: object) -> bool:
-    return isinstance(item, dict) and isinstance(item.get("name") or item.get("address"), str)
+    return isinstance(item, dict) and (
+        isinstance(item.get("name"), str) or isinstance(item.get("address"), str)
+    )
 
 
 def diff(old: Config | None, new: Config) -> list[Change]:
