@@ -68,6 +68,18 @@ def test_summary_and_what_waits_for_a_restart() -> None:
     assert summary(changes) == "listeners[smtp].address, ip_groups.office"
     assert [key for key, _ in restart_only(changes)] == ["listeners[smtp].address"]
     assert summary([]).startswith("no key changed")
+    other = "  - {name: other, protocol: smtp, address: '127.0.0.1:2600', tls: none}\n"
+    added = BASE.replace("ip_groups:", other + "ip_groups:")
+    auth = BASE.replace("2587', tls: none}", "2587', tls: none, require_auth: true}")
+    assert [k for k, _ in restart_only(diff(config(), config(added)))] == [
+        "listeners[other].protocol",
+        "listeners[other].address",
+        "listeners[other].tls",
+        "listeners[other].require_auth",
+        "listeners[other].proxy_protocol",
+    ]
+    assert diff(config(), config(auth)) != []
+    assert restart_only(diff(config(), config(auth))) == []
     many = diff(config(), config(changed.replace("mx.", "mx2.").replace("2587", "2588")))
     assert summary(many).endswith("(+1 more)")
 

@@ -10,6 +10,7 @@ history line never shows a password.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
@@ -102,26 +103,38 @@ def summary(changes: list[Change]) -> str:
     return f"{shown} (+{more} more)" if more > 0 else shown
 
 
-# What waits for a restart, by key prefix: everything else is applied live by every
-# replica (see LIVE_EFFECTS, rendered into docs/configuration.md).
+# What waits for a restart, by key prefix (`[]` standing for any entry of a list):
+# everything else is applied live by every replica (see LIVE_EFFECTS, rendered into
+# docs/configuration.md).
 RESTART_ONLY: dict[str, str] = {
-    "listeners": "listener addresses, protocols and TLS modes are bound at start",
+    "listeners[]": "a listener added or removed is bound or closed at start",
+    "listeners[].address": "listener addresses are bound at start",
+    "listeners[].protocol": "listener addresses are bound at start",
+    "listeners[].tls": "a listener's TLS mode is set when it is bound",
     "nats": "the bus connection is made at start",
     "telemetry": "tracing and the metrics listener are set up at start",
     "mailboxes": "the mailbox store is opened at start",
     "policy.timeout": "ingress's policy client is made at start",
+    "relay.pop3_before_smtp": "whether POP3 logins become grants (and for how long) is set "
+    "at start",
     "delivery.max_delivery_threads": "the shared consumer's ack limit is set at start",
     "delivery.mode": "the queue routes by it from start",
     "server.local_domains": "the queue's routing is made at start (policy applies it live)",
 }
+
+_ENTRY = re.compile(r"\[[^\]]*\]")
 
 
 def restart_only(changes: list[Change]) -> list[tuple[str, str]]:
     """(key, why) for each changed key that waits for the next restart."""
     out: list[tuple[str, str]] = []
     for change in changes:
+        general = _ENTRY.sub("[]", change.key)
+        if general.startswith("listeners[]") and _ABSENT in (change.old, change.new):
+            out.append((change.key, RESTART_ONLY["listeners[]"]))
+            continue
         for prefix, why in RESTART_ONLY.items():
-            if change.key == prefix or change.key.startswith((f"{prefix}.", f"{prefix}[")):
+            if general == prefix or (general.startswith(f"{prefix}.") and prefix[-1] != "]"):
                 out.append((change.key, why))
                 break
     return out
@@ -133,15 +146,17 @@ LIVE_EFFECTS: dict[str, str] = {
     "local_domains: policy at once, the queue's routing at the next restart",
     "nats": "restart only: the connection is made at start",
     "dns": "policy's sender-domain resolver and delivery's MX resolver are made anew",
-    "listeners": "restart only: addresses stay bound; the per-listener settings of a "
-    "running listener keep their start values",
+    "listeners": "require_auth and proxy_protocol of an SMTP listener apply to its new "
+    "sessions; addresses, protocols, TLS modes and listeners added or removed wait for a "
+    "restart",
     "tls": "new sessions and new STARTTLS present the new certificate (the files are read "
     "again on every revision, even when no key changed); open sessions keep theirs",
     "ip_groups": "the next policy query uses the new groups",
     "users": "the next login and recipient check use the new accounts and aliases",
     "users_file": "read again on every revision",
     "mailboxes": "restart only",
-    "relay": "the next policy query uses the new relay rules",
+    "relay": "the next policy query uses the new relay rules; hide_local_ip_group applies "
+    "to new sessions; turning pop3_before_smtp on or off waits for a restart",
     "security": "the next policy query uses the new limits; ingress's per-session limits "
     "apply from the next connection; counters already kept stay",
     "antispam": "the next policy query uses the new settings",

@@ -130,8 +130,9 @@ class PolicyEndpoints:
                 await request.respond_error("400", query)
                 return
             started = time.perf_counter()
-            revision = self.revision
-            decision = await self._decide(query)
+            # One revision per query, read once: a swap during its awaits does not mix rules.
+            rules, revision = self._rules, self.revision
+            decision = await self._decide(query, rules)
             decision = decision.model_copy(update={"config_revision": revision})
             POLICY_DECISION_SECONDS.labels(stage).observe(time.perf_counter() - started)
             POLICY_DECISIONS.labels(stage, decision.action, decision.rule).inc()
@@ -142,32 +143,34 @@ class PolicyEndpoints:
                 self._log_refusal(query, decision)
             await request.respond(decision.model_dump_json().encode())
 
-    async def _facts(self, query: PolicyQuery, shadow: PolicyRules | None = None) -> Facts:
+    async def _facts(
+        self, query: PolicyQuery, rules: PolicyRules, shadow: PolicyRules | None = None
+    ) -> Facts:
         finder = self._lookups.facts
         if finder is None:
             return NO_FACTS
-        wanted = needs(query, self._rules)
+        wanted = needs(query, rules)
         if shadow is not None:
             wanted = union(wanted, needs(query, shadow))
         return await finder.gather(wanted, query)
 
-    async def _decide(self, query: PolicyQuery) -> PolicyDecision:
+    async def _decide(self, query: PolicyQuery, rules: PolicyRules) -> PolicyDecision:
         """A fact that cannot be looked up now defers the query with its error's reply."""
         try:
             if query.stage == "auth":
-                return await self._authenticate(query)
-            return await self._decide_stage(query)
+                return await self._authenticate(query, rules)
+            return await self._decide_stage(query, rules)
         except Unavailable as exc:
             return exc.decision
 
-    async def _decide_stage(self, query: PolicyQuery) -> PolicyDecision:
+    async def _decide_stage(self, query: PolicyQuery, rules: PolicyRules) -> PolicyDecision:
         shadow = self.shadow if query.stage in SHADOW_STAGES else None
-        facts = await self._facts(query, shadow[0] if shadow else None)
-        decision = decide(query, self._rules, self._clock(), facts)
-        if self._lookups.grants is not None and wants_pop3_grant(decision, self._rules):
+        facts = await self._facts(query, rules, shadow[0] if shadow else None)
+        decision = decide(query, rules, self._clock(), facts)
+        if self._lookups.grants is not None and wants_pop3_grant(decision, rules):
             grant = await self._grant(self._lookups.grants, query)
             facts = replace(facts, pop3_grant=grant)
-            decision = decide(query, self._rules, self._clock(), facts)
+            decision = decide(query, rules, self._clock(), facts)
         if shadow is not None:
             await self._compare_shadow(query, decision, facts, shadow)
         if self._lookups.facts is not None:
@@ -208,13 +211,13 @@ class PolicyEndpoints:
             log.warning("pop3 grants unreadable: %s: %s", type(exc).__name__, exc)
             raise GrantsUnavailable(str(exc)) from exc
 
-    async def _authenticate(self, query: PolicyQuery) -> PolicyDecision:
-        facts = await self._facts(query)
-        account = self._rules.directory.login(query.username or "")
+    async def _authenticate(self, query: PolicyQuery, rules: PolicyRules) -> PolicyDecision:
+        facts = await self._facts(query, rules)
+        account = rules.directory.login(query.username or "")
         checker = self._lookups.passwords
         # Decided first without the password: an address over its failed-login limit
         # costs no password check at all.
-        decision = decide(query, self._rules, self._clock(), facts)
+        decision = decide(query, rules, self._clock(), facts)
         if decision.rule != "auth_failed":
             return decision
         # Only a login `decide` lets through without TLS gets here (a tls: none POP3 listener).
@@ -222,7 +225,7 @@ class PolicyEndpoints:
             # Unknown accounts are checked too (against a dummy): same time, nothing learnt.
             stored = account.password_hash if account is not None else None
             ok = await checker.verify(stored, query.password or "")
-            decision = decide(query, self._rules, self._clock(), replace(facts, password_ok=ok))
+            decision = decide(query, rules, self._clock(), replace(facts, password_ok=ok))
         if decision.rule == "auth_failed":
             await self._count_failure(query)
         return decision
