@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from nats.js import JetStreamContext
 
+from libs.common.config import load_config_text
+from libs.common.config.revisions import Revision
 from libs.common.contract import subjects
 from libs.common.contract.events import MessageReceived, parse_event
 from libs.common.mail.tlsutil import self_signed_pem
-from libs.common.runtime import liveconfig
-from libs.common.runtime.embedded_nats import free_port
+from libs.common.runtime import bus, liveconfig
+from libs.common.runtime.embedded_nats import EmbeddedNats, free_port
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.core import HOUR
 from tests.support.cli import mailbus
@@ -347,3 +349,76 @@ async def test_sighup_to_mailbus_up_applies_the_edited_file(tmp_path: Path) -> N
         rc, out, _ = await mailbus("config", "history", *data_dir)
         assert " reload " in out and "ip_groups.office" in out, out
         assert up.proc.returncode is None  # SIGHUP no longer stops anything
+
+
+async def test_a_replica_that_cannot_apply_keeps_its_revision_and_says_so(
+    tmp_path: Path,
+) -> None:
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    good_cert, good_key = self_signed_pem("mx.example.test")
+    cert.write_bytes(good_cert)
+    key.write_bytes(good_key)
+    text = config_text(INSIDE).replace("tls: none", "tls: starttls") + (
+        f"tls: {{cert_file: {cert}, key_file: {key}}}\n"
+    )
+    path = tmp_path / "mailbus.yaml"
+    path.write_text(text)
+    async with running_stack(tmp_path, lambda _: text, ["policy", "ingress"]) as stack:
+        rc, _, err = await apply(path, stack.url)
+        assert rc == 0, err
+        first = await active_revision(stack.js)
+        # A key that does not belong to the certificate: valid to `check`, not to TLS.
+        key.write_bytes(self_signed_pem("mx.example.test")[1])
+        path.write_text(text.replace(INSIDE, f"{INSIDE}, {NEWCOMER}"))
+        rc, out, err = await apply(path, stack.url)
+        assert rc == 1
+        assert "1 replica(s) refused it" in err
+        second = await active_revision(stack.js)
+        by_service = {r["service"]: r for r in await liveconfig.replicas(stack.nc)}
+        assert by_service["policy"]["revision"] == second
+        assert (by_service["ingress"]["revision"], by_service["ingress"]["failed"]) == (
+            first,
+            second,
+        )
+        assert "ingress" in out and f"refused {second}" in out
+        # Ingress still presents the certificate of the revision it runs.
+        fresh = await connect(stack.address("smtp"))
+        try:
+            await asyncio.to_thread(starttls, fresh)
+            assert peer_certificate(fresh) == ssl.PEM_cert_to_DER_cert(good_cert.decode())
+        finally:
+            await asyncio.to_thread(fresh.quit)
+
+
+async def test_a_follower_keeps_following_across_a_nats_server_restart(tmp_path: Path) -> None:
+    server = EmbeddedNats(data_dir=tmp_path / "nats", log_file=tmp_path / "nats.log")
+    await server.astart()
+    nc = await bus.connect([server.url], name="test")
+    try:
+        js = await bus.wait_for_jetstream(nc)
+        await bus.ensure_topology(js)
+        live = liveconfig.LiveConfig("follower-test", "i1", load_config_text(""))
+        follower = liveconfig.ConfigFollower(js, nc, live, resync_s=0.2)
+        await follower.start()
+        record = Revision(
+            text=config_text(INSIDE),
+            source=str(tmp_path / "mailbus.yaml"),
+            base_dir=str(tmp_path),
+            applied_at=datetime.now(UTC),
+            applied_by="test",
+            action="apply",
+        )
+        first = await liveconfig.publish(js, record)
+
+        async def runs(number: int) -> bool:
+            return live.revision == number
+
+        await eventually(lambda: runs(first), "the first revision", within=5)
+        await server.astop()
+        await server.astart()  # same port, same store: the bucket is still there
+        second = await liveconfig.publish(await bus.wait_for_jetstream(nc), record)
+        await eventually(lambda: runs(second), "the revision after the restart", within=10)
+        await follower.stop()
+    finally:
+        await nc.close()
+        await server.astop()

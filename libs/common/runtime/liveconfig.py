@@ -49,6 +49,9 @@ SHADOW_REVISION = Gauge(
     ["service"],
 )
 
+# How often a follower checks that its watch still brings every revision.
+RESYNC_S = 2.0
+
 Commit = Callable[[], None]
 # Builds a part's new state from a configuration; raises if it cannot. The commit it
 # returns only swaps references and must not fail.
@@ -130,15 +133,25 @@ def decode(entry: KeyValue.Entry) -> Revision | None:
 
 
 class ConfigFollower:
-    """Watches the bucket for one process; `start` returns once the current value is applied."""
+    """Watches the bucket for one process; `start` returns once the current value is applied.
 
-    def __init__(self, js: JetStreamContext, nc: NATS, live: LiveConfig) -> None:
+    A watch is an ephemeral consumer, which a nats-server restart loses without a
+    word; so every RESYNC_S the follower also reads both keys (two direct gets)
+    and, finding a revision the watch did not bring, takes it and watches anew.
+    """
+
+    def __init__(
+        self, js: JetStreamContext, nc: NATS, live: LiveConfig, resync_s: float = RESYNC_S
+    ) -> None:
         self._js = js
         self._nc = nc
         self.live = live
-        self._task: asyncio.Task[None] | None = None
+        self._resync_s = resync_s
+        self._tasks: list[asyncio.Task[None]] = []
         self._status: Subscription | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
+        # The last entry taken per key (value or marker), so nothing is taken twice.
+        self._seen: dict[str, int] = {}
 
     async def start(self) -> None:
         kv = await self._js.key_value(subjects.CONFIG_BUCKET)
@@ -148,14 +161,20 @@ class ConfigFollower:
             if entry is None:
                 break
             self._take(entry)
-        self._task = asyncio.create_task(self._follow(self._watcher), name="config-follow")
+        self._tasks = [
+            asyncio.create_task(self._follow(self._watcher), name="config-follow"),
+            asyncio.create_task(self._resync_loop(kv), name="config-resync"),
+        ]
         self._status = await self._nc.subscribe(subjects.CONFIG_STATUS_SUBJECT, cb=self._answer)
 
     async def stop(self) -> None:
         if self._status is not None:
             await self._status.unsubscribe()
-        if self._task is not None:
-            self._task.cancel()
+        for task in self._tasks:
+            task.cancel()
+        await self._stop_watch()
+
+    async def _stop_watch(self) -> None:
         if self._watcher is not None:
             try:
                 await self._watcher.stop()  # type: ignore[no-untyped-call]
@@ -167,8 +186,39 @@ class ConfigFollower:
             if entry is not None:
                 self._take(entry)
 
+    async def _resync_loop(self, kv: KeyValue) -> None:
+        while True:
+            await asyncio.sleep(self._resync_s)
+            try:
+                missed = await self._resync(kv)
+                if missed:
+                    log.warning("%s: configuration watch lost; watching again", self.live.service)
+                    await self._stop_watch()
+                    self._watcher = await kv.watchall()
+                    self._tasks.append(asyncio.create_task(self._follow(self._watcher)))
+            except Exception as exc:  # NATS away: the next round tries again
+                log.debug("configuration resync: %s: %s", type(exc).__name__, exc)
+
+    async def _resync(self, kv: KeyValue) -> bool:
+        missed = False
+        for key in (subjects.CONFIG_ACTIVE_KEY, subjects.CONFIG_SHADOW_KEY):
+            try:
+                entry = await kv.get(key)
+            except KeyNotFoundError:  # also a deleted key
+                if key == subjects.CONFIG_SHADOW_KEY and self.live.shadow_revision:
+                    self.live.set_shadow(0, None)
+                    missed = True
+                continue
+            if int(entry.revision or 0) > self._seen.get(key, 0):
+                self._take(entry)
+                missed = True
+        return missed
+
     def _take(self, entry: KeyValue.Entry) -> None:
         revision = int(entry.revision or 0)
+        if revision <= self._seen.get(entry.key, 0):
+            return
+        self._seen[entry.key] = revision
         try:
             record = decode(entry)
         except ValidationError as exc:
