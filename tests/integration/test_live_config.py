@@ -27,6 +27,8 @@ from libs.common.contract.events import MessageReceived, parse_event
 from libs.common.mail.tlsutil import self_signed_pem
 from libs.common.runtime import bus, liveconfig
 from libs.common.runtime.embedded_nats import EmbeddedNats, free_port
+from libs.common.runtime.service import start_service
+from services.ingress.service import IngressService
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.core import HOUR
 from tests.support.cli import mailbus
@@ -422,3 +424,28 @@ async def test_a_follower_keeps_following_across_a_nats_server_restart(tmp_path:
     finally:
         await nc.close()
         await server.astop()
+
+
+async def test_a_new_listener_address_waits_for_the_restart_which_applies_it(
+    tmp_path: Path,
+) -> None:
+    old_port, new_port = free_port(), free_port()
+    listener = "address: '127.0.0.1:0'"
+    text = config_text(INSIDE).replace(listener, f"address: '127.0.0.1:{old_port}'")
+    path = tmp_path / "mailbus.yaml"
+    path.write_text(text)
+    async with running_stack(tmp_path, lambda _: text, ["policy", "ingress"]) as stack:
+        assert (await apply(path, stack.url))[0] == 0
+        path.write_text(text.replace(str(old_port), str(new_port)))
+        rc, out, err = await apply(path, stack.url)
+        assert rc == 0, err
+        assert "listeners[smtp].address: applied at the next restart" in out
+        assert stack.address("smtp") == ("127.0.0.1", old_port)
+        # Restarted with the file it was first given, ingress runs the active revision.
+        running = stack.running.pop()
+        await running.close()
+        stack.running.append(
+            await start_service("ingress", IngressService, stack.config, [stack.url])
+        )
+        assert stack.address("smtp") == ("127.0.0.1", new_port)
+        assert stack.running[-1].ctx.live.revision == await active_revision(stack.js)

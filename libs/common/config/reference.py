@@ -96,6 +96,12 @@ returns once every running replica reports the revision (or `--timeout`).
 - `mailbus config status`: the revision (and shadow) each replica runs.
 - With `mailbus up`, the file given at start is the first revision (nothing is
   published when it equals the active one) and SIGHUP applies the edited file.
+- A service process starts with the active revision when the bucket has one
+  (so a restart applies what waited for it), and with its `--config` file only
+  until a first revision exists; its `nats` and `telemetry` settings always come
+  from that file. On Kubernetes, apply the ConfigMap's file after changing it
+  (see [kubernetes.md](kubernetes.md)): restarting pods alone runs the active
+  revision again.
 - Relative paths in a revision are from the directory of the file applied, and
   the files they name (certificates, `users_file`) are read again by every
   replica on every revision: renew a certificate in place, then apply the same

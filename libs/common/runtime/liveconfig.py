@@ -77,6 +77,10 @@ class LiveConfig:
         CONFIG_REVISION.labels(self.service).set(self.revision)
         CONFIG_FAILED_REVISION.labels(self.service).set(0)
 
+    def started_at(self, revision: int) -> None:
+        self.revision = revision
+        CONFIG_REVISION.labels(self.service).set(revision)
+
     def on_change(self, prepare: Prepare) -> None:
         self._prepares.append(prepare)
 
@@ -150,8 +154,9 @@ class ConfigFollower:
         self._tasks: list[asyncio.Task[None]] = []
         self._status: Subscription | None = None
         self._watcher: KeyValue.KeyWatcher | None = None
-        # The last entry taken per key (value or marker), so nothing is taken twice.
-        self._seen: dict[str, int] = {}
+        # The last entry taken per key (value or marker), so nothing is taken twice;
+        # the revision the process started with counts as taken.
+        self._seen: dict[str, int] = {subjects.CONFIG_ACTIVE_KEY: live.revision}
 
     async def start(self) -> None:
         kv = await self._js.key_value(subjects.CONFIG_BUCKET)
@@ -255,6 +260,29 @@ class ConfigFollower:
     async def _answer(self, msg: Msg) -> None:
         if msg.reply:
             await msg.respond(json.dumps(self.live.status()).encode())
+
+
+async def starting_config(js: JetStreamContext, service: str, file: Config) -> tuple[Config, int]:
+    """What a process starts with: the active revision if there is one (so a restart
+    applies what waited for it, listeners included), else the file it was given."""
+    try:
+        current = await read(js)
+    except Exception as exc:  # an older server, or no permission: run the file
+        log.warning("%s: configuration revisions unreadable (%s); running the file", service, exc)
+        return file, 0
+    if current is None:
+        return file, 0
+    number, record = current
+    try:
+        return record.load(), number
+    except ConfigError as exc:
+        log.error(
+            "%s: active configuration revision %d does not load here, running the file: %s",
+            service,
+            number,
+            "; ".join(exc.errors),
+        )
+        return file, 0
 
 
 async def read(

@@ -29,7 +29,7 @@ from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
 from libs.common.runtime import bus
 from libs.common.runtime.health import Health
-from libs.common.runtime.liveconfig import ConfigFollower, LiveConfig
+from libs.common.runtime.liveconfig import ConfigFollower, LiveConfig, starting_config
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.runtime.telemetry import setup_telemetry
 
@@ -129,7 +129,11 @@ async def start_service(
             metadata={"instance": f"{socket.gethostname()}-{os.getpid()}"},
         ),
     )
+    # The bus's active revision, when there is one, rather than the file: so a restart
+    # applies what waited for it. The NATS and telemetry settings above are the file's.
+    config, revision = await starting_config(js, name, config)
     ctx = Context(service=name, config=config, nc=nc, js=js, micro=micro)
+    ctx.live.started_at(revision)
     service = factory(ctx)
     await service.start()
     # After start, so each part has registered its live-apply hook: the bucket's active
