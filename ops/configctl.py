@@ -24,7 +24,8 @@ from typing import Any
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
-from libs.common.config import Config, ConfigError, load_config, load_config_text
+from libs.common.config import Config, ConfigError, load_config_text
+from libs.common.config.cli import EXIT_INVALID, checked
 from libs.common.config.revisions import Action, Revision, diff, restart_only, summary
 from libs.common.contract import subjects
 from libs.common.contract.shadow import ShadowDifference, ShadowReport, summarise
@@ -32,7 +33,6 @@ from libs.common.runtime import bus, liveconfig
 from ops import ctl
 from ops.ctl import time_text as _time
 
-EXIT_INVALID = 2
 SHADOW_LIMIT = 100_000
 POLL_S = 0.1
 
@@ -75,14 +75,8 @@ def config_command(args: argparse.Namespace) -> int:
     op = args.config_op
     if op == "apply":
         # Before any connection: an invalid file is refused exactly as `config check` does.
-        try:
-            config = load_config(args.file)
-        except ConfigError as exc:
-            for line in exc.errors:
-                print(line, file=sys.stderr)
+        if checked(args.file) is None:
             return EXIT_INVALID
-        for warning in config.warnings():
-            print(f"{args.file}: warning: {warning}", file=sys.stderr)
     try:
         return asyncio.run(_run(args))
     except ctl.CtlError as exc:

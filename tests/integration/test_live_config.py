@@ -212,15 +212,8 @@ async def test_invalid_file_is_refused_with_check_errors_and_nothing_changes(
 
 
 async def test_renewed_certificate_for_new_starttls_sessions(tmp_path: Path) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    old_cert, old_key = self_signed_pem("mx.example.test")
-    cert.write_bytes(old_cert)
-    key.write_bytes(old_key)
-    text = config_text(INSIDE).replace("tls: none", "tls: starttls") + (
-        f"tls: {{cert_file: {cert}, key_file: {key}}}\n"
-    )
-    path = tmp_path / "mailbus.yaml"
-    path.write_text(text)
+    text, old_cert = with_certificate(tmp_path)
+    cert, key, path = tmp_path / "cert.pem", tmp_path / "key.pem", tmp_path / "mailbus.yaml"
     async with running_stack(tmp_path, lambda _: text, ["policy", "ingress"]) as stack:
         addr = stack.address("smtp")
         old = await connect(addr)
@@ -245,6 +238,18 @@ async def test_renewed_certificate_for_new_starttls_sessions(tmp_path: Path) -> 
             assert code == 250
         finally:
             await asyncio.to_thread(old.quit)
+
+
+def with_certificate(tmp_path: Path) -> tuple[str, bytes]:
+    """mailbus.yaml with STARTTLS from cert.pem and key.pem; its text and the certificate."""
+    cert_pem, key_pem = self_signed_pem("mx.example.test")
+    (tmp_path / "cert.pem").write_bytes(cert_pem)
+    (tmp_path / "key.pem").write_bytes(key_pem)
+    text = config_text(INSIDE).replace("tls: none", "tls: starttls") + (
+        f"tls: {{cert_file: {tmp_path / 'cert.pem'}, key_file: {tmp_path / 'key.pem'}}}\n"
+    )
+    (tmp_path / "mailbus.yaml").write_text(text)
+    return text, cert_pem
 
 
 async def connect(addr: tuple[str, int], source: str = INSIDE) -> smtplib.SMTP:
@@ -356,15 +361,8 @@ async def test_sighup_to_mailbus_up_applies_the_edited_file(tmp_path: Path) -> N
 async def test_a_replica_that_cannot_apply_keeps_its_revision_and_says_so(
     tmp_path: Path,
 ) -> None:
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    good_cert, good_key = self_signed_pem("mx.example.test")
-    cert.write_bytes(good_cert)
-    key.write_bytes(good_key)
-    text = config_text(INSIDE).replace("tls: none", "tls: starttls") + (
-        f"tls: {{cert_file: {cert}, key_file: {key}}}\n"
-    )
-    path = tmp_path / "mailbus.yaml"
-    path.write_text(text)
+    text, good_cert = with_certificate(tmp_path)
+    key, path = tmp_path / "key.pem", tmp_path / "mailbus.yaml"
     async with running_stack(tmp_path, lambda _: text, ["policy", "ingress"]) as stack:
         rc, _, err = await apply(path, stack.url)
         assert rc == 0, err
