@@ -8,7 +8,7 @@ CONFIG ?= config/demo.yaml
 DATA   ?= var
 TYPED  := libs services ops tests bench deploy/nats
 
-.PHONY: up test lint typecheck pytest bench clean
+.PHONY: up test lint typecheck pytest bench clean test-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,7 +34,12 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy $(TYPED)
 
-pytest: $(STAMP)
+# Debian tools the tests run for real (the antispam tests start a spamd); installed with
+# apt-get when missing, as root, the way CI runs.
+test-tools:
+	@command -v spamd >/dev/null || { apt-get update -q && apt-get install -y -q spamd spamassassin; }
+
+pytest: $(STAMP) test-tools
 	$(BIN)/pytest -q
 
 bench: $(STAMP)

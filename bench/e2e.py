@@ -1,11 +1,18 @@
 """End-to-end benchmark: `mailbus up` relaying to a local sink.
 
-    python bench/e2e.py [-n 10000] [-c 20] [--size 2048]
+    python bench/e2e.py [-n 10000] [-c 20] [--size 2048] [--reuse] [--rate R]
 
 Prints accepted msgs/s (client side, until the last "250"), delivered msgs/s
 (first send to last arrival at the sink), p50/p99 latency from "250" to
-arrival, and CPU seconds per message used by mailbus's service processes and
-by nats-server (from /proc, so Linux only).
+arrival, CPU seconds per message used by mailbus's service processes and by
+nats-server (from /proc, so Linux only), the resident memory of ingress and
+queue before and after, and, counted on the bus (bench/busmeter.py), the awaited
+NATS round trips per service and the stored writes per message.
+
+Like perf-compare's r1, each message comes on a new connection unless --reuse;
+the connection limit is on (--conn-limit, 50 like Postfix's anvil). --rate paces
+the clients to that many messages per second in total (for latency at a given
+load, e.g. half the peak rate of an unpaced run).
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import aiosmtplib
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.busmeter import BusMeter  # noqa: E402
 from libs.common.runtime.embedded_nats import free_port  # noqa: E402
 
 CONFIG = """\
@@ -36,7 +44,7 @@ ip_groups: {{lan: [127.0.0.0/8]}}
 relay: {{mode: restricted, allowed_ip_group: lan, hide_local_ip_group: null}}
 security:
   max_messages_per_hour_per_ip: 0
-  max_connections_per_ip: 0
+  max_connections_per_ip: {conn_limit}
   require_sender_domain_dns: false
   max_recipients: 0
 antispam: {{spf: false}}
@@ -81,6 +89,22 @@ def descendants(root: int) -> dict[int, str]:
     return out
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def service_pids(procs: dict[int, str]) -> dict[str, int]:
+    return {
+        svc: pid
+        for pid, cmd in procs.items()
+        for svc in ("ingress", "queue")
+        if f"services.{svc}" in cmd
+    }
+
+
 def message(ident: str, size: int) -> bytes:
     head = (
         f"From: bench@bench.test\r\nTo: sink@remote.test\r\nSubject: bench {ident}\r\n"
@@ -112,7 +136,11 @@ async def run(args: argparse.Namespace) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="mailbus-bench-"))
     smtp_port, sink_port = free_port(), free_port()
     cfg = tmp / "bench.yaml"
-    cfg.write_text(CONFIG.format(smtp=smtp_port, sink=sink_port, threads=args.threads))
+    cfg.write_text(
+        CONFIG.format(
+            smtp=smtp_port, sink=sink_port, threads=args.threads, conn_limit=args.conn_limit
+        )
+    )
 
     sink = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -154,6 +182,10 @@ async def run(args: argparse.Namespace) -> None:
         await read_ready(up, 90)
         drainer = asyncio.create_task(drain(up.stdout))
         procs = descendants(up.pid)
+        watched = service_pids(procs)
+        rss_before = {svc: rss_kib(pid) for svc, pid in watched.items()}
+        meter = BusMeter((tmp / "var" / "nats-admin.url").read_text().strip())
+        await meter.start()
         cpu_before = {pid: cpu_seconds(pid) for pid in procs}
 
         accepted: dict[str, float] = {}
@@ -162,23 +194,34 @@ async def run(args: argparse.Namespace) -> None:
         for i in range(args.n):
             queue.put_nowait(i)
 
-        async def client() -> None:
+        async def send(smtp: aiosmtplib.SMTP, i: int) -> None:
             nonlocal refused
+            if args.rate:
+                await asyncio.sleep(max(0.0, start + i / args.rate - time.time()))
+            ident = f"m{i}"
+            try:
+                await smtp.sendmail(
+                    "bench@bench.test", ["sink@remote.test"], message(ident, args.size)
+                )
+                accepted[ident] = time.time()
+            except aiosmtplib.SMTPException:
+                refused += 1
+
+        async def client() -> None:
             smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, timeout=60)
-            await smtp.connect()
+            if args.reuse:
+                await smtp.connect()
             try:
                 while not queue.empty():
                     i = queue.get_nowait()
-                    ident = f"m{i}"
-                    try:
-                        await smtp.sendmail(
-                            "bench@bench.test", ["sink@remote.test"], message(ident, args.size)
-                        )
-                        accepted[ident] = time.time()
-                    except aiosmtplib.SMTPException:
-                        refused += 1
+                    if not args.reuse:
+                        await smtp.connect()
+                    await send(smtp, i)
+                    if not args.reuse:
+                        await smtp.quit()
             finally:
-                await smtp.quit()
+                if smtp.is_connected:
+                    await smtp.quit()
 
         start = time.time()
         await asyncio.gather(*(client() for _ in range(args.c)))
@@ -188,6 +231,8 @@ async def run(args: argparse.Namespace) -> None:
         except TimeoutError:
             print(f"timeout: {len(arrivals)} of {args.n} arrived", file=sys.stderr)
         deliver_end = max(arrivals.values()) if arrivals else time.time()
+        await asyncio.sleep(1.0)  # the trailing bookkeeping (completion, body purge) counts
+        bus_lines = await meter.report(len(arrivals))
 
         cpu_svc = cpu_nats = 0.0
         for pid, cmd in procs.items():
@@ -214,6 +259,10 @@ async def run(args: argparse.Namespace) -> None:
         per = max(1, len(arrivals))
         print(f"cpu/msg services    {cpu_svc / per * 1000:.2f} ms")
         print(f"cpu/msg nats-server {cpu_nats / per * 1000:.2f} ms")
+        for svc, pid in watched.items():
+            print(f"rss {svc:<16}{rss_before[svc] / 1024:.1f} -> {rss_kib(pid) / 1024:.1f} MiB")
+        for line in bus_lines:
+            print(line)
         drainer.cancel()
     finally:
         up.send_signal(signal.SIGTERM)
@@ -230,6 +279,11 @@ def main() -> None:
     p.add_argument("--size", type=int, default=2048, help="message size in bytes")
     p.add_argument("--threads", type=int, default=32, help="delivery.max_delivery_threads")
     p.add_argument("--timeout", type=float, default=600, help="seconds to wait for delivery")
+    p.add_argument("--reuse", action="store_true", help="keep each client's connection open")
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="total messages/s (0: as fast as it goes)"
+    )
+    p.add_argument("--conn-limit", type=int, default=50, help="security.max_connections_per_ip")
     asyncio.run(run(p.parse_args()))
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from libs.common.contract import subjects
+from libs.common.contract.antispam import AntispamResults
 from ops import ctl
 from ops.ctl import time_text as _time
 
@@ -92,12 +93,14 @@ def _event_details(e: dict[str, Any]) -> str:
     kind = e["type"]
     if kind == "MessageReceived":
         rcpts = ", ".join(r["address"] for r in e["recipients"])
+        found = e.get("antispam")
+        checks = f", antispam {AntispamResults.model_validate(found).summary()}" if found else ""
         rules = ", ".join(e.get("policy_rules") or ()) or "-"
         revision = e.get("config_revision")
         under = f" under configuration revision {revision}" if revision is not None else ""
         return (
-            f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, client {e['client']['ip']}; "
-            f"policy rules {rules}{under}"
+            f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, "
+            f"client {e['client']['ip']}{checks}; policy rules {rules}{under}"
         )
     if kind == "DeliveryScheduled":
         dest = e["destination"]

@@ -12,6 +12,7 @@ import json
 import os
 import secrets
 import signal
+import socket
 import sys
 import time
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ from libs.common.config import Config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import permissions, subjects
 from libs.common.runtime.embedded_nats import EmbeddedNats, die_with_parent
+from libs.common.runtime.lease import SLOT_ENV
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 8.0
@@ -67,6 +69,7 @@ class Supervisor:
     async def _spawn(self, name: str) -> asyncio.subprocess.Process:
         args = [sys.executable, "-m", f"services.{name}", "--config", self.config_path]
         env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault(SLOT_ENV, f"{socket.gethostname()}:{self.data_dir.resolve()}:{name}")
         if name in self.service_urls:
             env["MAILBUS_NATS_URL"] = ",".join(self.service_urls[name])
         else:

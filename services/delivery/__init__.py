@@ -1,7 +1,7 @@
 """delivery: stateless workers that attempt delivery jobs, scaled out freely.
 
 Consumes: DeliveryJob commands from the MAILBUS_JOBS work queue (shared consumer).
-Reads: bodies from the `mailbus-bodies` Object Store; MX and address records
+Reads: bodies from the `MAILBUS_BODIES` stream (direct get); MX and address records
 (dnspython, `dns.servers`).
 Delivers: to the MX hosts of each domain (`delivery.mode: mx`) or the relay host
 (SMTP AUTH or POP3-before-SMTP), with STARTTLS per `delivery.tls`; jobs to one
@@ -10,7 +10,7 @@ mailbox (JetStream store or LMTP).
 Publishes: one DeliverySucceeded / DeliveryDeferred / DeliveryFailed per recipient,
 and acks the job only after those are acknowledged.
 
-Environment: MAILBUS_DELIVERY_ACK_WAIT (seconds, default 60) sets the shared
+Environment: MAILBUS_DELIVERY_ACK_WAIT (seconds, default 8) sets the shared
 consumer's ack_wait; MAILBUS_FAULT=delivery.exit_before_ack is a test-only
 fault point (see services.delivery.adapters.worker).
 """

@@ -7,7 +7,7 @@ import asyncio
 from nats.js import JetStreamContext
 
 from libs.common.config import Config
-from libs.common.contract import subjects
+from libs.common.mail.bodies import BodyStore
 from libs.common.mail.dns import resolver_of
 from libs.common.runtime import consumers
 from libs.common.runtime.liveconfig import Commit
@@ -48,7 +48,7 @@ def courier_of(config: Config) -> Courier:
 
 
 class DeliveryService:
-    """`ack_wait` (seconds) defaults to MAILBUS_DELIVERY_ACK_WAIT, else 60 s."""
+    """`ack_wait` (seconds) defaults to MAILBUS_DELIVERY_ACK_WAIT, else 8 s."""
 
     def __init__(self, ctx: Context, ack_wait: float | None = None) -> None:
         self.ctx = ctx
@@ -73,7 +73,7 @@ class DeliveryService:
     async def start(self) -> None:
         config = self.ctx.config
         slots = config.delivery.max_delivery_threads
-        bodies = await self.ctx.js.object_store(subjects.BODIES_BUCKET)
+        bodies = BodyStore(self.ctx.js)
         settings = WorkerSettings(slots=slots, ack_wait=self._ack_wait, instance=self.ctx.instance)
         local = LocalDelivery(self.ctx.js, local_settings(config))
         self._worker = DeliveryWorker(

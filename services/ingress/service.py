@@ -181,4 +181,6 @@ def _settings(entry: ListenerEntry, config: Config, tls: str | None = None) -> L
         max_failed_commands=config.security.max_failed_commands,
         proxy_protocol=entry.proxy_protocol,
         hidden_clients=config.ip_group(hidden_group) if hidden_group else None,
+        scan_max_size=config.antispam.spamd_max_size if config.antispam.spamd else 0,
+        scan_seconds=config.antispam.spamd_timeout.total_seconds(),
     )

@@ -14,6 +14,7 @@ from libs.common.mail.userhash import is_argon2id
 from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
 from services.policy.adapters.admin import BlocksEndpoints
+from services.policy.adapters.antispam import AntispamChecks
 from services.policy.adapters.blocks import BlockStore
 from services.policy.adapters.connections import ConnectionCounter
 from services.policy.adapters.counters import SlidingCounters
@@ -22,8 +23,11 @@ from services.policy.adapters.facts import FactFinder
 from services.policy.adapters.nats_micro import Lookups, PolicyEndpoints, utc_now
 from services.policy.adapters.passwords import PasswordChecker
 from services.policy.adapters.pop3_logins import Pop3LoginConsumer
+from services.policy.adapters.spamd import SpamdScanner
+from services.policy.adapters.spf import SpfChecker
 from services.policy.adapters.stores import FailedLoginCounter, GrantStore
 from services.policy.core import HOUR, Account, AddressError, PolicyRules, SecurityLimits
+from services.policy.core.antispam import AntispamRules
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +54,46 @@ def limits_from_config(config: Config) -> SecurityLimits:
         require_sender_domain_dns=sec.require_sender_domain_dns,
         max_recipients=sec.max_recipients,
         max_failed_commands=sec.max_failed_commands,
+        max_auth_failures_per_ip=sec.max_auth_failures_per_ip,
         max_message_size=sec.max_message_size,
         max_received_headers=sec.max_received_headers,
     )
+
+
+def antispam_from_config(config: Config) -> AntispamRules:
+    section = config.antispam
+    return AntispamRules(
+        spf=section.spf,
+        spf_fail_action=section.spf_fail_action,
+        spf_softfail_action=section.spf_softfail_action,
+        scan=section.spamd is not None,
+        spamd_max_size=section.spamd_max_size,
+        spamd_failure=section.spamd_failure,
+        spam_tag_score=section.spam_tag_score,
+        spam_reject_score=section.spam_reject_score,
+        for_allowed_group=config.relay.antispam_for_allowed_group,
+    )
+
+
+def antispam_checks(config: Config, rules: PolicyRules, grants: GrantStore) -> AntispamChecks:
+    section = config.antispam
+    spf = None
+    if section.spf:
+        # One SPF check must end before ingress gives up on the MAIL answer (policy.timeout):
+        # a slow domain then gets SPF's own temperror reply instead of "policy unavailable".
+        budget = max(1.0, config.policy.timeout.total_seconds() - 1.0)
+        spf = SpfChecker(config.dns, config.server.hostname, min(budget, SPF_MAX_SECONDS))
+    spamd = None
+    if section.spamd is not None:
+        spamd = SpamdScanner(section.spamd, section.spamd_timeout.total_seconds())
+    return AntispamChecks(rules, spf, spamd, grants)
+
+
+# A revision's predecessor's antispam checks are closed this long after the swap.
+OLD_CHECKS_CLOSE_S = 60.0
+
+# RFC 7208 section 4.6.4: at least 20 seconds for one whole check, at most needed.
+SPF_MAX_SECONDS = 20.0
 
 
 def rules_from_config(config: Config) -> PolicyRules:
@@ -77,6 +118,7 @@ def rules_from_config(config: Config) -> PolicyRules:
             plaintext_login_listeners=[
                 entry.name for entry in config.pop3_listeners if entry.tls == "none"
             ],
+            antispam=antispam_from_config(config),
         )
     except AddressError as exc:
         raise ConfigError([f"users: {exc.reason}"]) from None
@@ -118,12 +160,14 @@ class PolicyService:
             dns=_resolver(ctx.config, self.rules),
             failures=failures,
         )
+        self.antispam = antispam_checks(ctx.config, self.rules, self.grants)
         lookups = Lookups(
             passwords=self.passwords,
             # Always there: whether a grant is looked up is the rules' (live) decision.
             grants=self.grants,
             failures=failures,
             facts=self.facts,
+            antispam=self.antispam,
         )
         self.endpoints = PolicyEndpoints(self.rules, clock, lookups)
         self.endpoints.record_difference = self._record_difference
@@ -131,6 +175,7 @@ class PolicyService:
         ctx.live.on_change(self._prepare)
         ctx.live.on_shadow(self._shadow)
         self.blocks_api = BlocksEndpoints(blocks, counters, clock)
+        self._blocks = blocks
         self.pop3_logins: Pop3LoginConsumer | None = None
         if self.rules.pop3_grant is not None:
             self.pop3_logins = Pop3LoginConsumer(ctx.js, self.grants, self.rules.pop3_grant, clock)
@@ -139,11 +184,16 @@ class PolicyService:
         """Rules of a new revision, built whole before anything is swapped."""
         rules = rules_from_config(config)
         resolver = _resolver(config, rules, shadow=self._shadow_checks_dns())
+        checks = antispam_checks(config, rules, self.grants)
 
         def commit() -> None:
+            old, self.antispam = self.antispam, checks
             self.rules = rules
             self.facts.use(rules, resolver)
             self.endpoints.use(rules, revision)
+            self.endpoints.antispam(checks)
+            # Checks still running on the old SPF pool finish first (within policy.timeout).
+            asyncio.get_running_loop().call_later(OLD_CHECKS_CLOSE_S, old.close)
             _warn_about_accounts(config)
 
         return commit
@@ -212,6 +262,15 @@ class PolicyService:
             "required" if limits.require_sender_domain_dns else "not checked",
             limits.exempt_ip_group_name,
         )
+        section = self.ctx.config.antispam
+        log.info(
+            "antispam: spf %s (fail %s, softfail %s); spamd %s; allowed group %s",
+            "on" if section.spf else "off",
+            section.spf_fail_action,
+            section.spf_softfail_action,
+            section.spamd or "off",
+            "checked" if self.rules.antispam.for_allowed_group else "skipped",
+        )
 
     async def stop(self) -> None:
         # The runtime stops the micro service (unsubscribes) and drains the connection
@@ -221,4 +280,6 @@ class PolicyService:
         await self.endpoints.drain()
         if self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
+        await self._blocks.close()
         self.passwords.close()
+        self.antispam.close()

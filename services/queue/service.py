@@ -12,13 +12,15 @@ from nats.js import JetStreamContext
 
 from libs.common.config import Config
 from libs.common.contract import subjects
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import consumers, metrics
-from libs.common.runtime.lease import Lease
+from libs.common.runtime.lease import Lease, slot_from_env
 from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
 from services.queue.adapters.index import QueueIndex, read_all_states
+from services.queue.adapters.orphans import ObjectStoreBodies, OrphanSweeper, SweepSettings
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.core import Routing, Timing
 
@@ -59,19 +61,25 @@ class QueueService:
     async def start(self) -> None:
         config = self.ctx.config
         js = self.ctx.js
-        # One writer: a second queue process stands by here until the first is gone.
+        # One writer: a second queue process stands by here until the first is gone; a
+        # successor in the same slot (MAILBUS_SLOT) takes over from its predecessor at once.
         self._lease = Lease(
-            js, subjects.QUEUE_LEADER_BUCKET, subjects.QUEUE_LEADER_KEY, self.ctx.instance
+            js,
+            subjects.QUEUE_LEADER_BUCKET,
+            subjects.QUEUE_LEADER_KEY,
+            self.ctx.instance,
+            slot=slot_from_env(),
         )
         await self._lease.acquire()
         self._lease.keep(self._lost)
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
         timing = timing_of(config)
-        bodies = await js.object_store(subjects.BODIES_BUCKET)
+        bodies = BodyStore(js)
         index = QueueIndex(timing)
         processor = QueueProcessor(js, bodies, routing, timing, index)
         self.processor = processor
         # Before the consumers start, so every later input lands on a complete index.
+        processor.seen_up_to((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
         states = await read_all_states(js)
         for state in states.values():
             index.update(state)
@@ -92,6 +100,11 @@ class QueueService:
             )
             for sub, handle, what, name in loops
         ]
+        # Bodies a killed ingress stored without their event: only the lease holder sweeps.
+        sweeper = OrphanSweeper(js, ObjectStoreBodies(bodies), SweepSettings.from_env())
+        self._tasks.append(
+            asyncio.create_task(sweeper.run(self._stopping), name="queue-orphan-bodies")
+        )
 
     async def stop(self) -> None:
         if self._stats is not None:

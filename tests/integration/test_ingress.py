@@ -13,7 +13,6 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
@@ -21,6 +20,7 @@ from libs.common.config import load_config_text
 from libs.common.contract import subjects
 from libs.common.contract.events import MessageReceived, parse_event
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running, start_service
 from libs.common.runtime.telemetry import setup_telemetry
@@ -48,6 +48,7 @@ policy:
   timeout: 2s
 security:
   require_sender_domain_dns: false  # the senders here have no DNS; tested in test_security_limits
+antispam: {spf: false}  # nor SPF records: tested in test_antispam
 """
 
 MESSAGE = (
@@ -138,10 +139,9 @@ def session(
 
 
 async def body_of(js: JetStreamContext, qid: str) -> bytes:
-    obs = await js.object_store(subjects.BODIES_BUCKET)
-    result = await obs.get(qid)
-    assert result.data is not None
-    return result.data
+    body = await BodyStore(js).get(qid)
+    assert body is not None
+    return body
 
 
 async def received_events(js: JetStreamContext) -> list[tuple[MessageReceived, Msg]]:
@@ -161,7 +161,7 @@ async def received_events(js: JetStreamContext) -> list[tuple[MessageReceived, M
 
 async def stored_nothing(js: JetStreamContext) -> None:
     events = await js.stream_info(subjects.EVENTS_STREAM)
-    bodies = await js.stream_info(f"OBJ_{subjects.BODIES_BUCKET}")
+    bodies = await js.stream_info(subjects.BODIES_STREAM)
     assert (events.state.messages, bodies.state.messages) == (0, 0)
 
 
@@ -380,9 +380,8 @@ async def test_failed_publish_answers_451_and_removes_the_body(
     replies = await asyncio.to_thread(session, *address(ingress, "plain"), RECIPIENTS[:1])
     code, text = replies[-1]
     assert code == 451 and text.startswith(b"4.3.0 ")
-    obs = await js.object_store(subjects.BODIES_BUCKET)
-    with pytest.raises(NotFoundError):
-        await obs.list(ignore_deletes=True)
+    bodies = await js.stream_info(subjects.BODIES_STREAM)
+    assert bodies.state.messages == 0
 
 
 async def test_submission_needs_tls_then_auth(

@@ -8,7 +8,7 @@ replicas reaching a block together must make one block and one event.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -87,6 +87,52 @@ async def test_two_replicas_blocking_together_make_one_block(
     assert lifted == results[0][0]
     assert await stores[0].get(CLIENT) is None
     assert await stores[0].active(now) == []
+
+
+async def _until(what: str, check: Callable[[], Awaitable[bool]], limit_s: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + limit_s
+    while not await check():
+        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+async def test_a_replica_answers_from_its_watched_copy_of_the_blocks(
+    replicas: tuple[JetStreamContext, JetStreamContext],
+) -> None:
+    now = datetime.now(UTC)
+    maker, checker = BlockStore(replicas[0]), BlockStore(replicas[1])
+    try:
+        assert await checker.get(CLIENT) is None  # read from the bucket; the watch starts
+        await _until("the watch to catch up", lambda: _watching(checker))
+        assert checker.from_copy
+        block = Block(
+            client_ip=CLIENT,
+            reason="r",
+            rule="directory_harvest",
+            start=now,
+            end=now + timedelta(hours=1),
+        )
+        await maker.impose(block, now)
+
+        async def seen() -> bool:
+            return await checker.get(CLIENT) == block
+
+        await _until("the other replica's block in the copy", seen)
+        assert checker.from_copy
+        await maker.lift(CLIENT, now, "root")
+
+        async def gone() -> bool:
+            return await checker.get(CLIENT) is None
+
+        await _until("the lift in the copy", gone)
+        assert checker.from_copy
+    finally:
+        await checker.close()
+        await maker.close()
+
+
+async def _watching(store: BlockStore) -> bool:
+    return store.from_copy
 
 
 async def test_leases_are_counted_per_address_and_released(

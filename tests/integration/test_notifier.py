@@ -36,6 +36,7 @@ from libs.common.contract.events import (
     encode,
 )
 from libs.common.contract.ids import new_queue_id
+from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history, message_received
 from libs.common.mail.submission import MessageStore
 from libs.common.runtime import bus
@@ -168,10 +169,9 @@ async def reports_in_stream(js: JetStreamContext) -> list[MessageReceived]:
 
 
 async def body_of(js: JetStreamContext, qid: str) -> bytes:
-    store = await js.object_store(subjects.BODIES_BUCKET)
-    found = await store.get(qid)
-    assert found.data is not None
-    return found.data
+    body = await BodyStore(js).get(qid)
+    assert body is not None
+    return body
 
 
 def parse(raw: bytes) -> EmailMessage:
@@ -258,15 +258,15 @@ async def test_existing_report_is_not_submitted_again(
     assert core_trigger is not None
     report_id = await processor.make_report(core_trigger, received)
     assert report_id is not None
-    store = await js.object_store(subjects.BODIES_BUCKET)
-    before = await store.get_info(report_id)
+    head = subjects.body_head_subject(report_id)
+    before = await js.get_last_msg(subjects.BODIES_STREAM, head, direct=True)
 
     await bus.publish_event(js, trigger)
     await start_notifier()
     (sent,) = await answered(js, qid)
     assert sent.report_queue_id == report_id
-    after = await store.get_info(report_id)
-    assert after.nuid == before.nuid, "the report's body was written again"
+    after = await js.get_last_msg(subjects.BODIES_STREAM, head, direct=True)
+    assert after.seq == before.seq, "the report's body was written again"
     assert len(await reports_in_stream(js)) == 1
 
 

@@ -85,6 +85,7 @@ security:
   require_sender_domain_dns: true
   max_recipients: 3
   max_failed_commands: 4
+  max_auth_failures_per_ip: 4
   max_message_size: {SIZE_LIMIT}
   max_received_headers: 5
 dns: {{servers: ["127.0.0.1:{dns_port}"], timeout: 1s}}

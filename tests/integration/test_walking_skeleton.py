@@ -142,7 +142,7 @@ async def test_relay_refused_outside_the_group_local_domain_accepted(
     code, text = refused.value.recipients["x@remote.test"]
     assert code == 554 and text.startswith(b"5.7.1"), (code, text)
     assert await stream_count(js, subjects.EVENTS_STREAM) == 0
-    assert await stream_count(js, f"OBJ_{subjects.BODIES_BUCKET}") == 0
+    assert await stream_count(js, subjects.BODIES_STREAM) == 0
 
     # The same outside client may still send to a local domain.
     assert await asyncio.to_thread(send, stack.smtp, ["bob@example.test"], "127.0.0.2") == {}
@@ -160,7 +160,7 @@ async def test_policy_down_means_451_and_nothing_stored(stack: Stack, js: JetStr
     error = failed.value.smtp_error
     assert isinstance(error, bytes) and error.startswith(b"4.3.0")
     assert await stream_count(js, subjects.EVENTS_STREAM) == 0
-    assert await stream_count(js, f"OBJ_{subjects.BODIES_BUCKET}") == 0
+    assert await stream_count(js, subjects.BODIES_STREAM) == 0
 
 
 async def _only_queue_id(js: JetStreamContext) -> str:

@@ -9,8 +9,8 @@ import pytest
 from nats.js import JetStreamContext
 
 from libs.common.config import Config
-from libs.common.contract import subjects
 from libs.common.contract.events import Client, MessageReceived, Recipient, ReportSent
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running, start_service
@@ -62,11 +62,10 @@ async def receive(
     body: bytes = BODY,
     at: datetime | None = None,
 ) -> MessageReceived:
-    """What ingress does: the body into the Object Store, then MessageReceived.
+    """What ingress does: the body into the bodies stream, then MessageReceived.
 
     `at` backdates the arrival (a message that has waited long already)."""
-    store = await js.object_store(subjects.BODIES_BUCKET)
-    await store.put(qid, body)
+    await BodyStore(js).put(qid, body)
     extra = {"occurred_at": at} if at is not None else {}
     event = MessageReceived(
         event_id=f"{qid}.received",

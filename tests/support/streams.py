@@ -6,7 +6,6 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 
 from libs.common.contract import subjects
 from libs.common.contract.events import (
@@ -15,6 +14,7 @@ from libs.common.contract.events import (
     DeliveryFailed,
     DeliverySucceeded,
 )
+from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history
 
 
@@ -41,12 +41,7 @@ async def count_of(js: JetStreamContext, qid: str, event_type: str) -> int:
 
 
 async def body_exists(js: JetStreamContext, qid: str) -> bool:
-    store = await js.object_store(subjects.BODIES_BUCKET)
-    try:
-        await store.get_info(qid)
-    except NotFoundError:
-        return False
-    return True
+    return await BodyStore(js).get(qid) is not None
 
 
 async def jobs_waiting(js: JetStreamContext) -> int:

@@ -54,6 +54,13 @@ EXPECTED: dict[str, dict[str, object]] = {
         "allow_msg_ttl": True,
         "max_msgs_per_subject": 1,
     },
+    # Bodies carry no message id: a retried write replaces the first copy.
+    "MAILBUS_BODIES": {
+        "subjects": ["mailbus.body.>"],
+        "retention": LIMITS,
+        "max_msgs_per_subject": 1,
+        "allow_direct": True,
+    },
 }
 
 

@@ -22,6 +22,7 @@ import pytest
 from pydantic import BaseModel
 
 from libs.common.contract import events as ev
+from libs.common.contract.antispam import AntispamResults, SpamVerdict, SpfResult
 
 E = TypeVar("E", ev.Event, ev.AccessEvent)
 
@@ -41,6 +42,18 @@ SAMPLES: list[ev.Event] = [
         auth_user="alice@example.test",
         policy_rules=("connect_ok", "allowed_ip_group", "data_ok"),
         trace_parent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        antispam=AntispamResults(
+            spf=SpfResult(
+                result="softfail",
+                identity="mailfrom",
+                sender="alice@example.test",
+                domain="example.test",
+                client_ip="192.0.2.1",
+                helo="client.test",
+                explanation="domain owner discourages use of this host",
+            ),
+            spam=SpamVerdict(result="clean", score=1.5, tag_score=5.0, tests=("MISSING_DATE",)),
+        ),
         config_revision=7,
     ),
     ev.DeliveryScheduled(

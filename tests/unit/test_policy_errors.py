@@ -23,7 +23,7 @@ NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 RULES = PolicyRules.build(
     local_domains=["example.test"],
     pop3_grant=None,
-    limits=SecurityLimits(max_failed_commands=3),
+    limits=SecurityLimits(max_auth_failures_per_ip=3),
 )
 
 

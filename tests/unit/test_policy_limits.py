@@ -46,6 +46,7 @@ LIMITS = SecurityLimits(
     require_sender_domain_dns=True,
     max_recipients=3,
     max_failed_commands=4,
+    max_auth_failures_per_ip=4,
     max_message_size=1000,
     max_received_headers=5,
 )

@@ -105,6 +105,12 @@ class SecuritySection(Section):
         default=10,
         description="Failed commands after which the connection is closed. 0: no limit.",
     )
+    max_auth_failures_per_ip: Count = Field(
+        default=10,
+        description="Failed SMTP and POP3 logins from one client address per hour, counted "
+        "across all policy replicas from the first failure on; past it, AUTH is refused "
+        "with 454 4.7.0 for the rest of that hour. 0: no limit.",
+    )
     max_message_size: Size = Field(
         default=parse_size("25MB"),
         description="Largest message accepted, advertised with the SIZE extension. 0: no limit.",

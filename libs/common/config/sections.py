@@ -8,6 +8,7 @@ from typing import Annotated, Literal, Self
 
 from pydantic import AfterValidator, BeforeValidator, Field, model_validator
 
+from libs.common.contract.subjects import MAX_SCAN_SIZE
 from libs.common.mail import languages
 
 from .base import Section
@@ -156,22 +157,64 @@ class MailboxesSection(Section):
 class AntispamSection(Section):
     spf: bool = Field(
         default=True,
-        description="Check the envelope sender's SPF record (RFC 7208) at MAIL FROM.",
+        description="Check the envelope sender's SPF record (RFC 7208) at MAIL FROM, and the "
+        "HELO name's for the null sender. A temperror result is refused with 451 4.7.24; a "
+        "permerror is recorded and accepted.",
     )
     spf_fail_action: Literal["reject", "tag"] = Field(
         default="reject",
-        description="What an SPF fail result does. reject: refuse the sender. tag: accept the "
-        "message and record the result in a header.",
+        description="What an SPF fail result does. reject: refuse the sender (550 5.7.23). "
+        "tag: accept the message and record the result in its headers.",
+    )
+    spf_softfail_action: Literal["reject", "tag"] = Field(
+        default="tag",
+        description="What an SPF softfail result does, as spf_fail_action.",
     )
     spamd: HostPort | None = Field(
         default=None,
-        description="host:port of a SpamAssassin spamd that scores every message; null "
-        "turns content scanning off.",
+        description="host:port of a SpamAssassin spamd that scores every message at the end "
+        "of DATA; null turns content scanning off.",
+    )
+    spamd_timeout: PositiveDuration = Field(
+        default=timedelta(seconds=30),
+        description="How long one scan may take, connection included; past it spamd counts "
+        "as down (spamd_failure).",
+    )
+    spamd_max_size: Size = Field(
+        default=parse_size("500KB"),
+        description="Larger messages are passed without a scan, as spamc does. The message "
+        "travels to policy in one NATS message, so this must stay below the bus's "
+        "max_payload (8 MiB) less 64 KiB.",
+    )
+    spamd_failure: Literal["accept", "tempfail"] = Field(
+        default="accept",
+        description="spamd down, failing or slower than spamd_timeout. accept: take the "
+        "message, marked unscanned. tempfail: refuse it for now (451 4.7.1).",
+    )
+    spam_tag_score: float = Field(
+        default=5.0,
+        description="spamd score at or above which the message gets X-Spam-Flag: YES (the "
+        "required= of X-Spam-Status).",
     )
     spam_reject_score: float = Field(
         default=10.0,
-        description="spamd score at or above which a message is refused at the end of DATA.",
+        description="spamd score at or above which a message is refused at the end of DATA "
+        "(550 5.7.1) and not stored.",
     )
+
+    @model_validator(mode="after")
+    def _scan_fits_the_bus(self) -> Self:
+        if self.spamd_max_size <= 0:
+            raise problem(("spamd_max_size",), "must be more than 0")
+        if self.spamd_max_size > MAX_SCAN_SIZE:
+            raise problem(
+                ("spamd_max_size",),
+                f"at most {MAX_SCAN_SIZE} bytes: a message to scan travels to policy in one "
+                "NATS message of at most 8 MiB (max_payload)",
+            )
+        if self.spam_tag_score > self.spam_reject_score:
+            raise problem(("spam_tag_score",), "must not be above spam_reject_score")
+        return self
 
 
 class QueueSection(Section):

@@ -11,6 +11,8 @@ from typing import Annotated, Any, ClassVar, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from libs.common.contract.antispam import AntispamResults
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -69,6 +71,8 @@ class MessageReceived(Event):
     # Set on the notifier's delivery reports: the queue id of the message reported on.
     # Reports carry mail_from "" too; this tells one of ours from any null-sender mail.
     report_of: str | None = None
+    # What SPF and spamd said (None: no check ran, or an event from before this field).
+    antispam: AntispamResults | None = None
     # The configuration revision policy decided the end of DATA under (None: from
     # before revisions, or a report the notifier made).
     config_revision: int | None = None

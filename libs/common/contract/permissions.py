@@ -42,7 +42,7 @@ def _stream_names() -> list[str]:
         s.MAILBOXES_STREAM,
         s.MAILBOX_LOCKS_STREAM,
         s.SHADOW_STREAM,
-        f"OBJ_{s.BODIES_BUCKET}",
+        s.BODIES_STREAM,
         f"OBJ_{s.MAILBOX_BODIES_BUCKET}",
         *(
             s.kv_stream(b)
@@ -101,6 +101,16 @@ def _object_store(bucket: str, write: bool) -> list[str]:
     return out
 
 
+def _bodies(read: bool, write: bool) -> list[str]:
+    """Message bodies: write = store and remove (a purge), read = direct get only."""
+    out: list[str] = []
+    if read:
+        out.append(f"$JS.API.DIRECT.GET.{s.BODIES_STREAM}.>")
+    if write:
+        out += [f"{s.BODIES_PREFIX}.>", f"$JS.API.STREAM.PURGE.{s.BODIES_STREAM}"]
+    return out
+
+
 def _kv(bucket: str, write: bool) -> list[str]:
     out = _read_stream(s.kv_stream(bucket))
     if write:
@@ -148,14 +158,14 @@ def _service(service: str, publish: Iterable[str], subscribe: Iterable[str]) -> 
 
 
 def service_permissions() -> dict[str, Permissions]:
-    bodies, mbox_bodies = s.BODIES_BUCKET, s.MAILBOX_BODIES_BUCKET
+    mbox_bodies = s.MAILBOX_BODIES_BUCKET
     return {
         "ingress": _service(
             "ingress",
             publish=[
                 f"{s.POLICY_PREFIX}.*",
                 *_events("ingress"),
-                *_object_store(bodies, write=True),
+                *_bodies(read=False, write=True),
                 *_access_events("ingress"),
                 *_kv(s.CONNECTIONS_BUCKET, write=True),
                 # POP3 reads and deletes mailbox entries and takes the mailbox lock.
@@ -195,7 +205,7 @@ def service_permissions() -> dict[str, Permissions]:
                 *_read_stream(s.TIMERS_STREAM),
                 f"$JS.API.STREAM.PURGE.{s.TIMERS_STREAM}",
                 *_consume(s.TIMERS_STREAM, s.QUEUE_TIMERS_CONSUMER),
-                *_object_store(bodies, write=True),
+                f"$JS.API.STREAM.PURGE.{s.BODIES_STREAM}",
                 *_kv(s.QUEUE_LEADER_BUCKET, write=True),
             ],
             subscribe=[f"{s.QUEUE_API_PREFIX}.*"],
@@ -205,7 +215,7 @@ def service_permissions() -> dict[str, Permissions]:
             publish=[
                 *_events("delivery"),
                 *_consume(s.JOBS_STREAM, s.DELIVERY_CONSUMER),
-                *_object_store(bodies, write=False),
+                *_bodies(read=True, write=False),
                 f"{s.MAILBOXES_PREFIX}.*",
                 *_read_stream(s.MAILBOXES_STREAM),
                 *_object_store(mbox_bodies, write=True),
@@ -219,7 +229,7 @@ def service_permissions() -> dict[str, Permissions]:
                 *_events("notifier"),
                 *_read_stream(s.EVENTS_STREAM),
                 *_consume(s.EVENTS_STREAM, s.NOTIFIER_CONSUMER),
-                *_object_store(bodies, write=True),
+                *_bodies(read=True, write=True),
             ],
             subscribe=[],
         ),

@@ -15,6 +15,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict
 
 from libs.common.contract import replies
+from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.replies import SmtpReply
 
 Action = Literal["accept", "reject", "defer", "disconnect"]
@@ -73,6 +74,8 @@ class PolicyDecision(_Model):
     canonical: str | None = None
     # Set on an accepted connect: what ingress enforces for the rest of the session.
     limits: SessionLimits | None = None
+    # Set on MAIL and DATA when antispam ran or was skipped: the SPF result, the spam verdict.
+    antispam: AntispamResults | None = None
     # The configuration revision the decision was made under (0: the file the policy
     # replica started with, before any revision was applied; None: not from policy).
     config_revision: int | None = None

@@ -106,6 +106,11 @@ def too_many_failed_logins(ip: str) -> SmtpReply:
     return SmtpReply(454, "4.7.0", f"Too many failed logins from {ip}, try again later")
 
 
+# Policy had no time to check the password (too many logins waiting, or one from the
+# same address still being checked): temporary, so the client tries again.
+LOGINS_BUSY = SmtpReply(454, "4.7.0", "Too many logins in progress, try again later")
+
+
 # --- policy: MAIL ----------------------------------------------------------------------
 
 MAIL_SYNTAX = SmtpReply(501, "5.5.4", "Syntax: MAIL FROM:<address>")
@@ -191,3 +196,27 @@ def blocked(ip: str, until: datetime, reason: str) -> SmtpReply:
     instead of bouncing its mail."""
     when = until.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     return SmtpReply(421, "4.7.0", f"{ip} is blocked until {when}: {reason}")
+
+
+# --- policy: antispam (SPF at MAIL, spamd at DATA) ----------------------------------------
+
+
+def spf_refused(domain: str, client_ip: str, result: str) -> SmtpReply:
+    """RFC 7372: 5.7.23 is the SPF validation failure. The record's own explanation
+    (exp=) is not repeated: it is text from whoever publishes the domain."""
+    return SmtpReply(
+        550,
+        "5.7.23",
+        f"SPF {result}: {client_ip} is not allowed to send mail from {domain}",
+    )
+
+
+def spf_temperror(domain: str) -> SmtpReply:
+    """RFC 7372: 4.7.24, a temporary SPF error (RFC 7208 section 8.6: defer)."""
+    return SmtpReply(451, "4.7.24", f"SPF check of {domain} failed temporarily, try again later")
+
+
+SPAM_REFUSED = SmtpReply(550, "5.7.1", "Message refused as spam")
+SPAMD_UNAVAILABLE = SmtpReply(
+    451, "4.7.1", "Message cannot be scanned for spam now, try again later"
+)

@@ -14,6 +14,14 @@ PREFIX = "mailbus"
 POLICY_SERVICE = "mailbus-policy"
 POLICY_PREFIX = f"{PREFIX}.policy.v1"
 POLICY_STAGES = ("connect", "helo", "auth", "mail", "rcpt", "data")
+# A DATA query whose message policy scans (antispam.spamd) carries the message as its
+# payload and the query, as JSON, in this header.
+POLICY_QUERY_HEADER = "Mailbus-Policy-Query"
+# The nats-server's max_payload wherever mailbus runs it (embedded_nats.py,
+# deploy/nats/nats-server.conf, deploy/k8s/nats.yaml); a message to scan fits in one
+# NATS message with room left for the query and the headers.
+BUS_MAX_PAYLOAD = 8 * 1024 * 1024
+MAX_SCAN_SIZE = BUS_MAX_PAYLOAD - 64 * 1024
 
 
 def policy_subject(stage: str) -> str:
@@ -85,8 +93,26 @@ def queue_api_subject(op: str) -> str:
     return f"{QUEUE_API_PREFIX}.{op}"
 
 
-# Object store of message bodies, keyed by queue id.
-BODIES_BUCKET = "mailbus-bodies"
+# Message bodies: a stream with one subject per queue id (libs/common/mail/bodies.py),
+# read by direct get and purged on completion; `<qid>.h` is the head, `<qid>.<n>` the
+# chunks of a body larger than one NATS message.
+BODIES_STREAM = "MAILBUS_BODIES"
+BODIES_PREFIX = f"{PREFIX}.body"
+BODIES_SUBJECTS = f"{BODIES_PREFIX}.>"
+
+
+def body_subjects(queue_id: str) -> str:
+    """Every subject of one body: what a purge filters on."""
+    return f"{BODIES_PREFIX}.{queue_id}.>"
+
+
+def body_head_subject(queue_id: str) -> str:
+    return f"{BODIES_PREFIX}.{queue_id}.h"
+
+
+def body_chunk_subject(queue_id: str, index: int) -> str:
+    return f"{BODIES_PREFIX}.{queue_id}.{index}"
+
 
 # KV buckets for state that must hold across replicas.
 POLICY_COUNTERS_BUCKET = "mailbus-policy-counters"

@@ -1,4 +1,4 @@
-"""Make a message durable: body into the Object Store, then MessageReceived.
+"""Make a message durable: body into the bodies stream, then MessageReceived.
 
 Used by ingress for mail from clients and by the notifier for its reports, so
 both obey one rule. The order matters: a MessageReceived whose body is missing
@@ -9,12 +9,13 @@ garbage that the failure path removes.
 from __future__ import annotations
 
 import logging
+from typing import BinaryIO
 
 from nats.js import JetStreamContext
 
 from libs.common.contract.errors import MailbusError
 from libs.common.contract.events import MessageReceived
-from libs.common.contract.subjects import BODIES_BUCKET
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.telemetry import tracer
 
@@ -31,18 +32,24 @@ class StoreError(MailbusError):
 class MessageStore:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
+        self._bodies = BodyStore(js)
 
-    async def accept(self, body: bytes, event: MessageReceived) -> None:
-        """Return only once JetStream acknowledged both the body and the event."""
+    async def accept(
+        self, body: bytes | BinaryIO, event: MessageReceived, prefix: bytes = b""
+    ) -> None:
+        """Return only once JetStream acknowledged both the body and the event.
+
+        `body` may be a binary file positioned at the start of the content (it is
+        read a chunk at a time); `prefix` (a Received header) goes before it.
+        """
         qid = event.queue_id
         stored = False
         try:
-            obs = await self._js.object_store(BODIES_BUCKET)
             with _tracer.start_as_current_span("store body") as span:
                 span.set_attribute("mailbus.queue_id", qid)
-                span.set_attribute("mailbus.size", len(body))
-                stored = True  # from here a partial object may exist
-                await obs.put(qid, body)
+                stored = True  # from here a partial body may exist
+                size = await self._bodies.put(qid, body, prefix)
+                span.set_attribute("mailbus.size", size)
             with _tracer.start_as_current_span("publish MessageReceived") as span:
                 span.set_attribute("mailbus.queue_id", qid)
                 await self._publish(event)
@@ -66,8 +73,7 @@ class MessageStore:
 
     async def _discard(self, qid: str) -> None:
         try:
-            obs = await self._js.object_store(BODIES_BUCKET)
-            await obs.delete(qid)
+            await self._bodies.delete(qid)
         except Exception as exc:
             # Left behind it is harmless: no event refers to it.
             log.warning("could not remove body %s: %s: %s", qid, type(exc).__name__, exc)

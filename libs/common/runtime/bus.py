@@ -99,6 +99,7 @@ class Stream:
     max_age: float | None = None
     allow_msg_ttl: bool | None = None
     allow_msg_schedules: bool | None = None
+    allow_direct: bool | None = None
 
 
 STREAMS: tuple[Stream, ...] = (
@@ -128,6 +129,15 @@ STREAMS: tuple[Stream, ...] = (
         max_msgs_per_subject=1,
         allow_msg_ttl=True,
     ),
+    # One body per queue id, read by direct get (no consumer) and purged on completion;
+    # one message per subject, so a retried write replaces (libs/common/mail/bodies.py).
+    Stream(
+        subjects.BODIES_STREAM,
+        subjects.BODIES_SUBJECTS,
+        duplicate_window=0,
+        max_msgs_per_subject=1,
+        allow_direct=True,
+    ),
     # Shadow-policy differences are evidence for one decision (promote or not): a week.
     Stream(subjects.SHADOW_STREAM, subjects.SHADOW_SUBJECTS, max_age=ACCESS_EVENTS_MAX_AGE_S),
 )
@@ -145,6 +155,7 @@ def stream_config(stream: Stream, replicas: int) -> api.StreamConfig:
         max_age=stream.max_age,
         allow_msg_ttl=stream.allow_msg_ttl,
         allow_msg_schedules=stream.allow_msg_schedules,
+        allow_direct=stream.allow_direct,
     )
 
 
@@ -159,7 +170,6 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
         except BadRequestError:
             # Exists with another config: bring it to ours (e.g. replicas changed).
             await js.update_stream(cfg)
-    await ensure_object_store(js, replicas)
     await js.create_object_store(
         subjects.MAILBOX_BODIES_BUCKET,
         config=api.ObjectStoreConfig(
@@ -188,25 +198,28 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
             history=subjects.CONFIG_HISTORY,
         )
     )
-    # Connection leases live seconds and are rewritten every few: memory is enough, and
-    # after a NATS restart the live ingress instances write them again within one refresh.
-    await js.create_key_value(
-        api.KeyValueConfig(
-            bucket=subjects.CONNECTIONS_BUCKET,
-            storage=api.StorageType.MEMORY,
-            replicas=replicas,
-            history=1,
-        )
-    )
+    # Connection leases live seconds, but on file storage: a memory bucket vanishes with a
+    # standalone nats-server's restart, and policy, finding no bucket, fails closed (421)
+    # until something recreates it. On disk it is back with the server, stale keys expire
+    # by their TTLs, and the live ingress instances rewrite theirs within one renewal.
+    await ensure_connections_bucket(js, replicas)
 
 
-async def ensure_object_store(js: JetStreamContext, replicas: int = 1) -> None:
-    await js.create_object_store(
-        subjects.BODIES_BUCKET,
-        config=api.ObjectStoreConfig(
-            bucket=subjects.BODIES_BUCKET, storage=api.StorageType.FILE, replicas=replicas
-        ),
+async def ensure_connections_bucket(js: JetStreamContext, replicas: int = 1) -> None:
+    config = api.KeyValueConfig(
+        bucket=subjects.CONNECTIONS_BUCKET,
+        storage=api.StorageType.FILE,
+        replicas=replicas,
+        history=1,
     )
+    try:
+        await js.create_key_value(config)
+    except BadRequestError as exc:
+        # Made by an older version in memory: storage cannot be updated in place, and
+        # the leases are rewritten every few seconds, so a new bucket loses nothing.
+        log.warning("%s: recreating on file storage (%s)", subjects.CONNECTIONS_BUCKET, exc)
+        await js.delete_key_value(subjects.CONNECTIONS_BUCKET)
+        await js.create_key_value(config)
 
 
 async def publish_event(

@@ -6,7 +6,15 @@ pod, an operator's mistake) from deciding in parallel. The holder writes its
 name to one KV key with a TTL and renews it by compare-and-set every TTL/3; a
 holder that dies stops renewing and the key expires, so a standby takes over
 within one TTL. A holder that finds the key moved on has lost the lease and
-must stop at once.
+must stop at once; so does one that could not renew for a whole TTL (cut off
+from NATS, or stalled), since by then a standby may hold it.
+
+A holder may name its *slot* (MAILBUS_SLOT: the pod, or `mailbus up`'s queue
+child): the place it runs in, which at most one process occupies at a time. A
+process that finds the lease held by its own slot is that slot's successor (its
+predecessor was killed and restarted in place) and takes the lease over at
+once, by compare-and-set on the predecessor's revision, instead of waiting for
+the TTL.
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
@@ -22,7 +31,22 @@ from libs.common.runtime.kv import Bucket
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TTL_S = 15.0
+DEFAULT_TTL_S = 6.0
+SLOT_ENV = "MAILBUS_SLOT"
+
+
+def slot_from_env() -> str | None:
+    slot = os.environ.get(SLOT_ENV, "").strip()
+    return slot or None
+
+
+def holder_value(slot: str | None, holder: str) -> bytes:
+    return f"{slot}|{holder}".encode() if slot else holder.encode()
+
+
+def slot_of(value: bytes) -> str | None:
+    text = value.decode(errors="replace")
+    return text.split("|", 1)[0] if "|" in text else None
 
 
 class Lease:
@@ -33,12 +57,15 @@ class Lease:
         key: str,
         holder: str,
         ttl_s: float = DEFAULT_TTL_S,
+        slot: str | None = None,
     ) -> None:
         self._bucket = Bucket(js, bucket)
         self._key = key
         self.holder = holder
+        self.slot = slot
         self.ttl_s = ttl_s
         self._revision = 0
+        self._renewed_at = 0.0
         self._renewer: asyncio.Task[None] | None = None
 
     @property
@@ -60,17 +87,28 @@ class Lease:
     async def _try_take(self) -> bool:
         entry = await self._bucket.get(self._key)
         if entry is not None and entry.value:
-            return False  # a live holder (an expired key reads as absent)
+            if self.slot is None or slot_of(entry.value) != self.slot:
+                return False  # a live holder (an expired key reads as absent)
+            # Our own slot's predecessor: it is gone, since we run in its place.
+            log.warning(
+                "lease %s: taking over from %s, this slot's predecessor",
+                self._key,
+                entry.value.decode(errors="replace"),
+            )
+            return await self._write(int(entry.revision or 0))
         # Absent, or released: expect whatever message the key last had (a purge marker).
         return await self._write(await self._bucket.last_revision(self._key))
 
     async def _write(self, last_revision: int) -> bool:
+        started = asyncio.get_running_loop().time()
         revision = await self._bucket.swap(
-            self._key, self.holder.encode(), last_revision, self.ttl_s
+            self._key, holder_value(self.slot, self.holder), last_revision, self.ttl_s
         )
         if revision is None:
             return False
         self._revision = revision
+        # From when the write was sent: the key's TTL may have started no later.
+        self._renewed_at = started
         return True
 
     def keep(self, on_lost: Callable[[], Awaitable[None]]) -> None:
@@ -78,13 +116,15 @@ class Lease:
         self._renewer = asyncio.create_task(self._renew(on_lost), name=f"lease-{self._key}")
 
     async def _renew(self, on_lost: Callable[[], Awaitable[None]]) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             await asyncio.sleep(self.ttl_s / 3)
             try:
                 renewed = await self._write(self._revision)
-            except Exception as exc:  # NATS away: try again; the TTL decides
+            except Exception as exc:  # NATS away: try again while the TTL lasts
                 log.warning("lease %s not renewed: %s", self._key, exc)
-                continue
+                # Past the TTL of the last write a standby may hold it: stop deciding.
+                renewed = loop.time() - self._renewed_at < self.ttl_s
             if not renewed:
                 log.error("lease %s lost by %s; stopping", self._key, self.holder)
                 self._revision = 0

@@ -51,6 +51,10 @@ POLICY_DECISION_SECONDS = Histogram(
 QUEUE_EVENTS = Counter(
     "mailbus_qmgr_events_processed_total", "Events the queue consumed, by type", ["type"]
 )
+QUEUE_ORPHAN_BODIES = Counter(
+    "mailbus_qmgr_orphan_bodies_removed_total",
+    "Stored bodies no MessageReceived referred to, removed after the grace period",
+)
 
 # delivery (smtp client)
 DELIVERY_ATTEMPTS = Counter(

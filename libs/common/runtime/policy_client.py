@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import logging
 
 from nats.aio.client import Client as NATS
-from nats.errors import NoRespondersError, TimeoutError
+from nats.errors import MaxPayloadError, NoRespondersError, TimeoutError
 from nats.js import JetStreamContext, api
 
 from libs.common.contract import subjects
@@ -24,18 +25,35 @@ class PolicyClient:
         self._nc = nc
         self._timeout = timeout
 
-    async def ask(self, query: PolicyQuery) -> PolicyDecision:
+    async def ask(
+        self, query: PolicyQuery, message: bytes | None = None, extra_timeout: float = 0.0
+    ) -> PolicyDecision:
+        """`message`: the message itself, sent along with a DATA query for policy to scan
+        (as the payload, the query in a header); `extra_timeout`: what that scan may take."""
         subject = subjects.policy_subject(query.stage)
+        headers = inject_headers()
+        payload = query.model_dump_json().encode()
+        if message is not None:
+            # JSON's own escapes keep the header one ASCII line whatever the addresses.
+            headers[subjects.POLICY_QUERY_HEADER] = json.dumps(query.model_dump(mode="json"))
+            payload = message
         try:
             msg = await self._nc.request(
-                subject,
-                query.model_dump_json().encode(),
-                timeout=self._timeout,
-                headers=inject_headers(),
+                subject, payload, timeout=self._timeout + extra_timeout, headers=headers
             )
         except (TimeoutError, NoRespondersError) as exc:
             log.warning(
                 "policy %s: no answer (%s); failing closed", query.stage, type(exc).__name__
+            )
+            return POLICY_UNAVAILABLE
+        except MaxPayloadError:
+            # A nats-server with a smaller max_payload than mailbus's own (8 MiB): the
+            # message to scan cannot travel, so nothing is accepted unscanned by accident.
+            log.error(
+                "policy %s: %d bytes exceed the server's max_payload; lower "
+                "antispam.spamd_max_size or raise max_payload",
+                query.stage,
+                len(payload),
             )
             return POLICY_UNAVAILABLE
         if msg.headers and msg.headers.get("Nats-Service-Error-Code"):

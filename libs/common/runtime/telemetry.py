@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, MutableMapping, Sequence
-from contextlib import AbstractContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
@@ -113,18 +113,37 @@ def tracer(name: str) -> trace.Tracer:
     return trace.get_tracer(name)
 
 
+# Looked up once: a proxy that follows the provider setup_telemetry installs later.
+_bus_tracer = trace.get_tracer("mailbus.bus")
+_NO_CONTEXT = otel_context.Context()
+
+
+def recording() -> bool:
+    """Whether this process records spans (an exporter or a test's processor)."""
+    return _sampler.on
+
+
 def inject_headers(headers: MutableMapping[str, str] | None = None) -> dict[str, str]:
-    """The current trace context as NATS headers (traceparent, tracestate)."""
+    """The current trace context as NATS headers (traceparent, tracestate).
+
+    Nothing when this process records nothing: formatting and parsing trace
+    context on every message is paid for only where somebody reads the trace.
+    """
     carrier: dict[str, str] = dict(headers or {})
-    inject(carrier)
+    if _sampler.on:
+        inject(carrier)
     return carrier
 
 
 def context_from_headers(headers: Mapping[str, str] | None) -> otel_context.Context:
+    if not _sampler.on:
+        return _NO_CONTEXT
     return extract(dict(headers or {}))
 
 
 def context_from_traceparent(traceparent: str | None) -> otel_context.Context:
+    if not _sampler.on:
+        return _NO_CONTEXT
     return extract({"traceparent": traceparent} if traceparent else {})
 
 
@@ -156,8 +175,10 @@ def producer_span(
     not an event's: its third token is the queue id (`send mailbus.evt.<queue id>`),
     so there is one span name per message.
     """
+    if not _sampler.on:
+        return nullcontext(trace.INVALID_SPAN)
     stem = ".".join(subject.split(".")[:3])
-    return trace.get_tracer("mailbus.bus").start_as_current_span(
+    return _bus_tracer.start_as_current_span(
         f"send {stem}",
         kind=trace.SpanKind.PRODUCER,
         attributes=messaging_attributes(subject, "send", message_id),

@@ -7,11 +7,14 @@ import os
 from libs.common.contract import subjects
 from libs.common.runtime.consumers import DurableConsumer
 
-# A job not acked within ack_wait is handed to another worker. Long deliveries keep
-# their job with in_progress() every third of it. Tests shorten it through the
-# environment so a crashed worker's job comes back quickly.
+# A job not acked within ack_wait is handed to another worker. It is short so that a
+# SIGKILLed worker's jobs (which hold slots of the cluster-wide max_ack_pending) come
+# back within seconds; a delivery that is merely slow keeps its job with in_progress()
+# every second (services/delivery/adapters/worker.py), so only a worker that stopped
+# heartbeating for the whole ack_wait loses its jobs. Tests may change it through the
+# environment.
 ACK_WAIT_ENV = "MAILBUS_DELIVERY_ACK_WAIT"
-DEFAULT_ACK_WAIT_S = 60.0
+DEFAULT_ACK_WAIT_S = 8.0
 
 
 def ack_wait_from_env() -> float:

@@ -10,8 +10,9 @@ serves jobs that are unacked, sessions never outnumber max_delivery_threads.
 Test-only fault point: when the environment variable MAILBUS_FAULT equals
 `delivery.exit_before_ack`, the process calls `os._exit(137)` after a job's
 results are acknowledged by JetStream and before the job itself is acked. The
-crash test uses it to show that such a job is delivered again (at least once)
-and that the message still completes exactly once. Never set it in production.
+crash test uses it to show that such a job, redelivered, is acked without being
+sent again (its results are in the log) and that the message completes exactly
+once. Never set it in production.
 """
 
 from __future__ import annotations
@@ -26,17 +27,17 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 from opentelemetry import trace
 from pydantic import ValidationError
 
 from libs.common.contract.events import DeliveryJob, Event, event_type
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
 from libs.common.runtime.telemetry import context_from_headers, messaging_attributes, tracer
 from services.delivery.adapters.courier import Attempt, Courier
 from services.delivery.adapters.local_store import LocalDelivery
+from services.delivery.adapters.redelivery import RedeliveryGuard
 from services.delivery.adapters.smtp_client import SmtpSession
 from services.delivery.core import Transcript, replies_for, result_events, unsupported
 from services.delivery.core.mx import NoRoute, Route
@@ -49,6 +50,15 @@ FAULT_EXIT_BEFORE_ACK = "delivery.exit_before_ack"
 
 FETCH_TIMEOUT_S = 1.0  # also the longest a stop() waits for an idle fetch
 RETRY_DELAY_S = 5.0
+# A job in hand is reported in progress this often (at most; a quarter of ack_wait when
+# that is shorter): a delivery loses its job only if the process stalls for ack_wait.
+HEARTBEAT_S = 1.0
+# Once the remote server has answered, the results are published until JetStream takes
+# them (NATS restarting, a leader election): nak'ing the job instead would send the mail
+# again. Each try reuses the results' ids, so one that was stored but not acknowledged
+# is dropped as a duplicate. Past this bound the job is nak'ed (and sent again).
+RESULT_PUBLISH_LIMIT_S = 300.0
+RESULT_RETRY_MAX_S = 2.0
 # Jobs taken in one fetch (when that many slots are free): enough to group a burst.
 MAX_BATCH = 16
 # Jobs one session carries in a row: a burst to one destination still goes out over
@@ -67,7 +77,7 @@ class DeliveryWorker:
     def __init__(
         self,
         js: JetStreamContext,
-        bodies: ObjectStore,
+        bodies: BodyStore,
         courier: Courier,
         settings: WorkerSettings,
         fault: str | None = None,
@@ -81,6 +91,7 @@ class DeliveryWorker:
         self._fault = fault if fault is not None else os.environ.get(FAULT_ENV, "")
         self._slots = asyncio.Semaphore(settings.slots)
         self._in_flight: set[asyncio.Task[None]] = set()
+        self._guard = RedeliveryGuard(js)
 
     async def run(self, sub: JetStreamContext.PullSubscription, stopping: asyncio.Event) -> None:
         """Fetch only as many jobs as there are free slots: never sit on jobs we cannot start."""
@@ -130,9 +141,13 @@ class DeliveryWorker:
                     if job is None:
                         await msg.term()
                         continue
-                    if route is None and unsupported(job.destination) is None:
-                        route = await self._courier.route(job.destination)
-                    session = await self._job(msg, job, route, session)
+                    async with self._guard.working_on(job):
+                        if await self._sent_before(msg, job):
+                            await msg.ack()
+                            continue
+                        if route is None and unsupported(job.destination) is None:
+                            route = await self._courier.route(job.destination)
+                        session = await self._job(msg, job, route, session)
                 except Exception:
                     log.exception("delivery: job on %s failed; retrying", msg.subject)
                     # If even the nak cannot reach NATS, ack_wait brings the job back anyway.
@@ -147,8 +162,19 @@ class DeliveryWorker:
             if session is not None:
                 await session.close()
 
+    async def _sent_before(self, msg: Msg, job: DeliveryJob) -> bool:
+        """A redelivered copy of a job whose results are already recorded."""
+        if msg.metadata.num_delivered is None or msg.metadata.num_delivered < 2:
+            return False
+        if not await self._guard.recorded(job):
+            return False
+        log.info(
+            "delivery %s: job %s redelivered after its results; acked", job.queue_id, job.job_id
+        )
+        return True
+
     async def _keep_alive(self, msg: Msg) -> None:
-        interval = max(self._settings.ack_wait / 3, 0.2)
+        interval = max(min(HEARTBEAT_S, self._settings.ack_wait / 4), 0.2)
         while True:
             await asyncio.sleep(interval)
             with contextlib.suppress(Exception):
@@ -210,7 +236,7 @@ class DeliveryWorker:
             )
             _annotate(span, attempt, [r.code for r in replies])
             # Every result must be durable before the job is acked (then it cannot vanish).
-            await asyncio.gather(*(bus.publish_event(self._js, e) for e in events))
+            await asyncio.gather(*(publish_result(self._js, e) for e in events))
             _count(job, events, loop.time() - started)
         if self._fault == FAULT_EXIT_BEFORE_ACK:
             log.warning("delivery: fault %s: exiting before ack of %s", self._fault, job.job_id)
@@ -219,12 +245,30 @@ class DeliveryWorker:
         return session
 
     async def _body(self, queue_id: str) -> bytes | None:
+        return await self._bodies.get(queue_id)
+
+
+async def publish_result(
+    js: JetStreamContext, event: Event, limit_s: float = RESULT_PUBLISH_LIMIT_S
+) -> None:
+    """Publish one result until JetStream acknowledges it, for up to `limit_s`."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit_s
+    pause = 0.1
+    while True:
         try:
-            result = await self._bodies.get(queue_id)
-        except NotFoundError:
-            return None
-        data = result.data
-        return data if isinstance(data, bytes) else b""
+            await bus.publish_event(js, event)
+            return
+        except Exception as exc:
+            if loop.time() + pause > deadline:
+                raise
+            log.warning(
+                "delivery: result %s not yet published: %s; retrying",
+                event.event_id,
+                type(exc).__name__,
+            )
+        await asyncio.sleep(pause)
+        pause = min(pause * 2, RESULT_RETRY_MAX_S)
 
 
 def _parse(msg: Msg) -> DeliveryJob | None:

@@ -16,6 +16,7 @@ import logging
 from aiosmtpd.smtp import Session
 from opentelemetry.trace import Span
 
+from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import Client, MessageReceived, Recipient
 from libs.common.contract.ids import new_queue_id
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
@@ -23,7 +24,7 @@ from libs.common.mail.submission import StoreError
 from libs.common.runtime.telemetry import current_traceparent
 from services.ingress.adapters.listener import Listener
 from services.ingress.adapters.session import IngressEnvelope, SmtpSession
-from services.ingress.core import dsn, replies, smuggling
+from services.ingress.core import antispam, dsn, replies, smuggling
 from services.ingress.core.errors import DsnSyntaxError
 from services.ingress.core.received import count_received, received_header, with_protocol
 
@@ -90,6 +91,7 @@ class IngressHandler:
         envelope.mail_options.extend(mail_options)
         envelope.policy_rules = [decision.rule]
         envelope.dsn = params
+        envelope.antispam = decision.antispam
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -140,6 +142,8 @@ class IngressHandler:
                 server.peer[0],
             )
             return bare
+        # A client's Authentication-Results in our name would pass for our own verdict.
+        content = antispam.without_forged_results(content, self.settings.hostname)
         query = PolicyQuery(
             stage="data",
             session=server.policy(),
@@ -148,14 +152,18 @@ class IngressHandler:
             size=len(content),
             received_headers=count_received(content),
         )
+        qid = new_queue_id()
         with server.stage("data") as span:
-            decision = await self._ask(query, span)
+            received = self._received(server, session, envelope, qid)
+            decision = await self._ask(
+                query, span, self._to_scan(query, envelope, received, content)
+            )
             if not decision.accepted:
                 return server.refuse(decision)
-            qid = new_queue_id()
             span.set_attribute("mailbus.queue_id", qid)
-            body = self._received(server, session, envelope, qid) + content
-            event = self._event(server, session, envelope, qid, len(body), decision.rule)
+            results = antispam.merged(envelope.antispam, decision.antispam)
+            body = antispam.trace_headers(results, self.settings.hostname) + received + content
+            event = self._event(server, session, envelope, qid, len(body), decision.rule, results)
             # The revision that accepted it: "why was this accepted" answerable later.
             event = event.model_copy(update={"config_revision": decision.config_revision})
             # Shielded: a client hanging up now must not cut between the body and its event.
@@ -194,9 +202,23 @@ class IngressHandler:
         session.auth_data = decision.canonical or username  # type: ignore[assignment]
         return "235 2.7.0 Authentication successful"
 
-    async def _ask(self, query: PolicyQuery, span: Span) -> PolicyDecision:
+    def _to_scan(
+        self, query: PolicyQuery, envelope: IngressEnvelope, received: bytes, content: bytes
+    ) -> bytes | None:
+        """The message as policy's spamd is to see it, when it will scan one: spamd set,
+        the message within antispam.spamd_max_size, the sender not skipped at MAIL."""
+        limit = self.settings.scan_max_size
+        skipped = envelope.antispam is not None and envelope.antispam.skipped
+        if not limit or skipped or (query.size or 0) > limit:
+            return None
+        return received + content
+
+    async def _ask(
+        self, query: PolicyQuery, span: Span, message: bytes | None = None
+    ) -> PolicyDecision:
         """Called inside the stage's span, so the request carries it as its trace parent."""
-        decision = await self.listener.policy.ask(query)
+        extra = self.settings.scan_seconds if message is not None else 0.0
+        decision = await self.listener.policy.ask(query, message, extra)
         span.set_attribute("mailbus.policy_rule", decision.rule)
         if not decision.accepted:
             span.set_attribute("mailbus.reply", decision.smtp_reply)
@@ -230,6 +252,7 @@ class IngressHandler:
         qid: str,
         size: int,
         data_rule: str,
+        results: AntispamResults | None = None,
     ) -> MessageReceived:
         ip, port = server.peer
         helo = session.host_name or ""
@@ -253,6 +276,7 @@ class IngressHandler:
             envid=envelope.dsn.envid,
             ret=envelope.dsn.ret,
             trace_parent=current_traceparent(),
+            antispam=results,
         )
 
 

@@ -44,6 +44,10 @@ class ListenerSettings:
     proxy_protocol: bool = False
     # relay.hide_local_ip_group: Received headers leave these clients out.
     hidden_clients: IpMatcher | None = None
+    # antispam.spamd set: messages up to this size go to policy to be scanned (0: none),
+    # and their DATA answer may take this much longer (antispam.spamd_timeout).
+    scan_max_size: int = 0
+    scan_seconds: float = 0.0
 
 
 class OpenSession(Protocol):

@@ -14,6 +14,7 @@ from typing import Protocol
 from aiosmtpd.smtp import Envelope
 from opentelemetry.trace import Span
 
+from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import TlsInfo
 from libs.common.contract.policy import PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
@@ -29,6 +30,8 @@ class IngressEnvelope(Envelope):
         # DSN (RFC 3461): per recipient, parallel to rcpt_tos; per message from MAIL.
         self.rcpt_dsn: list[dsn.RcptParams] = []
         self.dsn: dsn.MailParams = dsn.MailParams()
+        # Policy's antispam answer to MAIL: the SPF result, or why the checks are skipped.
+        self.antispam: AntispamResults | None = None
 
 
 class SmtpSession(Protocol):

@@ -14,11 +14,9 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from libs.common.contract import subjects
 from libs.common.contract.events import (
     Client,
     MessageReceived,
@@ -28,6 +26,7 @@ from libs.common.contract.events import (
     parse_event,
 )
 from libs.common.contract.ids import derived_queue_id
+from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history, message_received
 from libs.common.mail.submission import MessageStore
 from libs.common.runtime import bus
@@ -77,6 +76,7 @@ class NotifierProcessor:
         self._postmaster = postmaster
         self._language = language
         self._store = MessageStore(js)
+        self._bodies = BodyStore(js)
         # Triggers of one message are answered one at a time, so a duplicate in the
         # same batch sees the first one's ReportSent instead of racing it.
         self._locks = KeyedLocks()
@@ -196,9 +196,4 @@ class NotifierProcessor:
         await self._store.accept(body, report)
 
     async def _body(self, queue_id: str) -> bytes | None:
-        store = await self._js.object_store(subjects.BODIES_BUCKET)
-        try:
-            found = await store.get(queue_id)
-        except NotFoundError:
-            return None
-        return found.data
+        return await self._bodies.get(queue_id)

@@ -4,7 +4,7 @@ Endpoints use the micro service's default queue group, so every replica of
 policy subscribes and each request is answered by exactly one of them. The
 adapter translates (JSON in, `decide`, JSON out, with a span that continues
 the SMTP session's trace) and gathers the facts only I/O can give: the
-password check, the client's POP3 grant; and it counts failed logins.
+client's POP3 grant, and the password check with its failed logins (`logins.py`).
 """
 
 from __future__ import annotations
@@ -27,7 +27,9 @@ from libs.common.contract.records import first_error
 from libs.common.contract.shadow import ShadowDifference
 from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
 from libs.common.runtime.telemetry import context_from_headers, tracer
+from services.policy.adapters.antispam import AntispamChecks
 from services.policy.adapters.facts import FactFinder
+from services.policy.adapters.logins import LoginChecker
 from services.policy.adapters.passwords import PasswordChecker
 from services.policy.adapters.stores import FailedLoginCounter, GrantStore
 from services.policy.core import (
@@ -47,6 +49,10 @@ log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 
 Clock = Callable[[], datetime]
+DEFAULT_TIMEOUT_S = 5.0
+
+# The stages whose answer may wait on I/O of seconds: each request is answered in a task.
+APART = ("auth", "mail", "data")
 
 
 def utc_now() -> datetime:
@@ -61,18 +67,27 @@ class Lookups:
     grants: GrantStore | None = None
     failures: FailedLoginCounter | None = None
     facts: FactFinder | None = None
+    antispam: AntispamChecks | None = None
 
 
 class PolicyEndpoints:
     """Answers every policy stage with the rules it was built with."""
 
     def __init__(
-        self, rules: PolicyRules, clock: Clock = utc_now, lookups: Lookups | None = None
+        self,
+        rules: PolicyRules,
+        clock: Clock = utc_now,
+        lookups: Lookups | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
     ) -> None:
         self._rules = rules
         self._clock = clock
         self._lookups = lookups or Lookups()
         self._in_flight: set[asyncio.Task[None]] = set()
+        # Ingress waits `policy.timeout` for an answer: a login not checked by then is dropped.
+        self.logins = LoginChecker(
+            rules, clock, self._lookups.passwords, self._lookups.failures, timeout_s
+        )
         # The configuration revision of _rules, stamped on every decision.
         self.revision = 0
         # Rules of the shadow revision and its number, decided beside the active ones.
@@ -81,8 +96,13 @@ class PolicyEndpoints:
         self.record_difference: Callable[[ShadowDifference], None] | None = None
 
     def use(self, rules: PolicyRules, revision: int) -> None:
-        """Answer the next queries with these rules (one assignment: no query sees a mix)."""
+        """Answer the next queries with these rules (no await between: no query sees a mix)."""
         self._rules, self.revision = rules, revision
+        self.logins._rules = rules
+
+    def antispam(self, checks: AntispamChecks) -> None:
+        """A new revision's SPF and spamd settings, for the next queries."""
+        self._lookups.antispam = checks
 
     async def register(self, micro: MicroService) -> None:
         for stage in subjects.POLICY_STAGES:
@@ -94,9 +114,9 @@ class PolicyEndpoints:
         async def handle(request: Request) -> None:
             await self.answer(stage, request)
 
-        async def answer_or_fail(request: Request) -> None:
+        async def answer_or_fail(request: Request, arrived: float) -> None:
             try:
-                await self.answer(stage, request)
+                await self.answer(stage, request, arrived)
             except Exception as exc:
                 # Out of nats.micro's reach here, so answer the error ourselves:
                 # ingress then fails closed at once instead of after its timeout.
@@ -106,24 +126,25 @@ class PolicyEndpoints:
         async def handle_apart(request: Request) -> None:
             # A subscription runs its callback one message at a time: a password check
             # awaited here would make every other login on this replica wait behind it.
-            task = asyncio.create_task(answer_or_fail(request))
+            task = asyncio.create_task(answer_or_fail(request, time.monotonic()))
             self._in_flight.add(task)
             task.add_done_callback(self._in_flight.discard)
 
-        return handle_apart if stage == "auth" else handle
+        # So are SPF's DNS look-ups at MAIL and spamd's scan at DATA.
+        return handle_apart if stage in APART else handle
 
     async def drain(self) -> None:
         """Let the answers still being computed go out."""
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
 
-    async def answer(self, stage: str, request: Request) -> None:
+    async def answer(self, stage: str, request: Request, arrived: float | None = None) -> None:
         parent = context_from_headers(request.headers)
         with _tracer.start_as_current_span(
             f"policy {stage}", context=parent, kind=SpanKind.SERVER
         ) as span:
             span.set_attribute("mailbus.policy.stage", stage)
-            query = self._parse(stage, request.data)
+            query, body = self._parse(stage, request)
             if isinstance(query, str):
                 span.set_status(Status(StatusCode.ERROR, query))
                 log.warning("policy %s: malformed request: %s", stage, query)
@@ -132,7 +153,7 @@ class PolicyEndpoints:
             started = time.perf_counter()
             # One revision per query, read once: a swap during its awaits does not mix rules.
             rules, revision = self._rules, self.revision
-            decision = await self._decide(query, rules)
+            decision = await self._decide(query, rules, arrived or time.monotonic(), body)
             decision = decision.model_copy(update={"config_revision": revision})
             POLICY_DECISION_SECONDS.labels(stage).observe(time.perf_counter() - started)
             POLICY_DECISIONS.labels(stage, decision.action, decision.rule).inc()
@@ -154,16 +175,21 @@ class PolicyEndpoints:
             wanted = union(wanted, needs(query, shadow))
         return await finder.gather(wanted, query)
 
-    async def _decide(self, query: PolicyQuery, rules: PolicyRules) -> PolicyDecision:
+    async def _decide(
+        self, query: PolicyQuery, rules: PolicyRules, arrived: float, body: bytes | None = None
+    ) -> PolicyDecision:
         """A fact that cannot be looked up now defers the query with its error's reply."""
         try:
             if query.stage == "auth":
-                return await self._authenticate(query, rules)
-            return await self._decide_stage(query, rules)
+                facts = await self._facts(query, rules)
+                return await self.logins.authenticate(query, facts, arrived)
+            return await self._decide_stage(query, rules, body)
         except Unavailable as exc:
             return exc.decision
 
-    async def _decide_stage(self, query: PolicyQuery, rules: PolicyRules) -> PolicyDecision:
+    async def _decide_stage(
+        self, query: PolicyQuery, rules: PolicyRules, body: bytes | None
+    ) -> PolicyDecision:
         shadow = self.shadow if query.stage in SHADOW_STAGES else None
         facts = await self._facts(query, rules, shadow[0] if shadow else None)
         decision = decide(query, rules, self._clock(), facts)
@@ -172,7 +198,10 @@ class PolicyEndpoints:
             facts = replace(facts, pop3_grant=grant)
             decision = decide(query, rules, self._clock(), facts)
         if shadow is not None:
+            # Before antispam and counting: the shadow differs in rules, not in scanners.
             await self._compare_shadow(query, decision, facts, shadow)
+        if self._lookups.antispam is not None:
+            decision = await self._lookups.antispam.review(query, decision, self._clock(), body)
         if self._lookups.facts is not None:
             decision = await self._lookups.facts.record(query, decision, self._clock())
         return decision
@@ -211,54 +240,22 @@ class PolicyEndpoints:
             log.warning("pop3 grants unreadable: %s: %s", type(exc).__name__, exc)
             raise GrantsUnavailable(str(exc)) from exc
 
-    async def _authenticate(self, query: PolicyQuery, rules: PolicyRules) -> PolicyDecision:
-        facts = await self._facts(query, rules)
-        account = rules.directory.login(query.username or "")
-        checker = self._lookups.passwords
-        # Decided first without the password: an address over its failed-login limit
-        # costs no password check at all.
-        decision = decide(query, rules, self._clock(), facts)
-        if decision.rule != "auth_failed":
-            return decision
-        # Only a login `decide` lets through without TLS gets here (a tls: none POP3 listener).
-        if checker is not None:
-            # Unknown accounts are checked too (against a dummy): same time, nothing learnt.
-            stored = account.password_hash if account is not None else None
-            ok = await checker.verify(stored, query.password or "")
-            decision = decide(query, rules, self._clock(), replace(facts, password_ok=ok))
-        if decision.rule == "auth_failed":
-            await self._count_failure(query)
-        return decision
-
-    async def _count_failure(self, query: PolicyQuery) -> None:
-        failures = self._lookups.failures
-        if failures is None:
-            return
-        try:
-            counted = await failures.add(query.session.client_ip, self._clock())
-        except Exception as exc:
-            # Counting serves the limits; it must not turn a refusal into no answer.
-            log.warning("failed login not counted: %s: %s", type(exc).__name__, exc)
-            return
-        if counted is not None:
-            log.info(
-                "failed login from %s as %r (%d from there since %s)",
-                query.session.client_ip,
-                query.username,
-                counted.count,
-                counted.first_at.isoformat(timespec="seconds"),
-            )
-
     @staticmethod
-    def _parse(stage: str, data: bytes) -> PolicyQuery | str:
-        """The query, or the reason it cannot be answered (becomes a 400 service error)."""
+    def _parse(stage: str, request: Request) -> tuple[PolicyQuery | str, bytes | None]:
+        """The query and the message sent along with it (a DATA query to scan), or the
+        reason it cannot be answered (becomes a 400 service error)."""
+        carried = (request.headers or {}).get(subjects.POLICY_QUERY_HEADER)
+        data = request.data if carried is None else carried.encode()
+        body = None if carried is None else request.data
         try:
             query = PolicyQuery.model_validate_json(data)
         except ValidationError as exc:
-            return f"invalid PolicyQuery: {first_error(exc)}"
+            return f"invalid PolicyQuery: {first_error(exc)}", None
         if query.stage != stage:
-            return f"query for stage {query.stage!r} sent to the {stage!r} endpoint"
-        return query
+            return f"query for stage {query.stage!r} sent to the {stage!r} endpoint", None
+        if body is not None and stage != "data":
+            return f"a message sent along with a {stage!r} query", None
+        return query, body
 
     @staticmethod
     def _log_refusal(query: PolicyQuery, decision: PolicyDecision) -> None:

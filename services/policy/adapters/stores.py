@@ -9,10 +9,12 @@ restarts.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
 from nats.js import JetStreamContext
+from nats.js.kv import KeyValue
 
 from libs.common.contract import subjects
 from libs.common.contract.records import Record
@@ -25,7 +27,7 @@ from services.policy.core import (
     canonical_ip,
     later,
 )
-from services.policy.core.failures import FAILURE_WINDOW, FailedLogins, first_failure
+from services.policy.core.failures import FAILURE_WINDOW, FailedLogins, released, reserved
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,8 @@ class GrantStore:
 
 
 class FailedLoginCounter:
+    """Failures per client address, reserved before a password check and kept if it fails."""
+
     def __init__(self, js: JetStreamContext, window: timedelta = FAILURE_WINDOW) -> None:
         self._bucket = Bucket(js, subjects.AUTH_FAILURES_BUCKET)
         self._window = window
@@ -99,21 +103,51 @@ class FailedLoginCounter:
             return None
         return FailedLogins.decode(entry.value)
 
-    async def add(self, client_ip: str, now: datetime) -> FailedLogins | None:
-        """Count one failure; None when the client address is no IP address."""
+    async def reserve(self, client_ip: str, limit: int, now: datetime) -> Reservation:
+        """One failure counted in advance; `granted` is False when the address is locked."""
         key = client_key(client_ip)
         if key is None:
-            return None
+            return Reservation(granted=True, count=None)
         for attempt in range(CAS_ATTEMPTS):
             entry = await self._bucket.get(key)
-            previous = None
-            if entry is not None and entry.value is not None:
-                previous = FailedLogins.decode(entry.value)
-            counted = previous.after_failure(now) if previous else first_failure(now)
-            revision = entry.revision if entry is not None and entry.revision else 0
-            if await self._bucket.swap(
-                key, counted.encode(), revision, self._window.total_seconds()
-            ):
-                return counted
+            previous = self._decoded(entry)
+            counted = reserved(previous, limit, now)
+            if counted is None:
+                return Reservation(granted=False, count=previous)
+            if await self._write(key, entry, counted, now):
+                return Reservation(granted=True, count=counted)
             await backoff(attempt)
         raise ContentionError(f"failed logins of {client_ip}: {CAS_ATTEMPTS} concurrent writes")
+
+    async def release(self, client_ip: str, now: datetime) -> None:
+        """Give one reservation back: the login succeeded or was never checked."""
+        key = client_key(client_ip)
+        if key is None:
+            return
+        for attempt in range(CAS_ATTEMPTS):
+            entry = await self._bucket.get(key)
+            counted = released(self._decoded(entry), now)
+            if counted is None or await self._write(key, entry, counted, now):
+                return
+            await backoff(attempt)
+        raise ContentionError(f"failed logins of {client_ip}: {CAS_ATTEMPTS} concurrent writes")
+
+    @staticmethod
+    def _decoded(entry: KeyValue.Entry | None) -> FailedLogins | None:
+        if entry is None or entry.value is None:
+            return None
+        return FailedLogins.decode(entry.value)
+
+    async def _write(
+        self, key: str, entry: KeyValue.Entry | None, counted: FailedLogins, now: datetime
+    ) -> bool:
+        # The key lives as long as its window: the server forgets the count when it ends.
+        ttl = (counted.ends_at(self._window) - now).total_seconds()
+        revision = entry.revision if entry is not None and entry.revision else 0
+        return await self._bucket.swap(key, counted.encode(), revision, ttl) is not None
+
+
+@dataclass(frozen=True)
+class Reservation:
+    granted: bool
+    count: FailedLogins | None  # after the reservation; when refused, the count that locks

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Literal, Protocol
 
 from services.policy.core.address import normalize_domain
+from services.policy.core.antispam import AntispamRules
 from services.policy.core.directory import Account, Directory
 
 RelayMode = Literal["open", "restricted"]
@@ -35,6 +36,7 @@ class SecurityLimits:
     require_sender_domain_dns: bool = False
     max_recipients: int = 0
     max_failed_commands: int = 0
+    max_auth_failures_per_ip: int = 0  # per FAILURE_WINDOW, across replicas
     max_message_size: int = 0
     max_received_headers: int = 0
     exempt_ip_group_name: str | None = field(default=None, compare=False)
@@ -62,6 +64,7 @@ class PolicyRules:
     # Listeners (by name) whose logins may come without TLS: POP3 listeners the operator
     # set to `tls: none`. SMTP AUTH is never among them.
     plaintext_login_listeners: frozenset[str] = frozenset()
+    antispam: AntispamRules = field(default_factory=AntispamRules)
 
     @classmethod
     def build(
@@ -76,6 +79,7 @@ class PolicyRules:
         postmaster: str = "",
         limits: SecurityLimits | None = None,
         plaintext_login_listeners: Iterable[str] = (),
+        antispam: AntispamRules | None = None,
     ) -> PolicyRules:
         """Normalize the local domains once so that every comparison is exact."""
         return cls(
@@ -89,6 +93,7 @@ class PolicyRules:
             allowed_ip_group_name=allowed_ip_group_name,
             limits=limits or SecurityLimits(),
             plaintext_login_listeners=frozenset(plaintext_login_listeners),
+            antispam=antispam or AntispamRules(),
         )
 
     def is_local_domain(self, domain: str) -> bool:

@@ -17,7 +17,7 @@ from libs.common.contract import replies
 from libs.common.contract.policy import PolicyDecision, PolicyQuery, SessionLimits, canonical_ip
 from services.policy.core.address import Mailbox
 from services.policy.core.blocks import Block, blocked
-from services.policy.core.failures import FAILURE_WINDOW, FailedLogins
+from services.policy.core.failures import FailedLogins, locked
 from services.policy.core.rules import PolicyRules, SecurityLimits
 from services.policy.core.window import HOUR, SlidingCount
 
@@ -63,7 +63,7 @@ def needs(query: PolicyQuery, rules: PolicyRules, sender: Mailbox | None = None)
             block=True, messages=limits.max_messages_per_hour_per_ip > 0, sender_domain=domain
         )
     if query.stage == "auth":
-        return Needs(failed_logins=limits.max_failed_commands > 0)
+        return Needs(failed_logins=limits.max_auth_failures_per_ip > 0)
     return Needs()
 
 
@@ -175,18 +175,20 @@ def _too_big(size: int) -> PolicyDecision:
 def auth_refusal(
     query: PolicyQuery, limits: SecurityLimits, now: datetime, failed: FailedLogins | None
 ) -> PolicyDecision | None:
-    """Too many failed logins from the address: no more tries until the window passes.
+    """Too many failed logins from the address: no more tries until its window ends.
 
-    The limit is `max_failed_commands`, counted across sessions and replicas in
-    the failed-login bucket; a failure keeps the address locked for FAILURE_WINDOW.
+    The limit is `max_auth_failures_per_ip` per FAILURE_WINDOW, counted across
+    sessions and replicas in the failed-login bucket from the first failure on.
     """
-    limit = limits.max_failed_commands
     ip = _limited(query, limits)
-    if not limit or failed is None or ip is None:
-        return None
-    if failed.count < limit or now >= failed.last_at + FAILURE_WINDOW:
+    if ip is None or not locked(failed, limits.max_auth_failures_per_ip, now):
         return None
     return PolicyDecision.of(replies.too_many_failed_logins(ip), "auth_failures")
+
+
+def auth_limit(query: PolicyQuery, limits: SecurityLimits) -> int:
+    """The failed-login limit that applies to this client; 0: none (still counted)."""
+    return limits.max_auth_failures_per_ip if _limited(query, limits) is not None else 0
 
 
 def counts_message(query: PolicyQuery, decision: PolicyDecision, limits: SecurityLimits) -> bool:

@@ -17,12 +17,17 @@ INPUT_TYPES = tuple(
     i.value for i in Input if i.value in _EVENT_NAMES and i.value not in _OWN_OUTPUTS
 )
 
+QUEUE_ACK_WAIT_S = 8.0
+
 EVENTS_CONSUMER = DurableConsumer(
     stream=subjects.EVENTS_STREAM,
     name=subjects.QUEUE_CONSUMER,
     description="queue: new messages, delivery results, report answers, operator commands",
     filters=tuple(subjects.events_of_type(t) for t in INPUT_TYPES),
-    ack_wait=30.0,
+    # What a killed queue had fetched comes back this soon to its successor (which takes
+    # the lease at once); an input handled twice decides the same, so a slow one costs
+    # only work.
+    ack_wait=QUEUE_ACK_WAIT_S,
     max_ack_pending=1_000,
 )
 

@@ -20,15 +20,20 @@ from datetime import UTC, datetime
 
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Link
 from pydantic import ValidationError
 
 from libs.common.contract import subjects
-from libs.common.contract.events import DeliveryJob, event_type, parse_event
+from libs.common.contract.events import (
+    AnyEvent,
+    DeliveryJob,
+    MessageReceived,
+    event_type,
+    parse_event,
+)
+from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history
 from libs.common.runtime import bus
 from libs.common.runtime.locks import KeyedLocks
@@ -68,7 +73,7 @@ class QueueProcessor:
     def __init__(
         self,
         js: JetStreamContext,
-        bodies: ObjectStore,
+        bodies: BodyStore,
         routing: Routing,
         timing: Timing,
         index: QueueIndex | None = None,
@@ -81,12 +86,19 @@ class QueueProcessor:
         self.index = index if index is not None else QueueIndex(timing)
         self._max_cached = max_cached
         self._cache: OrderedDict[str, MessageState] = OrderedDict()
+        # The highest MAILBUS_EVENTS sequence read at start-up or handled since; None
+        # until the service says, and then every uncached message reads its history.
+        self._high_seq: int | None = None
         self._locks = KeyedLocks()
         # Operator requests waiting for their input to be processed, by input id.
         self._waiters: dict[str, asyncio.Future[None]] = {}
 
     def forget(self, queue_id: str) -> None:
         self._cache.pop(queue_id, None)
+
+    def seen_up_to(self, stream_seq: int) -> None:
+        """Every event up to this sequence was read at start-up (call before seed)."""
+        self._high_seq = stream_seq
 
     def seed(self, states: Iterable[MessageState]) -> None:
         """Start with a warm cache (the states read at start-up for the index)."""
@@ -116,7 +128,25 @@ class QueueProcessor:
             log.error("queue: dropping unreadable input on %s: %s", msg.subject, exc)
             await msg.term()
             return
-        await self._handle(msg, event, event.queue_id, event.event_id)
+        # A fresh message's history is this event alone: its fold needs no read.
+        known = fold([event]) if self._unseen(msg, event) else None
+        await self._handle(msg, event, event.queue_id, event.event_id, known)
+
+    def _unseen(self, msg: Msg, event: AnyEvent) -> bool:
+        """A MessageReceived that can have no history yet, so reading it is skipped
+        (two round trips per message): delivered for the first time, and later in
+        the stream than anything read at start-up or handled since. Only the queue
+        writes a message's later events, in answer to this one; a redelivery, a
+        replay by a new consumer or an out-of-order arrival reads the history."""
+        if self._high_seq is None:
+            return False
+        meta = msg.metadata
+        seq = meta.sequence.stream
+        fresh = (
+            isinstance(event, MessageReceived) and meta.num_delivered == 1 and seq > self._high_seq
+        )
+        self._high_seq = max(self._high_seq, seq)
+        return fresh
 
     async def handle_timer(self, msg: Msg) -> None:
         """A fired timer from MAILBUS_TIMERS."""
@@ -128,11 +158,18 @@ class QueueProcessor:
             return
         await self._handle(msg, fire, fire.queue_id, fire.request_id)
 
-    async def _handle(self, msg: Msg, trigger: Trigger, qid: str, input_id: str) -> None:
+    async def _handle(
+        self,
+        msg: Msg,
+        trigger: Trigger,
+        qid: str,
+        input_id: str,
+        known: MessageState | None = None,
+    ) -> None:
         async with self._locks.hold(qid):
             state: MessageState | None = None
             try:
-                state = await self._state(qid)
+                state = known if known is not None else await self._state(qid)
             except Exception:
                 log.exception("queue %s: cannot read its history; retrying", qid)
                 await msg.nak(delay=RETRY_DELAY_S)
@@ -217,10 +254,8 @@ class QueueProcessor:
             )
 
     async def _delete_body(self, queue_id: str) -> None:
-        try:
-            await self._bodies.delete(queue_id)
-        except NotFoundError:
-            pass  # already deleted (a redelivered input) or never stored
+        # Purging a body already gone (a redelivered input) is no error.
+        await self._bodies.delete(queue_id)
 
     def _remember(self, queue_id: str, state: MessageState) -> None:
         self.index.update(state)

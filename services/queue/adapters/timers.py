@@ -72,6 +72,6 @@ TIMERS_CONSUMER = DurableConsumer(
     name=subjects.QUEUE_TIMERS_CONSUMER,
     description="queue: fired retry, delay-warning and expiry timers",
     filters=(subjects.TIMER_FIRES,),
-    ack_wait=30.0,
+    ack_wait=8.0,  # as the events consumer's: a killed queue's timers come back soon
     max_ack_pending=1_000,
 )

@@ -1,0 +1,290 @@
+"""Recovery without a manual step: processes SIGKILLed (and nats-server restarted) under work.
+
+Each test kills a real process — nats-server, a delivery worker, the queue — and
+measures how soon the system works again on its own. The services run as child
+processes (tests/support/procs.py); the sinks are aiosmtpd servers on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from nats.js import JetStreamContext, api
+
+from libs.common.config import load_config_text
+from libs.common.contract import subjects
+from libs.common.runtime import bus
+from libs.common.runtime.embedded_nats import EmbeddedNats, free_port
+from libs.common.runtime.service import Running, start_service
+from services.delivery.adapters.consumer import DEFAULT_ACK_WAIT_S
+from services.delivery.service import DeliveryService
+from tests.support import queue
+from tests.support.procs import processes
+from tests.support.queue import receive, start_queue
+from tests.support.sink import Sink
+from tests.support.streams import body_exists, count_of, eventually
+
+services = queue.services  # a shared fixture
+
+
+def front_door_config(smtp_port: int) -> str:
+    return f"""
+server: {{hostname: mx.example.test, local_domains: [example.test]}}
+listeners:
+  - {{name: smtp, protocol: smtp, address: "127.0.0.1:{smtp_port}", tls: none}}
+security: {{require_sender_domain_dns: false, max_connections_per_ip: 20}}
+antispam: {{spf: false}}
+"""
+
+
+def relay_config(sink_port: int, threads: int) -> str:
+    return f"""
+server: {{hostname: mx.example.test, local_domains: [example.test]}}
+delivery:
+  mode: relay
+  relay_host: {{host: 127.0.0.1, port: {sink_port}}}
+  tls: none
+  max_delivery_threads: {threads}
+  connect_timeout: 5s
+"""
+
+
+async def greeting(port: int) -> str:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(10):
+            line = await reader.readline()
+        return line.decode(errors="replace").strip()
+    finally:
+        writer.close()
+
+
+async def greeted_within(port: int, within: float) -> float:
+    """Seconds until a new connection is greeted with 220 (not 421)."""
+    started = time.monotonic()
+    last = ""
+    while time.monotonic() - started < within:
+        try:
+            last = await greeting(port)
+        except OSError as exc:
+            last = repr(exc)
+        if last.startswith("220"):
+            return time.monotonic() - started
+        await asyncio.sleep(0.2)
+    raise AssertionError(f"no 220 within {within} s; last: {last}")
+
+
+# --- finding 1: connection limits after a nats-server restart --------------------------------
+
+
+async def test_connections_limit_works_again_after_nats_restarts(tmp_path: Path) -> None:
+    """A standalone nats-server SIGKILLed, then stopped cleanly, and started again each time:
+    new connections are greeted again within seconds, with no service restarted."""
+    server = EmbeddedNats(data_dir=tmp_path / "nats", log_file=tmp_path / "nats.log")
+    server.start()
+    smtp_port = free_port()
+    try:
+        async with processes(tmp_path, front_door_config(smtp_port), server.url) as procs:
+            await (await procs.start("policy")).ready()
+            await (await procs.start("ingress")).ready()
+            assert (await greeting(smtp_port)).startswith("220")
+            for restart in (server.kill, server.stop):
+                restart()
+                await server.astart()
+                took = await greeted_within(smtp_port, within=15)
+                print(
+                    f"greeted again {took:.1f} s after nats-server came back ({restart.__name__})"
+                )
+    finally:
+        server.stop()
+
+
+# --- finding 2: a SIGKILLed delivery worker's jobs come back within seconds -------------------
+
+
+async def test_killed_workers_jobs_come_back_within_seconds(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+    tmp_path: Path,
+) -> None:
+    """Worker A holds every slot of the cluster-wide cap when it is SIGKILLed; worker B
+    (default ack_wait) delivers everything soon after, not after a minute."""
+    sink, port = sink_factory(data_delay=1.0)
+    text = relay_config(port, threads=2)
+    config = load_config_text(text)
+    services.append(await start_queue(config, nats_server))
+    qids = [f"QKILL{i}" for i in range(6)]
+    async with processes(tmp_path, text, nats_server.url) as procs:
+        worker_a = await procs.start("delivery")
+        await worker_a.ready()
+        for qid in qids:
+            await receive(js, qid, [f"{qid.lower()}@remote.test"])
+
+        async def in_data() -> bool:
+            return sink.in_data > 0
+
+        await eventually(in_data, "worker A delivering")
+        await worker_a.kill()
+        killed_at = time.monotonic()
+        services.append(await start_service("delivery", DeliveryService, config, [nats_server.url]))
+
+        async def all_completed() -> bool:
+            return all([await count_of(js, q, "MessageCompleted") == 1 for q in qids])
+
+        await eventually(all_completed, "every message completed", within=40)
+        took = time.monotonic() - killed_at
+    print(f"all delivered {took:.1f} s after the kill (ack_wait {DEFAULT_ACK_WAIT_S:g} s)")
+    assert took < DEFAULT_ACK_WAIT_S + 8
+    assert {r[0] for _, r, _ in sink.received} == {f"{q.lower()}@remote.test" for q in qids}
+
+
+async def test_a_slow_delivery_keeps_its_job(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    """A remote server slower than ack_wait: the in-progress heartbeats keep the job, so it
+    is delivered once, not handed to a second worker."""
+    sink, port = sink_factory(data_delay=DEFAULT_ACK_WAIT_S + 3)
+    config = load_config_text(relay_config(port, threads=2))
+    services.append(await start_queue(config, nats_server))
+    for _ in range(2):
+        services.append(await start_service("delivery", DeliveryService, config, [nats_server.url]))
+    await receive(js, "QSLOW", ["slow@remote.test"])
+    await eventually(
+        lambda: _completed(js, "QSLOW"),
+        "the slow message completed",
+        within=DEFAULT_ACK_WAIT_S + 20,
+    )
+    await asyncio.sleep(1.0)
+    assert len(sink.received) == 1
+    assert sink.sessions == 1
+
+
+async def _completed(js: JetStreamContext, qid: str) -> bool:
+    return await count_of(js, qid, "MessageCompleted") == 1
+
+
+# --- finding 3: a queue restarted in its slot takes its lease over at once ---------------------
+
+
+async def test_queue_restarted_in_its_slot_takes_over_at_once(
+    nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
+) -> None:
+    text = "server: {hostname: mx.example.test}\n"
+    slot = {"MAILBUS_SLOT": "pod-queue-0"}
+    async with processes(tmp_path, text, nats_server.url) as procs:
+        first = await procs.start("queue", env=slot)
+        await first.ready()
+        await first.kill()  # the lease stays behind, held by a dead process
+        successor = await procs.start("queue", env=slot)
+        took = await successor.ready()
+        print(f"successor in the same slot ready after {took:.1f} s")
+        assert took < 4.0, successor.tail()
+        # Another slot stands by while the successor lives.
+        other = await procs.start("queue", env={"MAILBUS_SLOT": "pod-queue-1"})
+        await asyncio.sleep(3.0)
+        assert not other._ready()
+        # SIGKILLed without a word, the holder's lease expires by its (shorter) TTL.
+        await successor.kill()
+        took = await other.ready(within=20)
+        print(f"other slot ready {took:.1f} s after its start")
+
+
+async def test_a_memory_connections_bucket_is_moved_to_file(js: JetStreamContext) -> None:
+    """As an older version left it: in memory, gone with a standalone server's restart."""
+    await js.delete_key_value(subjects.CONNECTIONS_BUCKET)
+    await js.create_key_value(
+        api.KeyValueConfig(
+            bucket=subjects.CONNECTIONS_BUCKET, storage=api.StorageType.MEMORY, history=1
+        )
+    )
+    await bus.ensure_topology(js)
+    info = await js.stream_info(subjects.kv_stream(subjects.CONNECTIONS_BUCKET))
+    assert info.config.storage == api.StorageType.FILE
+
+
+# --- duplicate mechanism 2: results published while NATS is away --------------------------------
+
+
+async def test_results_wait_for_nats_instead_of_sending_again(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+    tmp_path: Path,
+) -> None:
+    """nats-server dies while the remote server is in DATA and comes back after its 250:
+    the worker publishes the result once NATS is back, under the same id, and acks the job;
+    the mail is not sent a second time."""
+    sink, port = sink_factory(data_delay=2.0)
+    text = relay_config(port, threads=2)
+    config = load_config_text(text)
+    services.append(await start_service("delivery", DeliveryService, config, [nats_server.url]))
+    slot = {"MAILBUS_SLOT": "test-queue"}
+    async with processes(tmp_path, text, nats_server.url) as procs:
+        # A child process: cut off longer than its lease's TTL it exits, as it must, and
+        # is started again in its slot, as a supervisor does.
+        queue_proc = await procs.start("queue", env=slot)
+        await queue_proc.ready()
+        await receive(js, "QAWAY", ["away@remote.test"])
+
+        async def in_data() -> bool:
+            return sink.in_data > 0
+
+        async def accepted() -> bool:
+            return len(sink.received) == 1
+
+        async def completed_with_a_queue() -> bool:
+            nonlocal queue_proc
+            if queue_proc.proc.returncode is not None:
+                queue_proc = await procs.start("queue", env=slot)
+            return await _completed(js, "QAWAY")
+
+        await eventually(in_data, "the delivery in DATA")
+        nats_server.kill()
+        await eventually(accepted, "the remote 250")
+        await asyncio.sleep(7.0)  # longer than a JetStream publish waits (5 s): it fails
+        await nats_server.astart()
+        await eventually(completed_with_a_queue, "MessageCompleted", within=40)
+        await asyncio.sleep(DEFAULT_ACK_WAIT_S + 2)  # a nak'ed or unacked job is back by now
+    assert len(sink.received) == 1
+    assert await count_of(js, "QAWAY", "DeliverySucceeded") == 1
+
+
+# --- finding 5: orphan bodies are swept after a grace period and counted ------------------------
+
+
+async def test_orphan_bodies_are_swept_after_the_grace_period(
+    nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """What an ingress killed between storing a body and publishing its MessageReceived
+    leaves behind: a body no event refers to. The queue removes it once it is older than
+    the grace period, keeps the bodies of known messages, and counts what it removed."""
+    store = await js.object_store(subjects.BODIES_BUCKET)
+    await store.put("QORPHAN1", b"left by a killed ingress\r\n")
+    await receive(js, "QKNOWN", ["known@remote.test"])  # a live message, never delivered here
+    env = {"MAILBUS_ORPHAN_SWEEP_EVERY": "0.5", "MAILBUS_ORPHAN_GRACE": "3"}
+    async with processes(tmp_path, "server: {hostname: mx.example.test}\n", nats_server.url) as p:
+        queue_proc = await p.start("queue", env=env)
+        await queue_proc.ready()
+        await store.put("QORPHAN2", b"a younger orphan\r\n")
+        await asyncio.sleep(1.5)
+        assert await body_exists(js, "QORPHAN2")  # inside its grace period
+        await eventually(lambda: _not(body_exists(js, "QORPHAN1")), "the old orphan gone", 10)
+        await eventually(lambda: _not(body_exists(js, "QORPHAN2")), "the young one gone", 10)
+        assert await body_exists(js, "QKNOWN")
+        assert await asyncio.to_thread(queue_proc.metric, ORPHANS_METRIC) == 2
+
+
+ORPHANS_METRIC = "mailbus_qmgr_orphan_bodies_removed_total"
+
+
+async def _not(value: Awaitable[bool]) -> bool:
+    return not await value
