@@ -173,7 +173,10 @@ class Supervisor:
     async def _publish_config(self, action: Literal["start", "reload"]) -> None:
         from ops.configctl import from_supervisor
 
-        await from_supervisor(self.admin_urls, self.config_path, action)
+        try:
+            await from_supervisor(self.admin_urls, self.config_path, action)
+        except Exception as exc:  # the services still run their files: say so, go on
+            _say(f"configuration not published ({action}): {type(exc).__name__}: {exc}")
 
     async def _reload(self) -> None:
         _say(f"SIGHUP: applying {self.config_path}")
