@@ -101,6 +101,10 @@ class LiveConfig:
         log.info("%s: configuration revision %d applied", self.service, revision)
         return True
 
+    @property
+    def evaluates_shadow(self) -> bool:
+        return bool(self._shadow_hooks)
+
     def set_shadow(self, revision: int, config: Config | None) -> None:
         for hook in self._shadow_hooks:
             hook(config, revision)
@@ -244,18 +248,20 @@ class ConfigFollower:
         self.live.apply(revision, config)
 
     def _take_shadow(self, revision: int, record: Revision | None) -> None:
+        if not self.live.evaluates_shadow:
+            return  # only policy decides anything under a shadow revision
         if record is None:
             self.live.set_shadow(0, None)
             return
         try:
             config = record.load()
         except ConfigError as exc:
-            log.error("shadow revision %d not loaded: %s", revision, "; ".join(exc.errors))
+            self.live._refuse(revision, "shadow: " + "; ".join(exc.errors))
             return
         try:
             self.live.set_shadow(revision, config)
         except Exception as exc:
-            log.error("shadow revision %d not taken: %s: %s", revision, type(exc).__name__, exc)
+            self.live._refuse(revision, f"shadow: {type(exc).__name__}: {exc}")
 
     async def _answer(self, msg: Msg) -> None:
         if msg.reply:
