@@ -48,12 +48,15 @@ class QueueService:
         ctx.live.on_change(self._prepare)
 
     def _prepare(self, config: Config, revision: int) -> Commit:
-        """Retry, warning and bounce times for the next decision (and the listing)."""
+        """Routing (delivery.mode, local domains) and retry, warning and bounce times for
+        the next decision (and the listing); jobs already out keep their destination."""
         timing = timing_of(config)
+        routing = Routing.of(config.delivery.mode, config.server.local_domains)
 
         def commit() -> None:
             if self.processor is not None:
                 self.processor._timing = timing
+                self.processor._routing = routing
                 self.processor.index._timing = timing
 
         return commit

@@ -14,6 +14,7 @@ import signal
 import smtplib
 import ssl
 import threading
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from services.ingress.service import IngressService
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.core import HOUR
 from tests.support.cli import mailbus
+from tests.support.sink import Sink
 from tests.support.stack import Stack, running_stack, unverified
 from tests.support.streams import eventually
 from tests.support.up import mailbus_up
@@ -447,3 +449,43 @@ async def test_a_new_listener_address_waits_for_the_restart_which_applies_it(
         )
         assert stack.address("smtp") == ("127.0.0.1", new_port)
         assert stack.running[-1].ctx.live.revision == await active_revision(stack.js)
+
+
+async def test_a_new_relay_host_takes_the_next_message(
+    tmp_path: Path, sink_factory: Callable[..., tuple[Sink, int]]
+) -> None:
+    """Delivery settings live: the queue and delivery take the new revision too."""
+    other, other_port = sink_factory()
+
+    def text(port: int) -> str:
+        relay = (
+            f"delivery: {{mode: relay, relay_host: {{host: 127.0.0.1, port: {port}}}, tls: none}}\n"
+        )
+        return config_text(INSIDE) + relay
+
+    path = tmp_path / "mailbus.yaml"
+    first_port: list[int] = []
+
+    def initial(port: int) -> str:
+        first_port.append(port)  # the stack's own sink
+        return text(port)
+
+    async with running_stack(
+        tmp_path, initial, ["policy", "ingress", "queue", "delivery"]
+    ) as stack:
+        path.write_text(text(first_port[0]))
+        assert (await apply(path, stack.url))[0] == 0
+        addr = stack.address("smtp")
+        await asyncio.to_thread(deliver, addr, INSIDE)
+
+        async def arrived(sink: Sink, count: int) -> bool:
+            return len(sink.received) == count
+
+        await eventually(lambda: arrived(stack.sink, 1), "the first message at the first relay")
+        path.write_text(text(other_port))
+        rc, out, err = await apply(path, stack.url)
+        assert rc == 0, err
+        assert "delivery.relay_host.port" in out
+        await asyncio.to_thread(deliver, addr, INSIDE)
+        await eventually(lambda: arrived(other, 1), "the second message at the new relay")
+        assert len(stack.sink.received) == 1

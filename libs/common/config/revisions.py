@@ -118,8 +118,6 @@ RESTART_ONLY: dict[str, str] = {
     "relay.pop3_before_smtp": "whether POP3 logins become grants (and for how long) is set "
     "at start",
     "delivery.max_delivery_threads": "the shared consumer's ack limit is set at start",
-    "delivery.mode": "the queue routes by it from start",
-    "server.local_domains": "the queue's routing is made at start (policy applies it live)",
 }
 
 _ENTRY = re.compile(r"\[[^\]]*\]")
@@ -142,8 +140,8 @@ def restart_only(changes: list[Change]) -> list[tuple[str, str]]:
 
 # Each top-level section and what a new revision does to it while running.
 LIVE_EFFECTS: dict[str, str] = {
-    "server": "hostname and postmaster: new sessions, new reports and decisions use them; "
-    "local_domains: policy at once, the queue's routing at the next restart",
+    "server": "hostname, postmaster and local_domains: new sessions, decisions, routing "
+    "and reports use them (a POP3 listener greets with the start hostname until a restart)",
     "nats": "restart only: the connection is made at start",
     "dns": "policy's sender-domain resolver and delivery's MX resolver are made anew",
     "listeners": "require_auth and proxy_protocol of an SMTP listener apply to its new "
@@ -160,8 +158,8 @@ LIVE_EFFECTS: dict[str, str] = {
     "security": "the next policy query uses the new limits; ingress's per-session limits "
     "apply from the next connection; counters already kept stay",
     "antispam": "the next policy query uses the new settings",
-    "delivery": "relay host, TLS, timeouts and ports for the next delivery attempt; "
-    "max_delivery_threads and mode at the next restart",
+    "delivery": "mode routes the next decision of the queue; relay host, TLS, timeouts and "
+    "ports serve the next delivery attempt; max_delivery_threads waits for a restart",
     "queue": "retry, warning and bounce times for the next decision; report_language for "
     "the next report",
     "telemetry": "restart only",
