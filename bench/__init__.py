@@ -1,1 +1,1 @@
-"""Benchmarks: they print numbers; none is a test."""
+"""Benchmarks and the chaos run: programs that print numbers; none is a test."""

@@ -24,8 +24,9 @@ import nats
 from libs.common.config import Config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import permissions, subjects
-from libs.common.runtime.embedded_nats import EmbeddedNats, die_with_parent
+from libs.common.runtime.embedded_nats import EmbeddedNats, die_with_parent, hashed_password
 from libs.common.runtime.lease import SLOT_ENV
+from libs.common.runtime.private import private_dir, write_private
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 8.0
@@ -194,7 +195,11 @@ class Supervisor:
         self.nats = EmbeddedNats(
             data_dir=self.data_dir / "nats",
             log_file=self.data_dir / "nats-server.log",
-            extra_config=permissions.authorization_block(passwords, admin),
+            # nats-server gets bcrypt hashes; the passwords themselves stay in memory.
+            extra_config=permissions.authorization_block(
+                {svc: hashed_password(pw) for svc, pw in passwords.items()},
+                hashed_password(admin),
+            ),
             die_with_parent=True,
         )
         # In this (the main) thread: die_with_parent follows the thread that forks.
@@ -206,9 +211,7 @@ class Supervisor:
             self.service_urls[svc] = [f"nats://{user}:{password}@{hostport}"]
         self.admin_urls = [f"nats://{permissions.ADMIN_USER}:{admin}@{hostport}"]
         admin_file = self.data_dir / "nats-admin.url"
-        admin_file.touch(mode=0o600)
-        admin_file.chmod(0o600)
-        admin_file.write_text(self.admin_urls[0] + "\n")
+        write_private(admin_file, self.admin_urls[0] + "\n")
         _say(f"embedded nats-server at {url}, store {self.nats.data_dir}")
         _say(f"operator URL (mailbus queue/blocks --nats-url) in {admin_file}")
 
@@ -236,4 +239,7 @@ class Supervisor:
 
 
 def up(config_path: str, config: Config, data_dir: str) -> int:
+    # Whatever this process and its children create is their owner's alone.
+    os.umask(0o077)
+    private_dir(Path(data_dir))
     return asyncio.run(Supervisor(config_path, config, Path(data_dir)).run())

@@ -32,6 +32,8 @@ def relay_target(config: Config) -> RelayTarget | None:
         username=auth.username,
         password=auth.effective_password,
         pop3_port=auth.pop3_port,
+        allow_plaintext=auth.allow_plaintext,
+        pop3_grant_s=auth.pop3_grant.total_seconds(),
     )
 
 
@@ -43,6 +45,7 @@ def courier_of(config: Config) -> Courier:
         connect_timeout=delivery.connect_timeout.total_seconds(),
         mx_port=delivery.mx_port,
         relay=relay_target(config),
+        ca_file=delivery.tls_ca_file,
     )
     return Courier(settings, MxResolver(resolver_of(config.dns)))
 

@@ -19,6 +19,7 @@ from services.ingress.adapters.leases import ConnectionLeases, lease_ttl
 from services.ingress.adapters.listener import Listener, ListenerSettings, Sessions
 from services.ingress.adapters.pop3 import Pop3Server, Pop3Settings
 from services.ingress.adapters.smtp import IngressSMTP
+from services.ingress.core.deadlines import Deadlines
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,18 @@ class IngressService:
         config = self.ctx.config
         listeners = [entry for entry in config.listeners if entry.protocol == "smtp"]
         tls_context = _tls_context(config)
+        if tls_context is not None and config.tls.cert_file is None:
+            log.warning(
+                "tls: no cert_file; using a self-signed certificate for %s made at start "
+                "(clients that verify certificates will refuse it)",
+                config.server.hostname,
+            )
         policy = PolicyClient(self.ctx.nc, timeout=config.policy.timeout.total_seconds())
         store = MessageStore(self.ctx.js)
         if config.security.max_connections_per_ip:
             self.leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
             self.leases.start()
+        security = config.security
         try:
             for entry in listeners:
                 listener = Listener(
@@ -64,7 +72,12 @@ class IngressService:
                 await self._listen(listener, entry.host, entry.port)
             for entry in config.pop3_listeners:
                 pop3 = Pop3Server(
-                    Pop3Settings(entry.name, config.server.hostname, entry.tls),
+                    Pop3Settings(
+                        entry.name,
+                        config.server.hostname,
+                        entry.tls,
+                        security.tls_handshake_timeout.total_seconds(),
+                    ),
                     policy,
                     self.ctx.js,
                     tls_context,
@@ -125,7 +138,8 @@ class IngressService:
             lambda: self._session(settings.name),
             host=host,
             port=port,
-            ssl=listener.tls_context if settings.tls == "implicit" else None,
+            # Implicit TLS too is accepted as plain TCP: the session counts the connection
+            # before it starts the handshake (smtp.py).
             reuse_address=True,
         )
         self._servers.append(server)
@@ -171,16 +185,24 @@ def _tls_context(config: Config) -> ssl.SSLContext | None:
 
 def _settings(entry: ListenerEntry, config: Config, tls: str | None = None) -> ListenerSettings:
     hidden_group = config.relay.hide_local_ip_group
-    size = config.security.max_message_size
+    security = config.security
     return ListenerSettings(
         name=entry.name,
         hostname=config.server.hostname,
         tls=tls or entry.tls,
         require_auth=entry.require_auth,
-        data_size_limit=size or None,
-        max_failed_commands=config.security.max_failed_commands,
+        data_size_limit=security.max_message_size or None,
+        max_failed_commands=security.max_failed_commands,
         proxy_protocol=entry.proxy_protocol,
         hidden_clients=config.ip_group(hidden_group) if hidden_group else None,
+        pregreet_wait=entry.pregreet_wait.total_seconds(),
+        max_junk_commands=security.max_junk_commands,
+        deadlines=Deadlines(
+            command_timeout=security.command_timeout.total_seconds(),
+            piece_timeout=security.data_timeout.total_seconds(),
+            min_rate=security.min_data_rate,
+        ),
+        tls_handshake_timeout=security.tls_handshake_timeout.total_seconds(),
         scan_max_size=config.antispam.spamd_max_size if config.antispam.spamd else 0,
         scan_seconds=config.antispam.spamd_timeout.total_seconds(),
     )

@@ -14,13 +14,14 @@ from libs.common.config import Config
 from libs.common.contract import subjects
 from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import consumers, metrics
+from libs.common.runtime.fence import Fence
 from libs.common.runtime.lease import Lease, slot_from_env
 from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
 from services.queue.adapters.index import QueueIndex, read_all_states
-from services.queue.adapters.orphans import ObjectStoreBodies, OrphanSweeper, SweepSettings
+from services.queue.adapters.orphans import OrphanSweeper, StreamBodies, SweepSettings
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.core import Routing, Timing
 
@@ -75,11 +76,16 @@ class QueueService:
         )
         await self._lease.acquire()
         self._lease.keep(self._lost)
+        # Before the first decision: from now on a predecessor still writing is refused.
+        fence = Fence(js, subjects.QUEUE_EPOCH_SUBJECT)
+        await fence.open_epoch(self.ctx.instance)
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
         timing = timing_of(config)
         bodies = BodyStore(js)
         index = QueueIndex(timing)
-        processor = QueueProcessor(js, bodies, routing, timing, index)
+        processor = QueueProcessor(
+            js, bodies, routing, timing, index, fence=fence, on_fenced=self._lost
+        )
         self.processor = processor
         # Before the consumers start, so every later input lands on a complete index.
         processor.seen_up_to((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
@@ -104,7 +110,7 @@ class QueueService:
             for sub, handle, what, name in loops
         ]
         # Bodies a killed ingress stored without their event: only the lease holder sweeps.
-        sweeper = OrphanSweeper(js, ObjectStoreBodies(bodies), SweepSettings.from_env())
+        sweeper = OrphanSweeper(js, StreamBodies(bodies), SweepSettings.from_env())
         self._tasks.append(
             asyncio.create_task(sweeper.run(self._stopping), name="queue-orphan-bodies")
         )
@@ -124,7 +130,10 @@ class QueueService:
     async def _lost(self) -> None:
         """Another process holds the lease now (this one was cut off longer than its
         TTL): stop deciding at once, then end the process so its supervisor
-        (Kubernetes, `mailbus up`) starts it again as a standby."""
+        (Kubernetes, `mailbus up`) starts it again as a standby. Also called when a
+        write was fenced off, perhaps several times: once is enough."""
+        if self._stopping.is_set():
+            return
         self._stopping.set()
         log.critical("queue: lease lost; no further decisions from %s", self.ctx.instance)
         os.kill(os.getpid(), signal.SIGTERM)

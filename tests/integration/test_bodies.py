@@ -78,3 +78,16 @@ async def test_writing_a_body_again_replaces_it(js: JetStreamContext) -> None:
     await store.put("Q1", b"second")
     assert await store.get("Q1") == b"second"
     assert await _messages(js) == 1
+
+
+async def test_stored_lists_every_body_with_its_time_headless_chunks_too(
+    js: JetStreamContext,
+) -> None:
+    store = BodyStore(js)
+    assert await store.stored() == []
+    await store.put("Q1", b"whole")
+    await store.put("Q2", os.urandom(bodies.CHUNK_SIZE + 1))
+    await js.publish(subjects.body_chunk_subject("Q3", 1), b"an upload that stopped")
+    listed = dict(await store.stored())
+    assert sorted(listed) == ["Q1", "Q2", "Q3"]
+    assert all(at is not None for at in listed.values())

@@ -7,6 +7,7 @@ The test plays ingress (body, then MessageReceived) and watches the results.
 
 from __future__ import annotations
 
+import asyncio
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -170,7 +171,8 @@ async def test_relay_with_smtp_auth(
       enabled: true
       method: smtp_auth
       username: mailbus
-      password: {password}"""
+      password: {password}
+      allow_plaintext: true  # the sink offers no TLS"""
     await run(nats_server, relay_config(port, auth), services)
     await receive(js, "QAUTH", ["someone@remote.test"])
 
@@ -210,7 +212,8 @@ async def test_relay_with_pop3_before_smtp(
       method: pop3_before_smtp
       username: {USER}
       password: {password}
-      pop3_port: {pop3_server.port}"""
+      pop3_port: {pop3_server.port}
+      allow_plaintext: {str(not stls).lower()}"""
     await run(nats_server, relay_config(port, auth, tls="opportunistic"), services)
     await receive(js, "QPOP", ["someone@remote.test"])
 
@@ -224,6 +227,39 @@ async def test_relay_with_pop3_before_smtp(
         assert (result.type, result.status) == ("DeliveryDeferred", "4.7.0")
         assert "POP3 PASS" in result.reply_text and "-ERR" in result.reply_text
         assert pop3_server.failures == ["127.0.0.1"] and sink.received == []
+
+
+async def test_pop3_login_is_renewed_within_the_relay_hosts_grant(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: SinkFactory,
+    services: list[Running],
+    pop3_server: Pop3Server,
+) -> None:
+    # The relay host lets an address relay for 1.5 s after a POP3 login: a login
+    # reused for longer (the old fixed 60 s) would get 554 and bounce the second message.
+    pop3_server.grant_s = 1.5
+    sink, port = sink_factory(relay_gate=pop3_server)
+    assert sink.received == []
+    auth = f"""    auth:
+      enabled: true
+      method: pop3_before_smtp
+      username: {USER}
+      password: s3cret
+      pop3_port: {pop3_server.port}
+      pop3_grant: 1500ms
+      allow_plaintext: true"""
+    await run(nats_server, relay_config(port, auth), services)
+    await receive(js, "QGRANT1", ["first@remote.test"])
+    await eventually(lambda: equals(results_count(js, "QGRANT1"), 1), "the first result")
+    await asyncio.sleep(2.0)  # past the relay host's grant
+    await receive(js, "QGRANT2", ["second@remote.test"])
+    await eventually(lambda: equals(results_count(js, "QGRANT2"), 1), "the second result")
+    for qid in ("QGRANT1", "QGRANT2"):
+        (result,) = (await results_by_recipient(js, qid)).values()
+        assert result.type == "DeliverySucceeded", result
+    assert len(pop3_server.logins) == 2
+    assert [r for _, r, _ in sink.received] == [["first@remote.test"], ["second@remote.test"]]
 
 
 async def test_relay_refuses_without_the_pop3_login(

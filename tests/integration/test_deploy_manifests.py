@@ -42,6 +42,7 @@ from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import permissions, subjects
 from libs.common.runtime.embedded_nats import EmbeddedNats, nats_server_binary
+from tests.support.certs import Authority
 
 ROOT = Path(__file__).resolve().parents[2]
 K8S = ROOT / "deploy" / "k8s"
@@ -64,6 +65,17 @@ CONFIG_PATH = "/etc/mailbus/mailbus.yaml"
 # One password per NATS user (key = user name), read by NATS and the services.
 NATS_USERS_SECRET = "mailbus-nats-users"
 NATS_USERS = [permissions.ADMIN_USER, *(subjects.service_name(s) for s in SERVICES)]
+ABSENT_SECRETS = "mailbus-absent-secrets"
+NATS_TLS_SECRET = "nats-tls"
+# The Secrets each service reads, and so the only ones its pod may mount (besides
+# the NATS servers' CA, which every service needs to verify them).
+SECRETS_OF = {
+    "ingress": {"mailbus-tls"},
+    "policy": {"mailbus-users"},
+    "delivery": {"mailbus-relay-auth"},
+    "queue": set(),
+    "notifier": set(),
+}
 INCLUDE_PERMISSIONS = re.compile(r"^\s*include\s+\"?\./permissions\.conf\"?\s*$", re.M)
 
 
@@ -140,9 +152,9 @@ def compose_value(value: str, env: Mapping[str, str] | None = None) -> str:
 
 
 def compose_nats_env() -> dict[str, str]:
-    """The nats container's environment with the demo defaults."""
+    """The nats container's passwords with the demo defaults (MAILBUS_DEMO aside)."""
     env = compose()["services"]["nats"]["environment"]
-    return {name: compose_value(value) for name, value in env.items()}
+    return {name: compose_value(value) for name, value in env.items() if name != "MAILBUS_DEMO"}
 
 
 def password_variables(conf: str) -> dict[str, str]:
@@ -270,9 +282,17 @@ def test_compose_nats_config_is_accepted_by_nats_server() -> None:
 
 def test_k8s_nats_config_is_accepted_by_nats_server(tmp_path: Path) -> None:
     # The whole ConfigMap as mounted (both keys side by side), with the
-    # environment of the StatefulSet and the Secret values of secrets.example.yaml.
+    # environment of the StatefulSet and the Secret values of secrets.example.yaml;
+    # the certificates of nats-tls made by a test CA.
+    ca = Authority.create(tmp_path, "nats-ca")
+    issued = ca.issue(tmp_path, "nats-0.nats-headless")
+    tls_dir = tmp_path / "nats-tls"
+    tls_dir.mkdir()
+    (tls_dir / "tls.crt").write_bytes(issued.cert_file.read_bytes())
+    (tls_dir / "tls.key").write_bytes(issued.key_file.read_bytes())
+    (tls_dir / "ca.crt").write_bytes(ca.file.read_bytes())
     for key, text in named("ConfigMap", "nats-config")["data"].items():
-        (tmp_path / key).write_text(text)
+        (tmp_path / key).write_text(text.replace("/etc/nats-tls/", f"{tls_dir}/"))
     assert nats_conf_errors(tmp_path / "nats.conf", k8s_nats_env()) == ""
 
 
@@ -562,13 +582,19 @@ def file_keys(node: Any, path: str = "") -> Iterator[tuple[str, str]]:
 
 
 def secret_files(workload: dict[str, Any]) -> dict[str, tuple[str, bool]]:
-    """Each file a pod gets from a Secret: its path -> (secret name, optional)."""
+    """Each file a pod gets from a Secret, or a stand-in for one from the ConfigMap
+    mailbus-absent-secrets: its path -> (Secret or ConfigMap name, optional)."""
     pod = workload["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod["volumes"]}
     secrets = secrets_by_name()
     files: dict[str, tuple[str, bool]] = {}
     for mount in container(workload)["volumeMounts"]:
-        source = volumes[mount["name"]].get("secret")
+        volume = volumes[mount["name"]]
+        if volume.get("configMap", {}).get("name") == ABSENT_SECRETS:
+            for item in volume["configMap"]["items"]:
+                files[f"{mount['mountPath']}/{item['path']}"] = (ABSENT_SECRETS, False)
+            continue
+        source = volume.get("secret")
         if source is None:
             continue
         name = source["secretName"]
@@ -577,6 +603,20 @@ def secret_files(workload: dict[str, Any]) -> dict[str, tuple[str, bool]]:
         for item in items:
             files[f"{mount['mountPath']}/{item['path']}"] = (name, bool(source.get("optional")))
     return files
+
+
+def mounted_secrets(workload: dict[str, Any]) -> dict[str, set[str]]:
+    """Secret name -> the keys of it a pod mounts."""
+    pod = workload["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    found: dict[str, set[str]] = {}
+    for mount in container(workload)["volumeMounts"]:
+        source = volumes[mount["name"]].get("secret")
+        if source is not None:
+            secret = secrets_by_name()[source["secretName"]]
+            keys = {i["key"] for i in source.get("items", [])} or secret_keys(secret)
+            found.setdefault(source["secretName"], set()).update(keys)
+    return found
 
 
 def test_config_is_mounted_where_the_services_read_it() -> None:
@@ -981,3 +1021,188 @@ def test_entrypoint_without_a_command_says_how(tmp_path: Path) -> None:
     proc = _entrypoint(tmp_path)
     assert proc.returncode == 64
     assert "usage" in proc.stderr
+
+
+# ---- the cluster: TLS everywhere on the pod network, secrets only where used ---------
+
+
+@pytest.mark.parametrize("service", SERVICES)
+def test_each_pod_mounts_only_the_secrets_its_service_reads(service: str) -> None:
+    mounted = mounted_secrets(deployment(service))
+    assert mounted.pop(NATS_TLS_SECRET) == {"ca.crt"}  # the CA, never the servers' key
+    assert set(mounted) == SECRETS_OF[service]
+
+
+def _blocks(conf: str, name: str) -> list[str]:
+    """The bodies of every `name { ... }` block of a NATS config (nested braces kept)."""
+    found = []
+    for match in re.finditer(rf"^\s*{name}\s*\{{", conf, re.M):
+        depth, start = 1, match.end()
+        for index in range(start, len(conf)):
+            depth += {"{": 1, "}": -1}.get(conf[index], 0)
+            if depth == 0:
+                found.append(conf[start:index])
+                break
+    return found
+
+
+def _files_of(block: str) -> dict[str, str]:
+    return dict(re.findall(r"^\s*(cert_file|key_file|ca_file):\s*(\S+)\s*$", block, re.M))
+
+
+def cluster_tls_errors(
+    nats_conf: str, mailbus_yaml: str, sts: dict[str, Any], policies: list[dict[str, Any]]
+) -> list[str]:
+    """What leaves the pod network in clear or the monitoring port open; [] when nothing."""
+    errors: list[str] = []
+    without_cluster = nats_conf
+    for body in _blocks(nats_conf, "cluster"):
+        without_cluster = without_cluster.replace(body, "")
+    client_tls = _blocks(without_cluster, "tls")
+    if not client_tls or set(_files_of(client_tls[0])) != {"cert_file", "key_file", "ca_file"}:
+        errors.append("nats.conf: no tls block for clients")
+    cluster = _blocks(nats_conf, "cluster")
+    route_tls = _blocks(cluster[0], "tls") if cluster else []
+    if not route_tls or not re.search(r"^\s*verify:\s*true\s*$", route_tls[0], re.M):
+        errors.append("nats.conf: routes without TLS verified both ways")
+    mounts = {m["mountPath"]: m["name"] for m in container(sts)["volumeMounts"]}
+    volumes = {v["name"]: v for v in sts["spec"]["template"]["spec"]["volumes"]}
+    for block in client_tls[:1] + route_tls[:1]:
+        for key, path in _files_of(block).items():
+            volume = volumes.get(mounts.get(path.rsplit("/", 1)[0], ""), {})
+            if volume.get("secret", {}).get("secretName") != NATS_TLS_SECRET:
+                errors.append(f"nats.conf: {key} {path} is not from the Secret {NATS_TLS_SECRET}")
+    ca_file = (yaml.safe_load(mailbus_yaml).get("nats") or {}).get("tls_ca_file")
+    if not ca_file:
+        errors.append("mailbus.yaml: nats.tls_ca_file is not set: servers not verified")
+    else:
+        for service in SERVICES:
+            source = secret_files(deployment(service)).get(ca_file)
+            if source is None or source[0] != NATS_TLS_SECRET:
+                errors.append(f"mailbus-{service}: {ca_file} is not the CA of {NATS_TLS_SECRET}")
+    for policy in policies:
+        for rule in policy["spec"].get("ingress", []):
+            ports = {p.get("port") for p in rule.get("ports", [])}
+            if 8222 in ports and any(
+                peer.get("namespaceSelector") == {} or not peer for peer in rule.get("from", [{}])
+            ):
+                errors.append("NetworkPolicy: the monitoring port is open to every namespace")
+    return errors
+
+
+def _cluster_tls_errors(conf: str | None = None, mailbus: str | None = None) -> list[str]:
+    nats_conf = conf if conf is not None else named("ConfigMap", "nats-config")["data"]["nats.conf"]
+    return cluster_tls_errors(
+        nats_conf,
+        mailbus if mailbus is not None else configmap_text(),
+        named("StatefulSet", "nats"),
+        docs_of("NetworkPolicy"),
+    )
+
+
+def test_the_cluster_is_encrypted_and_its_monitoring_closed() -> None:
+    assert _cluster_tls_errors() == []
+    (policy,) = docs_of("NetworkPolicy")
+    (monitoring,) = [r for r in policy["spec"]["ingress"] if r["ports"][0]["port"] == 8222]
+    allowed = {
+        p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+        for p in monitoring["from"]
+    }
+    assert allowed == {"keda", "monitoring"}
+    # KEDA's namespace can read the lag it scales delivery on.
+    (scaled,) = docs_of("ScaledObject")
+    assert scaled["metadata"]["namespace"] == "mailbus"
+
+
+@pytest.mark.parametrize(
+    ("where", "old", "new", "complaint"),
+    [
+        ("nats", "\ntls {\n  cert_file", "\nnotls {\n  cert_file", "for clients"),
+        ("nats", "    verify: true\n", "", "routes"),
+        ("nats", "\n  tls {\n    cert_file", "\n  notls {\n    cert_file", "routes"),
+        ("mailbus", "  tls_ca_file: /run/", "  # tls_ca_file: /run/", "tls_ca_file"),
+    ],
+)
+def test_a_cluster_without_tls_fails_the_check(
+    where: str, old: str, new: str, complaint: str
+) -> None:
+    conf = named("ConfigMap", "nats-config")["data"]["nats.conf"]
+    mailbus = configmap_text()
+    if where == "nats":
+        assert old in conf
+        conf = conf.replace(old, new, 1)
+    else:
+        assert old in mailbus
+        mailbus = mailbus.replace(old, new, 1)
+    errors = _cluster_tls_errors(conf, mailbus)
+    assert errors and all(complaint in e for e in errors), errors
+
+
+def test_monitoring_open_to_all_fails_the_check() -> None:
+    (policy,) = docs_of("NetworkPolicy")
+    for rule in policy["spec"]["ingress"]:
+        if rule["ports"][0]["port"] == 8222:
+            rule["from"] = [{"namespaceSelector": {}}]
+    errors = cluster_tls_errors(
+        named("ConfigMap", "nats-config")["data"]["nats.conf"],
+        configmap_text(),
+        named("StatefulSet", "nats"),
+        [policy],
+    )
+    assert errors == ["NetworkPolicy: the monitoring port is open to every namespace"]
+
+
+# ---- docker compose refuses the public demo passwords ---------------------------------
+
+NATS_START = ROOT / "deploy" / "nats" / "start.sh"
+
+
+def _nats_start(tmp_path: Path, env: Mapping[str, str]) -> subprocess.CompletedProcess[str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    fake = bin_dir / "nats-server"
+    fake.write_text('#!/bin/sh\necho "nats-server $*"\n')
+    fake.chmod(0o755)
+    return subprocess.run(
+        ["sh", str(NATS_START), "--config", "/etc/nats/nats-server.conf"],
+        env={"PATH": f"{bin_dir}:/usr/bin:/bin", **env},
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+
+
+def test_compose_nats_starts_through_the_demo_check() -> None:
+    nats = compose()["services"]["nats"]
+    assert nats["entrypoint"] == ["/bin/sh", "/etc/nats/start.sh"]
+    assert "./deploy/nats/start.sh:/etc/nats/start.sh:ro" in nats["volumes"]
+    assert compose_value(nats["environment"]["MAILBUS_DEMO"]) == "0"
+
+
+@pytest.mark.parametrize(
+    ("demo", "passwords", "starts"),
+    [
+        ("0", "defaults", False),  # `docker compose up` with nothing set
+        ("1", "defaults", True),  # MAILBUS_DEMO=1: a demo, knowingly
+        ("0", "own", True),
+        ("0", "one unset", False),
+    ],
+)
+def test_compose_refuses_the_demo_passwords(
+    tmp_path: Path, demo: str, passwords: str, starts: bool
+) -> None:
+    env = compose_nats_env()
+    if passwords == "own":
+        env = {name: f"{i}abc{name[-20:-14]}".lower() for i, name in enumerate(env)}
+    elif passwords == "one unset":
+        env = {name: "a1b2c3" for name in env}
+        env.pop(permissions.env_password_name(subjects.service_name("queue")))
+    proc = _nats_start(tmp_path, {**env, "MAILBUS_DEMO": demo})
+    if starts:
+        assert (proc.returncode, proc.stdout) == (
+            0,
+            "nats-server --config /etc/nats/nats-server.conf\n",
+        )
+    else:
+        assert proc.returncode == 78 and proc.stdout == ""
+        assert "MAILBUS_DEMO=1" in proc.stderr

@@ -50,7 +50,8 @@ async def test_concurrent_counts_add_up(
     assert count is not None and count.total(HOUR, now) == 24
 
     failures = [FailedLoginCounter(js) for js in replicas]
-    await asyncio.gather(*(failures[i % 2].add(CLIENT, now) for i in range(24)))
+    # Reservations with no limit (0): each one counted, none refused.
+    await asyncio.gather(*(failures[i % 2].reserve(CLIENT, 0, now) for i in range(24)))
     failed = await failures[1].get(CLIENT)
     assert failed is not None and failed.count == 24
 

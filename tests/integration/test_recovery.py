@@ -16,6 +16,7 @@ from nats.js import JetStreamContext, api
 
 from libs.common.config import load_config_text
 from libs.common.contract import subjects
+from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.embedded_nats import EmbeddedNats, free_port
 from libs.common.runtime.service import Running, start_service
@@ -267,7 +268,7 @@ async def test_orphan_bodies_are_swept_after_the_grace_period(
     """What an ingress killed between storing a body and publishing its MessageReceived
     leaves behind: a body no event refers to. The queue removes it once it is older than
     the grace period, keeps the bodies of known messages, and counts what it removed."""
-    store = await js.object_store(subjects.BODIES_BUCKET)
+    store = BodyStore(js)
     await store.put("QORPHAN1", b"left by a killed ingress\r\n")
     await receive(js, "QKNOWN", ["known@remote.test"])  # a live message, never delivered here
     env = {"MAILBUS_ORPHAN_SWEEP_EVERY": "0.5", "MAILBUS_ORPHAN_GRACE": "3"}
@@ -288,3 +289,23 @@ ORPHANS_METRIC = "mailbus_qmgr_orphan_bodies_removed_total"
 
 async def _not(value: Awaitable[bool]) -> bool:
     return not await value
+
+
+# --- fencing: a deposed queue's writes are refused by the server ---------------------------------
+
+
+async def test_a_deposed_queue_cannot_write(
+    nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
+) -> None:
+    """A successor's epoch marker lands while the old holder still runs (it has not yet
+    noticed that it lost the lease): the old holder's next decision is refused by the
+    server, nothing of it reaches the log, and it stops."""
+    async with processes(tmp_path, "server: {hostname: mx.example.test}\n", nats_server.url) as p:
+        old = await p.start("queue")
+        await old.ready()
+        await js.publish(subjects.QUEUE_EPOCH_SUBJECT, b"successor")
+        await receive(js, "QFENCE", ["fenced@remote.test"])
+        async with asyncio.timeout(15):
+            await old.proc.wait()
+        assert "write fenced off" in old.tail(), old.tail()
+    assert await count_of(js, "QFENCE", "DeliveryScheduled") == 0

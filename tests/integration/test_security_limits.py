@@ -512,15 +512,16 @@ async def test_a_harvest_block_made_at_one_replica_holds_at_the_other(cluster: C
     assert code(second.greeting) == "220 mx.example.test"
     assert code(await second.cmd(f"MAIL FROM:<{SENDER}>")) == "250 2.1.0"
     assert code(await second.cmd("RCPT TO:<alice@example.test>")) == "250 2.1.5"
-    blocked = await second.cmd("RCPT TO:<nobody3@example.test>")  # the third: blocked
-    assert code(blocked) == "421 4.7.0", blocked
-    assert "127.0.2.4 is blocked until" in blocked
+    # The third is still told it is unknown; the block starts right after that reply.
+    third = await second.cmd("RCPT TO:<nobody3@example.test>")
+    assert code(third) == "550 5.1.1", third
     assert await second.closed()
     await second.close()
 
     for addr in (cluster.a, cluster.b):
         refused = await Smtp.open(addr, ip)
         assert code(refused.greeting) == "421 4.7.0", refused.greeting
+        assert "127.0.2.4 is blocked until" in refused.greeting
         await refused.close()
 
     [event] = await access_events(cluster.js, "ClientBlocked")
@@ -618,13 +619,44 @@ async def test_max_recipients(cluster: Cluster, ip: str, fourth: str) -> None:
         await client.close()
 
 
+async def test_max_recipients_counts_rcpt_commands(cluster: Cluster) -> None:
+    """The same mailbox named again is one more RCPT command: it counts."""
+    client = await Smtp.open(cluster.b, "127.0.2.16", ehlo=True)
+    try:
+        assert code(await client.cmd(f"MAIL FROM:<{SENDER}>")) == "250 2.1.0"
+        for _ in range(3):
+            assert code(await client.cmd("RCPT TO:<alice@example.test>")) == "250 2.1.5"
+        assert code(await client.cmd("RCPT TO:<bob@example.test>")) == "452 4.5.3"
+    finally:
+        await client.close()
+
+
+async def test_implicit_tls_connections_are_counted_before_the_handshake(
+    cluster: Cluster,
+) -> None:
+    """Connections that never send a ClientHello hold the address's connection slots."""
+    ip = "127.0.2.17"
+    silent = [
+        await asyncio.open_connection(*cluster.ingress["A"].smtps, local_addr=(ip, 0))
+        for _ in range(3)
+    ]
+    try:
+        await asyncio.sleep(0.5)
+        refused = await Smtp.open(cluster.ingress["B"].smtps, ip, tls=True)
+        assert code(refused.greeting) == "421 4.7.0", refused.greeting
+        await refused.close()
+    finally:
+        for _, writer in silent:
+            writer.close()
+
+
 # --- max_failed_commands ----------------------------------------------------------------------
 
 
 async def test_failed_commands_close_the_connection(cluster: Cluster) -> None:
     client = await Smtp.open(cluster.a, "127.0.2.7", ehlo=True)
     for _ in range(3):
-        assert code(await client.cmd("FOO")) == "500 5.5.2"
+        assert code(await client.cmd("FOO")) == "502 5.5.2"
     assert code(await client.cmd("NOOP")) == "250 2.0.0"  # three failures: still served
     last = await client.cmd("MAIL FROM:<not an address")
     assert code(last) == "501 5.1.7"
@@ -641,8 +673,11 @@ async def test_failed_commands_close_the_connection(cluster: Cluster) -> None:
 
 async def test_exempt_failed_commands(cluster: Cluster) -> None:
     client = await Smtp.open(cluster.a, "127.0.9.7", ehlo=True)
-    for _ in range(8):  # (aiosmtpd ends a session after 5 unknown commands, exempt or not)
+    for _ in range(8):
         assert code(await client.cmd("RCPT TO:<alice@example.test>")) == "503 5.5.1"
+    # max_failed_commands alone decides: aiosmtpd's own loop closed after 5 unknown ones.
+    for _ in range(8):
+        assert code(await client.cmd("FOO")) == "502 5.5.2"
     assert code(await client.cmd("NOOP")) == "250 2.0.0"
     await client.close()
 

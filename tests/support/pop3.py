@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
@@ -29,11 +30,17 @@ class Pop3Server:
     logins: list[str] = field(default_factory=list)  # client addresses, in order
     failures: list[str] = field(default_factory=list)
     tls_used: list[bool] = field(default_factory=list)
+    # How long a login lets its address relay; None: for ever.
+    grant_s: float | None = None
+    _login_at: dict[str, float] = field(default_factory=dict)
     _server: asyncio.Server | None = None
     _clients: set[asyncio.StreamWriter] = field(default_factory=set)
 
     def authorized(self, ip: str) -> bool:
-        return ip in self.logins
+        at = self._login_at.get(ip)
+        if at is None:
+            return False
+        return self.grant_s is None or time.monotonic() - at < self.grant_s
 
     async def start(self) -> Pop3Server:
         self.port = self.port or free_port()
@@ -80,6 +87,7 @@ class Pop3Server:
                 elif verb == "PASS" and user is not None:
                     if self.users.get(user) == arg:
                         self.logins.append(peer)
+                        self._login_at[peer] = time.monotonic()
                         self.tls_used.append(secure)
                         await say("+OK logged in")
                     else:

@@ -45,6 +45,7 @@ class Sink:
     sessions: int = 0
     mail_from_seen: int = 0  # MAIL commands: more than `sessions` means reused sessions
     auth_logins: list[str] = field(default_factory=list)
+    auth_attempts: list[str] = field(default_factory=list)  # the mechanism of each AUTH
     dsn: bool = False
     # Every MAIL and RCPT argument as the client sent it ("FROM:<a@b> RET=HDRS").
     mail_args: list[str] = field(default_factory=list)
@@ -142,6 +143,7 @@ class _SinkController(Controller):
 
 def password_checker(users: dict[str, str], sink: Sink) -> Callable[..., AuthResult]:
     def check(server: Any, session: Any, envelope: Any, mechanism: str, data: Any) -> AuthResult:
+        sink.auth_attempts.append(mechanism)
         if isinstance(data, LoginPassword):
             user, password = data.login.decode(), data.password.decode()
             if users.get(user) == password:

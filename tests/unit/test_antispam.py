@@ -329,3 +329,11 @@ def test_only_a_multi_label_domain_is_looked_up(
     sender: str, helo: str, found: tuple[str, str] | None
 ) -> None:
     assert core.spf_identity(sender, helo) == found
+
+
+def test_received_spf_folds_its_pairs() -> None:
+    long = spf("pass").model_copy(update={"helo": "h" * 60 + ".client.test"})
+    lines = headers.received_spf(long, "mx.test").split("\r\n")
+    assert len(lines) >= 3 and all(line.startswith("\t") for line in lines[1:])
+    assert all(len(line) <= 998 for line in lines)
+    assert lines[-1].endswith("identity=mailfrom")

@@ -138,3 +138,23 @@ def test_hidden_client_leaves_out_the_from_clause() -> None:
         b"Received: by mx.example.test (mailbus) with ESMTPSA id Q1\r\n"
         b"\tfor <bob@remote.test>; Wed, 01 Jan 2025 00:00:00 +0000\r\n"
     )
+
+
+def test_tls_is_recorded_as_postfix_does() -> None:
+    from datetime import UTC, datetime
+
+    header = received_header(
+        helo="client.test",
+        client_ip="192.0.2.1",
+        hostname="mx.example.test",
+        protocol="ESMTPS",
+        queue_id="01ABC",
+        recipients=["bob@example.test"],
+        now=datetime(2026, 3, 2, 10, 0, tzinfo=UTC),
+        tls=("TLSv1.3", "TLS_AES_256_GCM_SHA384"),
+    )
+    assert header.split(b"\r\n")[:3] == [
+        b"Received: from client.test (192.0.2.1 [192.0.2.1])",
+        b"\t(using TLSv1.3 with cipher TLS_AES_256_GCM_SHA384)",
+        b"\tby mx.example.test (mailbus) with ESMTPS id 01ABC",
+    ]

@@ -38,7 +38,7 @@ def test_initial_response_that_is_not_base64(text: str) -> None:
 
 
 def test_plain_credentials() -> None:
-    assert sasl.credentials("PLAIN", [b"admin\0alice\0secret"]) == ("alice", "secret")
+    assert sasl.credentials("PLAIN", [b"alice\0alice\0secret"]) == ("alice", "secret")
     assert sasl.credentials("PLAIN", [b"\0alice\0"]) == ("alice", "")
     # Bytes that are not UTF-8 are replaced, to fail policy's check, not the session.
     assert sasl.credentials("PLAIN", [b"\0al\xffce\0pw"]) == ("al\ufffdce", "pw")
@@ -55,3 +55,10 @@ def test_login_credentials() -> None:
     assert sasl.credentials("LOGIN", [b"alice", b"secret"]) == ("alice", "secret")
     with pytest.raises(UnknownMechanism):
         sasl.credentials("XOAUTH2", [b"token"])
+
+
+def test_plain_that_asks_to_act_as_another_user_is_535() -> None:
+    """RFC 4616 section 2: an authzid other than the authcid is refused, not ignored."""
+    with pytest.raises(SaslError) as raised:
+        sasl.credentials("PLAIN", [b"admin\0alice\0secret"])
+    assert raised.value.reply.startswith("535 5.7.8 ")

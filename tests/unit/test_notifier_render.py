@@ -140,8 +140,9 @@ def test_report_structure(kind: str) -> None:
         assert (block["Will-Retry-Until"] is not None) == (kind == "delay")
         if rcpt.outcome.address == "bob@remote.test":
             assert block["Original-Recipient"] == "rfc822; Bob@Remote.test"
-        else:
-            assert block["Original-Recipient"] is None
+        else:  # no ORCPT given: the address as it came
+            assert block["Original-Recipient"] == f"rfc822; {rcpt.outcome.address}"
+    assert per_message["X-Mailbus-Sender"] == "rfc822; alice@example.test"
     if kind in ("failure", "delay"):
         assert per_recipient[0]["Remote-MTA"] == "dns; mx.remote.test"
         assert per_recipient[0]["Last-Attempt-Date"] is not None

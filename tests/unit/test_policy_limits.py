@@ -26,6 +26,7 @@ from services.policy.core import (
     counts_message,
     counts_unknown,
     decide,
+    harvest_answer,
     harvest_block,
     needs,
 )
@@ -295,6 +296,13 @@ def test_what_is_looked_up(mail_from: str, domain: str | None) -> None:
     assert needs(query("mail", mail_from=mail_from), OFF).sender_domain is None
 
 
+def test_local_domains_need_no_sender_dns() -> None:
+    """example.test is the server's own: no public DNS is needed for alice to send."""
+    q = query("mail", mail_from="alice@Example.TEST")
+    assert needs(q, RULES).sender_domain is None
+    assert answer(q, Facts()).accepted  # without any DNS answer, not 451 4.4.3
+
+
 def test_null_sender_needs_no_dns() -> None:
     assert answer(query("mail", mail_from="<>")).accepted
 
@@ -376,3 +384,11 @@ def test_limits_off_by_default() -> None:
     assert answer(query("mail", mail_from="a@nowhere.test", size=10**12), Facts(), OFF).accepted
     assert answer(query("rcpt", rcpt="alice@example.test", rcpt_count=10**6), Facts(), OFF).accepted
     assert answer(query("data", received_headers=500), Facts(), OFF).accepted
+
+
+def test_the_unknown_recipient_that_starts_a_block_is_told_so() -> None:
+    unknown = answer(query("rcpt", rcpt="nobody@example.test"))
+    assert reply(unknown) == "550 5.1.1"
+    told = harvest_answer(unknown)
+    assert (reply(told), told.message) == ("550 5.1.1", unknown.message)
+    assert told.action == "disconnect" and told.rule == "directory_harvest"

@@ -47,6 +47,18 @@ class RelayAuth(Section):
         default=110,
         description="POP3 port of the relay host, used by pop3_before_smtp.",
     )
+    pop3_grant: PositiveDuration = Field(
+        default=timedelta(seconds=60),
+        description="How long the relay host lets us relay after a POP3 login "
+        "(pop3_before_smtp): we log in again once half of it has passed, so mail never "
+        "arrives after the grant ended (the relay host would refuse it with 554).",
+    )
+    allow_plaintext: bool = Field(
+        default=False,
+        description="Send the password (SMTP AUTH, POP3 PASS) over a connection without TLS "
+        "too. false: the password only ever goes out encrypted; a relay host that offers no "
+        "TLS gets no password, and the mail waits with a reason that says why.",
+    )
     _file_password: str | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
@@ -104,11 +116,18 @@ class DeliverySection(Section):
         default_factory=RelayHost,
         description="The smarthost used when mode is relay.",
     )
-    tls: Literal["opportunistic", "required", "none"] = Field(
+    tls: Literal["opportunistic", "required", "verify", "none"] = Field(
         default="opportunistic",
         description="TLS on outbound connections. opportunistic: STARTTLS when the server "
-        "offers it, plain text otherwise. required: defer the mail rather than send it in "
-        "plain text. none: never STARTTLS.",
+        "offers it (certificate not checked), plain text otherwise. required: defer the mail "
+        "rather than send it in plain text; encrypted, the certificate is not checked "
+        "(Postfix's encrypt). verify: as required, and the certificate chain must lead to "
+        "tls_ca_file (or the system's CAs) and name the host connected to: the relay host's "
+        "name, or the MX host's (Postfix's secure). none: never STARTTLS.",
+    )
+    tls_ca_file: ReadableFile | None = Field(
+        default=None,
+        description="PEM bundle of the CAs that tls: verify trusts; null: the system's.",
     )
     max_delivery_threads: int = Field(
         default=32,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from .base import Section
-from .fieldtypes import Address, ListenAddress, comma_list, split_host_port
+from .fieldtypes import Address, Duration, ListenAddress, comma_list, split_host_port
 
 _NAME = re.compile(r"[A-Za-z0-9_-]+")
 
@@ -48,6 +49,12 @@ class Listener(Section):
         default=False,
         description="Refuse mail until the client has authenticated, as a submission port "
         "does. AUTH is only offered once the connection is encrypted.",
+    )
+    pregreet_wait: Duration = Field(
+        default=timedelta(0),
+        description="SMTP: wait this long before the greeting; a client that sends anything "
+        "first is refused (554 5.5.0) and disconnected, as Postfix's postscreen does. 0s: "
+        "greet at once.",
     )
     proxy_protocol: bool = Field(
         default=False,

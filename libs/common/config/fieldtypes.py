@@ -209,6 +209,8 @@ _duration_out = PlainSerializer(format_duration, return_type=str, when_used="jso
 PositiveDuration = Annotated[
     timedelta, _as_duration, AfterValidator(_positive), _duration_out, Kind("duration")
 ]
+# A duration where 0s means "off".
+Duration = Annotated[timedelta, _as_duration, _duration_out, Kind("duration")]
 Size = Annotated[
     int,
     BeforeValidator(parse_size),

@@ -121,3 +121,29 @@ class SecuritySection(Section):
         description="A message with more Received headers than this is taken for a mail loop "
         "and refused.",
     )
+    max_junk_commands: Count = Field(
+        default=100,
+        description="NOOP, RSET, VRFY and HELP commands one SMTP session may send; the next "
+        "one is answered 421 4.7.0 and the session closed (Postfix's "
+        "smtpd_junk_command_limit). 0: no limit.",
+    )
+    command_timeout: PositiveDuration = Field(
+        default=timedelta(minutes=5),
+        description="Longest wait for one SMTP command line; then 421 4.4.2 and the session "
+        "is closed (Postfix's smtpd_timeout).",
+    )
+    data_timeout: PositiveDuration = Field(
+        default=timedelta(minutes=5),
+        description="Longest wait for the next piece of a message during DATA or BDAT; "
+        "then 421 4.4.2 and the session is closed.",
+    )
+    min_data_rate: Count = Field(
+        default=500,
+        description="Bytes per second a message must keep arriving at, counted over the "
+        "whole transfer from the 354 reply (Postfix's smtpd_min_data_rate); a slower "
+        "message is cut off with 421 4.4.2. 0: off.",
+    )
+    tls_handshake_timeout: PositiveDuration = Field(
+        default=timedelta(seconds=10),
+        description="A STARTTLS, STLS or implicit-TLS handshake that takes longer is dropped.",
+    )

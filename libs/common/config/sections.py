@@ -88,6 +88,22 @@ class NatsSection(Section):
         description="A NATS .creds file passed to every connection, for servers that require "
         "authentication. Relative paths are taken from the config file's directory.",
     )
+    tls_ca_file: ReadableFile | None = Field(
+        default=None,
+        description="PEM bundle of the CAs that signed the NATS servers' certificates. Set: "
+        "every connection is TLS, and a server whose certificate does not lead to these CAs "
+        "or does not name the host in nats.url is refused. null: TLS only if the server asks "
+        "for it, verified against the system's CAs.",
+    )
+    tls_cert_file: ReadableFile | None = Field(
+        default=None,
+        description="Client certificate (PEM) for servers that verify their clients (mutual "
+        "TLS); with tls_key_file.",
+    )
+    tls_key_file: ReadableFile | None = Field(
+        default=None,
+        description="Private key (PEM) of tls_cert_file.",
+    )
     stream_replicas: int = Field(
         default=1,
         ge=1,
@@ -95,6 +111,14 @@ class NatsSection(Section):
         description="Copies JetStream keeps of every stream, key-value bucket and object "
         "store mailbus creates: 1 on one machine, 3 on a NATS cluster.",
     )
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> Self:
+        if self.tls_cert_file and not self.tls_key_file:
+            raise problem(("tls_key_file",), "required when nats.tls_cert_file is set")
+        if self.tls_key_file and not self.tls_cert_file:
+            raise problem(("tls_cert_file",), "required when nats.tls_key_file is set")
+        return self
 
 
 class DnsSection(Section):

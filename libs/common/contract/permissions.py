@@ -17,6 +17,7 @@ create the streams it shares (`ensure_topology` at start), not delete them.
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -198,6 +199,7 @@ def service_permissions() -> dict[str, Permissions]:
             "queue",
             publish=[
                 *_events("queue"),
+                s.QUEUE_EPOCH_SUBJECT,
                 *_read_stream(s.EVENTS_STREAM),
                 *_consume(s.EVENTS_STREAM, s.QUEUE_CONSUMER),
                 f"{s.JOBS_PREFIX}.*",
@@ -205,6 +207,8 @@ def service_permissions() -> dict[str, Permissions]:
                 *_read_stream(s.TIMERS_STREAM),
                 f"$JS.API.STREAM.PURGE.{s.TIMERS_STREAM}",
                 *_consume(s.TIMERS_STREAM, s.QUEUE_TIMERS_CONSUMER),
+                # Completion purges a body; the orphan sweep lists them (headers only).
+                *_read_stream(s.BODIES_STREAM),
                 f"$JS.API.STREAM.PURGE.{s.BODIES_STREAM}",
                 *_kv(s.QUEUE_LEADER_BUCKET, write=True),
             ],
@@ -240,16 +244,20 @@ def _quote(items: Iterable[str]) -> str:
     return "[" + ", ".join(json.dumps(i) for i in items) + "]"
 
 
+_ENV_REFERENCE = re.compile(r"\$[A-Za-z_][A-Za-z0-9_]*")
+
+
 def authorization_block(passwords: Mapping[str, str], admin_password: str) -> str:
     """A nats-server `authorization` block: one user per service, plus an admin for
     operators' commands (`mailbus queue`, `mailbus blocks`) and `mailbus up`'s checks.
 
     A password of the form `$NAME` is left unquoted: nats-server reads it from the
-    environment variable NAME (how compose and Kubernetes pass Secrets).
+    environment variable NAME (how compose and Kubernetes pass Secrets). A bcrypt
+    hash (`$2a$...`, what `mailbus up` writes) is quoted like any other string.
     """
 
     def pw(value: str) -> str:
-        return value if value.startswith("$") else json.dumps(value)
+        return value if _ENV_REFERENCE.fullmatch(value) else json.dumps(value)
 
     lines = ["authorization {", "  users: ["]
     lines.append(f"    {{user: {json.dumps(ADMIN_USER)}, password: {pw(admin_password)}}}")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from datetime import datetime
 from typing import BinaryIO
 
 from nats.js import JetStreamContext, api
@@ -32,6 +33,7 @@ CHUNK_SIZE = 512 * 1024
 # (IN_FLIGHT times CHUNK_SIZE) while not paying one round trip per chunk.
 IN_FLIGHT = 4
 CHUNKS_HEADER = "Mailbus-Body-Chunks"
+LIST_TIMEOUT_S = 5.0
 
 
 def _pieces(body: bytes | BinaryIO, prefix: bytes) -> Iterator[bytes]:
@@ -111,6 +113,30 @@ class BodyStore:
             )
         )
         return b"".join([*(c.data or b"" for c in chunks), last])
+
+    async def stored(self) -> list[tuple[str, datetime | None]]:
+        """Every body in the stream as (queue id, when its first message was stored),
+        whole or not (chunks whose head never came count too). Reads headers only."""
+        info = await self._js.stream_info(subjects.BODIES_STREAM)
+        if not info.state.messages:
+            return []
+        first: dict[str, datetime | None] = {}
+        sub = await self._js.subscribe(
+            subjects.BODIES_SUBJECTS,
+            stream=subjects.BODIES_STREAM,
+            ordered_consumer=True,
+            headers_only=True,
+        )
+        try:
+            while True:
+                msg = await sub.next_msg(timeout=LIST_TIMEOUT_S)
+                name = msg.subject[len(subjects.BODIES_PREFIX) + 1 :].split(".", 1)[0]
+                first.setdefault(name, msg.metadata.timestamp)
+                if msg.metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+        return list(first.items())
 
     async def delete(self, queue_id: str) -> None:
         """Remove every message of the body; removing a missing body is no error."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
@@ -30,8 +31,14 @@ DUPLICATE_WINDOW_S = 2 * 3600.0
 ACCESS_EVENTS_MAX_AGE_S = 7 * 24 * 3600.0
 
 
-async def connect(servers: Sequence[str], name: str, credentials_file: str | None = None) -> NATS:
-    """Connect with unbounded reconnects: a service outlives NATS restarts."""
+async def connect(
+    servers: Sequence[str],
+    name: str,
+    credentials_file: str | None = None,
+    tls: ssl.SSLContext | None = None,
+) -> NATS:
+    """Connect with unbounded reconnects: a service outlives NATS restarts.
+    `tls` (runtime/nats_tls.py) makes every connection TLS, verified."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("nats: %s", exc)
@@ -48,6 +55,8 @@ async def connect(servers: Sequence[str], name: str, credentials_file: str | Non
     plain, user, password = split_credentials(servers)
     if user is not None:
         kwargs["user"], kwargs["password"] = user, password
+    if tls is not None:
+        kwargs["tls"] = tls
     return await nats.connect(
         servers=plain,
         name=name,

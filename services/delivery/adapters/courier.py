@@ -29,9 +29,10 @@ from services.delivery.core.transaction import Transcript
 
 log = logging.getLogger(__name__)
 
-# A POP3 login opens the relay for minutes (relay.pop3_before_smtp.minutes on our
-# side); logging in again after this long keeps us well inside any such window.
-POP3_LOGIN_REUSE_S = 60.0
+# A POP3 login is reused for this share of the relay host's grant
+# (delivery.relay_host.auth.pop3_grant): the session that follows a reuse
+# starts well inside the grant, however long its MAIL transaction waits.
+POP3_REUSE_SHARE = 0.5
 
 
 @dataclass(frozen=True)
@@ -42,15 +43,18 @@ class RelayTarget:
     username: str | None = None
     password: str | None = None
     pop3_port: int = 110
+    allow_plaintext: bool = False  # the password may go out without TLS
+    pop3_grant_s: float = 60.0  # how long a POP3 login lets us relay
 
 
 @dataclass(frozen=True)
 class CourierSettings:
     helo: str
-    tls: str  # delivery.tls: opportunistic | required | none
+    tls: str  # delivery.tls: opportunistic | required | verify | none
     connect_timeout: float
     mx_port: int = 25
     relay: RelayTarget | None = None
+    ca_file: str | None = None  # delivery.tls_ca_file
 
 
 @dataclass(frozen=True)
@@ -91,6 +95,8 @@ class Courier:
             connect_timeout=self.settings.connect_timeout,
             username=relay.username if smtp_auth and relay is not None else None,
             password=relay.password if smtp_auth and relay is not None else None,
+            allow_plaintext=relay.allow_plaintext if relay is not None else False,
+            ca_file=self.settings.ca_file,
         )
 
     async def _pop3_before_smtp(self) -> Reply | None:
@@ -99,7 +105,8 @@ class Courier:
             return None
         async with self._pop3_lock:
             loop = asyncio.get_running_loop()
-            if self._pop3_at is not None and loop.time() - self._pop3_at < POP3_LOGIN_REUSE_S:
+            reuse_s = relay.pop3_grant_s * POP3_REUSE_SHARE
+            if self._pop3_at is not None and loop.time() - self._pop3_at < reuse_s:
                 return None
             refused = await pop3_login(
                 relay.host,
@@ -108,6 +115,8 @@ class Courier:
                 relay.password or "",
                 self.settings.tls,
                 self.settings.connect_timeout,
+                allow_plaintext=relay.allow_plaintext,
+                ca_file=self.settings.ca_file,
             )
             self._pop3_at = None if refused is not None else loop.time()
             return refused

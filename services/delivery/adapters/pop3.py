@@ -1,8 +1,9 @@
 """POP3-before-SMTP: log in to the relay host's POP3 server so it lets our address relay.
 
 A small asyncio POP3 client (RFC 1939 USER/PASS, RFC 2595 STLS): greeting,
-CAPA, STLS when offered (and when `delivery.tls` allows it; `required` insists
-on it, since the password crosses the wire), USER, PASS, QUIT. A failure comes
+CAPA, STLS when offered (and when `delivery.tls` allows it; `required` and
+`verify` insist on it), USER, PASS, QUIT. The password goes out only over TLS
+unless `delivery.relay_host.auth.allow_plaintext` says otherwise. A failure comes
 back as a stand-in `Reply` that defers the mail with a diagnostic that says what
 the POP3 server answered.
 """
@@ -13,12 +14,15 @@ import asyncio
 import contextlib
 import ssl
 
+from services.delivery.adapters.smtp_client import tls_context
 from services.delivery.core.errors import (
     ConnectFailedError,
     DeliveryError,
     LoginRefusedError,
+    PlaintextLoginError,
     TlsUnavailableError,
 )
+from services.delivery.core.plan import ENCRYPTED_ONLY
 from services.delivery.core.replies import Reply
 
 MAX_LINE = 4096
@@ -63,26 +67,34 @@ class _Conversation:
         return caps
 
 
-def _tls_context() -> ssl.SSLContext:
-    # Like the SMTP side: encrypt without verifying (relay hosts' certificates vary).
-    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 async def pop3_login(
-    host: str, port: int, user: str, password: str, tls: str, wait_s: float
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    tls: str,
+    wait_s: float,
+    allow_plaintext: bool = False,
+    ca_file: str | None = None,
 ) -> Reply | None:
     """None when the login succeeded, else the reply that defers the mail."""
     try:
-        await _login(host, port, user, password, tls, wait_s)
+        await _login(host, port, user, password, tls, wait_s, allow_plaintext, ca_file)
     except DeliveryError as exc:
         return exc.reply
     return None
 
 
-async def _login(host: str, port: int, user: str, password: str, tls: str, wait_s: float) -> None:
+async def _login(
+    host: str,
+    port: int,
+    user: str,
+    password: str,
+    tls: str,
+    wait_s: float,
+    allow_plaintext: bool,
+    ca_file: str | None,
+) -> None:
     try:
         reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port), wait_s)
     except (OSError, TimeoutError) as exc:
@@ -92,12 +104,20 @@ async def _login(host: str, port: int, user: str, password: str, tls: str, wait_
         greeting = await talk.line()
         if not greeting.startswith("+OK"):
             raise ConnectFailedError(f"POP3 at {host} refused us: {greeting}")
+        encrypted = False
         if tls != "none":
             if "STLS" in await talk.capabilities():
                 await talk.command("STLS")
-                await writer.start_tls(_tls_context())
-            elif tls == "required":
+                # The same TLS level as the SMTP side (verify checks chain and name).
+                await writer.start_tls(tls_context(tls, ca_file), server_hostname=host)
+                encrypted = True
+            elif tls in ENCRYPTED_ONLY:
                 raise TlsUnavailableError(f"POP3 at {host} does not offer STLS")
+        if not encrypted and not allow_plaintext:
+            raise PlaintextLoginError(
+                f"POP3 at {host}: not sending the password without TLS "
+                "(delivery.relay_host.auth.allow_plaintext is false)"
+            )
         await talk.command(f"USER {user}")
         await talk.command(f"PASS {password}", shown="PASS")
         with contextlib.suppress(DeliveryError, OSError, TimeoutError):

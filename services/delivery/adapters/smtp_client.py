@@ -31,12 +31,13 @@ from services.delivery.core.errors import (
     DeliveryError,
     LoginRefusedError,
     NotAcceptingError,
+    PlaintextLoginError,
     ProtocolError,
     TlsFailedError,
     TlsUnavailableError,
 )
 from services.delivery.core.mx import Endpoint
-from services.delivery.core.plan import tls_step
+from services.delivery.core.plan import ENCRYPTED_ONLY, tls_step
 from services.delivery.core.replies import Reply
 from services.delivery.core.transaction import Transcript
 
@@ -50,20 +51,26 @@ DATA_TIMEOUT_S = 600.0
 @dataclass(frozen=True)
 class SessionSettings:
     helo: str
-    tls: str  # delivery.tls: opportunistic | required | none
+    tls: str  # delivery.tls: opportunistic | required | verify | none
     connect_timeout: float
     # SMTP AUTH (relay host only): the user and password to log in with.
     username: str | None = None
     password: str | None = None
+    # delivery.relay_host.auth.allow_plaintext: the password may go out without TLS.
+    allow_plaintext: bool = False
+    ca_file: str | None = None  # delivery.tls_ca_file, for tls: verify; None: the system's
 
 
 def _reply(exc: SMTPResponseException) -> Reply:
     return Reply(exc.code, exc.message)
 
 
-def _no_verify_context() -> ssl.SSLContext:
-    # delivery.tls opportunistic and required both encrypt without verifying the
-    # certificate (Postfix's "may" and "encrypt" levels): MX certificates rarely match.
+def tls_context(mode: str, ca_file: str | None = None) -> ssl.SSLContext:
+    """delivery.tls verify checks the chain (against `ca_file` or the system's CAs) and
+    the host name, as Postfix's "secure"; opportunistic and required encrypt without
+    checking (Postfix's "may" and "encrypt"): MX certificates rarely match."""
+    if mode == "verify":
+        return ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.check_hostname = False
     context.verify_mode = ssl.CERT_NONE
@@ -156,9 +163,12 @@ class SmtpSession:
         if step == "defer":
             raise TlsUnavailableError(f"TLS is required but {self.label} does not offer STARTTLS")
         try:
-            await self.smtp.starttls(tls_context=_no_verify_context())
+            await self.smtp.starttls(
+                tls_context=tls_context(mode, self.settings.ca_file),
+                server_hostname=self.endpoint.name or self.endpoint.ip,
+            )
         except SMTPResponseException as exc:
-            if mode == "required":
+            if mode in ENCRYPTED_ONLY:
                 raise _setup_refused(exc, "STARTTLS") from None
             # Offered but refused: opportunistic TLS carries on in plain text.
             log.info("STARTTLS refused by %s (%s); continuing without TLS", self.label, exc)
@@ -172,11 +182,28 @@ class SmtpSession:
     async def _maybe_login(self) -> None:
         if self.settings.username is None:
             return
+        if self.tls_version is None and not self.settings.allow_plaintext:
+            raise PlaintextLoginError(
+                f"AUTH at {self.label}: not sending the password without TLS "
+                "(delivery.relay_host.auth.allow_plaintext is false)"
+            )
+        # One mechanism, the strongest both sides know: aiosmtplib's login() would try
+        # each in turn and make one wrong password count as several failed logins at
+        # the relay host, filling its lockout counters that much faster.
+        mechanisms = self.smtp.supported_auth_methods
+        if not mechanisms:
+            offered = " ".join(self.smtp.server_auth_methods) or "no AUTH"
+            raise LoginRefusedError(
+                f"AUTH at {self.label}: no mechanism we know is offered ({offered})"
+            )
+        login = getattr(self.smtp, f"auth_{mechanisms[0].replace('-', '')}")
         try:
-            await self.smtp.login(self.settings.username, self.settings.password or "")
+            await login(self.settings.username, self.settings.password or "")
         except SMTPResponseException as exc:
             # A wrong password is an operator's fix, not the sender's fault: keep the mail.
-            raise LoginRefusedError(f"AUTH at {self.label}: {exc.code} {exc.message}") from None
+            raise LoginRefusedError(
+                f"AUTH {mechanisms[0].upper()} at {self.label}: {exc.code} {exc.message}"
+            ) from None
         except SMTPException as exc:
             raise LoginRefusedError(f"AUTH at {self.label}: {exc}") from None
 

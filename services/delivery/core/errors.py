@@ -90,6 +90,13 @@ class TlsUnavailableError(SecurityError):
     status = ENCRYPTION_NEEDED  # 4.7.10
 
 
+class PlaintextLoginError(SecurityError):
+    """The relay host wants a password and the connection is not encrypted: it is not
+    sent (delivery.relay_host.auth.allow_plaintext is false), and the mail waits."""
+
+    status = ENCRYPTION_NEEDED  # 4.7.10
+
+
 class LoginRefusedError(SecurityError):
     """Our login at the relay host (SMTP AUTH, POP3-before-SMTP) was refused: an
     operator's fix, so the mail waits, and no other address of the relay is tried."""

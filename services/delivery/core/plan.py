@@ -7,7 +7,9 @@ from typing import Literal
 from libs.common.contract.events import Destination
 from services.delivery.core.replies import NOT_IMPLEMENTED, TLS_FAILED, Reply
 
-TlsMode = Literal["opportunistic", "required", "none"]
+TlsMode = Literal["opportunistic", "required", "verify", "none"]
+# Levels that never send mail in plain text.
+ENCRYPTED_ONLY = frozenset({"required", "verify"})
 TlsStep = Literal["starttls", "plain", "defer"]
 
 # Destination kinds this worker can deliver to today (local mailboxes come later).
@@ -20,7 +22,7 @@ def tls_step(mode: str, offered: bool) -> TlsStep:
         return "plain"
     if offered:
         return "starttls"
-    return "defer" if mode == "required" else "plain"
+    return "defer" if mode in ENCRYPTED_ONLY else "plain"
 
 
 def retry_in_plain_text(mode: str, broken: Reply | None) -> bool:

@@ -22,11 +22,12 @@ from libs.common.contract.ids import new_queue_id
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from libs.common.mail.submission import StoreError
 from libs.common.runtime.telemetry import current_traceparent
+from services.ingress.adapters import spool
 from services.ingress.adapters.listener import Listener
 from services.ingress.adapters.session import IngressEnvelope, SmtpSession
-from services.ingress.core import antispam, dsn, replies, smuggling
+from services.ingress.core import antispam, dsn, replies
 from services.ingress.core.errors import DsnSyntaxError
-from services.ingress.core.received import count_received, received_header, with_protocol
+from services.ingress.core.received import received_header, with_protocol
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,9 @@ class IngressHandler:
         if not server.data_size_limit and not any(r[4:].startswith("SIZE") for r in responses):
             responses.insert(1, "250-SIZE")
         responses.insert(len(responses) - 1, "250-DSN")
+        # RFC 2920, 2034 and 3030: all three are spoken by the session (smtp.py).
+        for extension in ("PIPELINING", "ENHANCEDSTATUSCODES", "CHUNKING"):
+            responses.insert(len(responses) - 1, f"250-{extension}")
         return responses
 
     async def handle_MAIL(
@@ -111,7 +115,7 @@ class IngressHandler:
             session=server.policy(),
             mail_from=_null_sender(envelope.mail_from or ""),
             rcpt=address,
-            rcpt_count=len(envelope.rcpt_tos),
+            rcpt_count=envelope.rcpt_commands,
         )
         with server.stage("rcpt") as span:
             decision = await self._ask(query, span)
@@ -121,6 +125,7 @@ class IngressHandler:
         # account); the same mailbox named twice gets the message once, with the DSN
         # parameters of its first RCPT.
         canonical = decision.canonical or address
+        envelope.rcpt_commands += 1
         if canonical not in envelope.rcpt_tos:
             envelope.rcpt_tos.append(canonical)
             envelope.rcpt_sent.append(address)
@@ -132,48 +137,52 @@ class IngressHandler:
     async def handle_DATA(
         self, server: SmtpSession, session: Session, envelope: IngressEnvelope
     ) -> str:
-        content = envelope.original_content or b""
-        bare = smuggling.refusal(content)
+        content, scan = envelope.spool, envelope.scan
+        assert content is not None and scan is not None  # the session spooled the message
+        bare = scan.refusal()
         if bare is not None:
             server.note_refusal("smuggling")
             log.warning(
-                "session %s: message from %s refused: bare line break (smuggling attempt?)",
+                "session %s: message from %s refused: bare line break or NUL (smuggling attempt?)",
                 server.session_id,
                 server.peer[0],
             )
             return bare
         # A client's Authentication-Results in our name would pass for our own verdict.
-        content = antispam.without_forged_results(content, self.settings.hostname)
+        header, rest = _header_section(content)
+        header = antispam.without_forged_results(header, self.settings.hostname)
         query = PolicyQuery(
             stage="data",
             session=server.policy(),
             mail_from=_null_sender(envelope.mail_from or ""),
             rcpt_count=len(envelope.rcpt_tos),
-            size=len(content),
-            received_headers=count_received(content),
+            size=scan.size,
+            received_headers=scan.received_headers,
         )
         qid = new_queue_id()
         with server.stage("data") as span:
             received = self._received(server, session, envelope, qid)
-            decision = await self._ask(
-                query, span, self._to_scan(query, envelope, received, content)
-            )
+            # Only a message small enough for spamd is ever read whole (_to_scan).
+            small = scan.size <= self.settings.scan_max_size
+            whole = header + content.read_from(rest) if small else b""
+            decision = await self._ask(query, span, self._to_scan(query, envelope, received, whole))
             if not decision.accepted:
                 return server.refuse(decision)
             span.set_attribute("mailbus.queue_id", qid)
             results = antispam.merged(envelope.antispam, decision.antispam)
-            body = antispam.trace_headers(results, self.settings.hostname) + received + content
-            event = self._event(server, session, envelope, qid, len(body), decision.rule, results)
+            prefix = antispam.trace_headers(results, self.settings.hostname) + received + header
+            size = len(prefix) + content.size - rest
+            event = self._event(server, session, envelope, qid, size, decision.rule, results)
             # The revision that accepted it: "why was this accepted" answerable later.
             event = event.model_copy(update={"config_revision": decision.config_revision})
             # Shielded: a client hanging up now must not cut between the body and its event.
             try:
-                accepting = self.listener.store.accept(body, event)
+                accepting = spool.accept(self.listener.store, content, rest, prefix, event)
                 await asyncio.shield(self.listener.sessions.track(accepting))
             except StoreError:
                 server.note_refusal("queue_unavailable")
                 return replies.QUEUE_UNAVAILABLE
-        self.listener.metrics.message_accepted(len(body))
+        self.listener.metrics.message_accepted(size)
         log.info("%s: queued from %s, %d recipient(s)", qid, server.peer[0], len(event.recipients))
         return replies.accepted(qid)
 
@@ -228,6 +237,7 @@ class IngressHandler:
         self, server: SmtpSession, session: Session, envelope: IngressEnvelope, qid: str
     ) -> bytes:
         hidden = self.settings.hidden_clients
+        tls = server.tls_info
         return received_header(
             helo=session.host_name or "",
             client_ip=server.peer[0],
@@ -242,6 +252,7 @@ class IngressHandler:
             queue_id=qid,
             recipients=envelope.rcpt_sent,
             now=self.listener.clock(),
+            tls=None if tls is None else (tls.version, tls.cipher),
         )
 
     def _event(
@@ -289,6 +300,21 @@ def _recipient(address: str, sent: str, params: dsn.RcptParams) -> Recipient:
     return Recipient(address=address, orcpt=orcpt, notify=params.notify)
 
 
+# The header section is read into memory to drop forged Authentication-Results; one
+# longer than this (rare, and bounded by max_message_size) is read whole.
+HEADER_LIMIT = 256 * 1024
+
+
+def _header_section(content: spool.Spool) -> tuple[bytes, int]:
+    """The message's header section, without its empty line, and where the rest starts."""
+    head = content.head(HEADER_LIMIT)
+    end = antispam.header_end(head)
+    if end == len(head) and content.size > len(head):
+        head = content.head(content.size)
+        end = antispam.header_end(head)
+    return head[:end], end
+
+
 def _dsn_refusal(server: SmtpSession, error: DsnSyntaxError) -> str:
     server.note_refusal("dsn_syntax")
     return error.reply
@@ -301,6 +327,6 @@ def _null_sender(address: str) -> str:
 def _size_param(options: list[str]) -> int | None:
     for option in options:
         key, _, value = option.partition("=")
-        if key == "SIZE" and value.isdigit():
+        if key == "SIZE" and value.isascii() and value.isdigit():
             return int(value)
     return None

@@ -24,6 +24,7 @@ from libs.common.runtime.metrics import (
 )
 from libs.common.runtime.policy_client import PolicyClient
 from services.ingress.adapters.leases import ConnectionLeases
+from services.ingress.core.deadlines import Deadlines
 
 
 class IpMatcher(Protocol):
@@ -44,6 +45,11 @@ class ListenerSettings:
     proxy_protocol: bool = False
     # relay.hide_local_ip_group: Received headers leave these clients out.
     hidden_clients: IpMatcher | None = None
+    # The front door's own limits (listeners[].pregreet_wait, security.*), in seconds.
+    pregreet_wait: float = 0.0
+    max_junk_commands: int = 0
+    deadlines: Deadlines = field(default_factory=lambda: Deadlines(300.0, 300.0))
+    tls_handshake_timeout: float = 10.0
     # antispam.spamd set: messages up to this size go to policy to be scanned (0: none),
     # and their DATA answer may take this much longer (antispam.spamd_timeout).
     scan_max_size: int = 0

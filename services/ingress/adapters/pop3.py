@@ -57,6 +57,7 @@ class Pop3Settings:
     name: str
     hostname: str
     tls: TlsMode
+    tls_handshake_timeout: float = 10.0  # security.tls_handshake_timeout, STLS and implicit
 
 
 @dataclass
@@ -96,7 +97,7 @@ class Pop3Server:
             self._serve,
             host=host,
             port=port,
-            ssl=self.tls_context if self.settings.tls == "implicit" else None,
+            # Implicit TLS too starts as plain TCP: counted first, then the handshake.
             limit=LINE_LIMIT,
             reuse_address=True,
         )
@@ -122,6 +123,9 @@ class Pop3Server:
             self._server = None
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.settings.tls == "implicit":
+            # Before anything is read: the ClientHello is TLS's, not the command reader's.
+            writer.transport.pause_reading()  # type: ignore[attr-defined]
         conn = Pop3Connection(self, reader, writer)
         conn.task = asyncio.current_task()
         self.sessions.live.add(conn)
@@ -180,6 +184,9 @@ class Pop3Connection:
         leases = self.server.leases
         if leases is not None:
             await leases.acquire(self.session_id, self.peer[0], self.server.settings.name)
+        if self.server.settings.tls == "implicit":
+            if not await self._handshake():
+                return
         refusal = await self._connect_refusal()
         if refusal is not None:
             await self._send(pop3.err(refusal))
@@ -262,13 +269,24 @@ class Pop3Connection:
     async def _start_tls(self) -> Step:
         context = self.server.tls_context
         assert context is not None  # checked by _before_tls
-        try:
-            await self.writer.start_tls(context)
-        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
-            log.info("pop3 %s: TLS handshake failed: %s", self.session_id, exc)
+        if not await self._handshake():
             return self.state.tls_failed()
         self.state.tls_started()
         return Step()
+
+    async def _handshake(self) -> bool:
+        """TLS under the session, within tls_handshake_timeout; one WARNING if not."""
+        context = self.server.tls_context
+        assert context is not None
+        try:
+            await asyncio.wait_for(
+                self.writer.start_tls(context), self.server.settings.tls_handshake_timeout
+            )
+        except (ssl.SSLError, ConnectionError, TimeoutError) as exc:
+            why = "handshake took too long" if isinstance(exc, TimeoutError) else str(exc)
+            log.warning("pop3 %s: TLS with %s failed: %s", self.session_id, self.peer[0], why)
+            return False
+        return True
 
     async def _login(self, action: pop3.CheckLogin) -> Step:
         query = PolicyQuery(

@@ -31,6 +31,10 @@ class Refusals:
         """The rule of the refusal about to be sent."""
         self._rule = rule
 
+    def count(self, rule: str) -> None:
+        """A refusal without a reply (a failed TLS handshake): the metric only."""
+        SMTPD_REFUSALS.labels(self.stage, rule).inc()
+
     def sent(self, reply: str) -> bool:
         """Account for one reply line; True when it makes the failures reach the limit."""
         rule, self._rule = self._rule, None

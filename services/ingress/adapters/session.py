@@ -18,7 +18,9 @@ from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import TlsInfo
 from libs.common.contract.policy import PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
+from services.ingress.adapters.spool import Spool
 from services.ingress.core import dsn
+from services.ingress.core.scan import ContentScan
 
 
 class IngressEnvelope(Envelope):
@@ -27,9 +29,15 @@ class IngressEnvelope(Envelope):
         self.policy_rules: list[str] = []
         # The recipients as the client wrote them, parallel to rcpt_tos (canonical).
         self.rcpt_sent: list[str] = []
+        # Accepted RCPT commands, a mailbox named twice counted twice (max_recipients).
+        self.rcpt_commands = 0
         # DSN (RFC 3461): per recipient, parallel to rcpt_tos; per message from MAIL.
         self.rcpt_dsn: list[dsn.RcptParams] = []
         self.dsn: dsn.MailParams = dsn.MailParams()
+        # After DATA or BDAT LAST: the message (never whole in memory) and what was
+        # learnt of it on its way into the spool.
+        self.spool: Spool | None = None
+        self.scan: ContentScan | None = None
         # Policy's antispam answer to MAIL: the SPF result, or why the checks are skipped.
         self.antispam: AntispamResults | None = None
 

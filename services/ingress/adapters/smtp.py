@@ -8,11 +8,20 @@ credentials judged by the handler; each session is one SERVER span whose
 children are its stages. The listener's hooks (policy, acceptance) are in
 `handler.py`, which sees a session only as `SmtpSession` (session.py).
 
-aiosmtpd has no public way to do some of this, so the class leans on eight of
-its private members. Each is touched in one place, marked "aiosmtpd private":
+The command loop is mailbus's own (`_serve`), not aiosmtpd's: aiosmtpd's
+resets its one timer only on a recognized command, closes after five unknown
+ones whatever `max_failed_commands` says, decodes what is not UTF-8 with
+surrogates that later fail deep inside, and knows nothing of RFC 2920's
+synchronization rules. Ours reads each line against `command_timeout`, checks
+it in `core/commands.py` before anything looks at it, and then calls
+aiosmtpd's `smtp_*` methods as aiosmtpd would.
+
+aiosmtpd has no public way to do some of this, so the class leans on its
+private members. Each is touched in one place, marked "aiosmtpd private":
 `_smtp_methods`, `_create_envelope`, `_getaddr`, `_handle_client`,
-`_call_handler_hook`, `_strip_command_keyword`, and the stream's `_reader` and
-`_writer`.
+`_call_handler_hook`, `_strip_command_keyword`, `_reset_timeout`,
+`_original_transport`, `_tls_protocol`, `_tls_handshake_okay`, and the stream's
+`_reader` and `_writer`.
 """
 
 from __future__ import annotations
@@ -25,11 +34,12 @@ import logging
 import secrets
 import ssl
 import warnings
+from asyncio import sslproto
 from collections.abc import Awaitable, Callable, Iterator
 from typing import AnyStr
 
 from aiosmtpd.proxy_protocol import get_proxy
-from aiosmtpd.smtp import MISSING, SMTP, syntax
+from aiosmtpd.smtp import ALLOWED_BEFORE_STARTTLS, MISSING, SMTP, syntax
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
@@ -37,21 +47,32 @@ from libs.common.contract.events import TlsInfo
 from libs.common.contract.policy import PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
 from libs.common.runtime.telemetry import tracer
-from services.ingress.adapters.data import read_message
+from services.ingress.adapters import librarylog, spool
+from services.ingress.adapters.data import (
+    LineTooLong,
+    ReadTimeout,
+    buffered,
+    read_chunk,
+    read_line,
+    read_message,
+)
 from services.ingress.adapters.listener import Listener
 from services.ingress.adapters.refusals import Refusals
 from services.ingress.adapters.session import IngressEnvelope, SessionHooks
-from services.ingress.core import dsn, replies, sasl
-from services.ingress.core.data import DataAssembler, DataState
+from services.ingress.core import commands, dsn, replies, sasl
+from services.ingress.core.data import ChunkAssembler, DataAssembler, DataState
+from services.ingress.core.deadlines import TransferClock
 from services.ingress.core.errors import SaslError
 from services.ingress.core.paths import split_path
 from services.ingress.core.refusals import FAILED_COMMANDS_RULE, TOO_MANY_FAILURES
+from services.ingress.core.scan import ContentScan
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
+librarylog.install()
 
 IDENT = "ESMTP mailbus"
-SESSION_TIMEOUT_S = 300.0  # RFC 5321 section 4.5.3.2.7: at least five minutes
+SESSION_TIMEOUT_S = 300.0  # aiosmtpd's own timer, which `_reset_timeout` keeps off
 PROXY_HEADER_TIMEOUT_S = 10.0
 
 Command = Callable[[str | None], Awaitable[None]]
@@ -92,6 +113,12 @@ class IngressSMTP(SMTP):
         self._in_helo = False
         self._close_after_reply = False
         self._proxied_peer: tuple[str, int] | None = None
+        self._opened = False
+        self._junk = 0
+        # BDAT (RFC 3030): the transaction's chunks so far; None between transactions.
+        self._chunks: ChunkAssembler | None = None
+        self._chunk_spool: spool.Spool | None = None
+        self._chunk_clock: TransferClock | None = None
         # The DSN parameters of the MAIL or RCPT being handled, as the client wrote them.
         self.dsn_parameters: tuple[str, ...] = ()
         self.refusals = Refusals(self.session_id, s.max_failed_commands)
@@ -115,6 +142,7 @@ class IngressSMTP(SMTP):
     def _end_transaction(self) -> None:
         """aiosmtpd's post-DATA state: a new, empty transaction."""
         self.envelope = IngressEnvelope()
+        self._forget_chunks()
 
     @property
     def _input(self) -> asyncio.StreamReader:
@@ -131,9 +159,19 @@ class IngressSMTP(SMTP):
         return writer
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.sessions.add(self)
-        self.listener.metrics.session_opened()
+        # aiosmtpd calls this again once a STARTTLS handshake is done: one session still.
+        if not self._opened:
+            self._opened = True
+            self.sessions.add(self)
+            self.listener.metrics.session_opened()
         super().connection_made(transport)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd private: its single session timer. The deadlines are `_serve`'s, per
+        # read; aiosmtpd only needs a handle it can cancel.
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        self._timeout_handle = self.loop.call_later(SESSION_TIMEOUT_S * 1000, lambda: None)
 
     def connection_lost(self, error: Exception | None) -> None:
         self.sessions.discard(self)
@@ -150,6 +188,10 @@ class IngressSMTP(SMTP):
         ip, port = self.peer
         self.refusals.client = ip
         await self.listener.count(self.session_id, ip)
+        # Implicit TLS starts only now, once the connection is counted: a flood of
+        # connections that never finish a handshake is held to max_connections_per_ip.
+        if self.settings.tls == "implicit" and not await self._start_tls():
+            return
         attributes: dict[str, str | int] = {
             "client.address": ip,
             "client.port": port,
@@ -168,8 +210,183 @@ class IngressSMTP(SMTP):
                 await self.push(refusal)
                 self._close()
                 return
+            if not await self._wait_before_greeting():
+                return
             self._greeting_pending = True
-            await super()._handle_client()
+            await self._serve()
+
+    async def _wait_before_greeting(self) -> bool:
+        """listeners[].pregreet_wait: a client that talks first is no SMTP client."""
+        wait = self.settings.pregreet_wait
+        if wait <= 0:
+            return True
+        try:
+            early = await asyncio.wait_for(self._input.read(1), wait)
+        except TimeoutError:
+            return True
+        if early:
+            self.refusals.note("pregreet")
+            await self.push(commands.EARLY_TALKER)
+        self._close()
+        return False
+
+    async def _serve(self) -> None:
+        """The command loop: one line at a time, each checked, then aiosmtpd's method."""
+        await self.push(f"220 {self.hostname} {IDENT}")
+        try:
+            while self.transport is not None and not self.transport.is_closing():
+                try:
+                    line = await read_line(self._input, self.settings.deadlines.command_timeout)
+                except ReadTimeout:
+                    await self._time_out()
+                    return
+                except LineTooLong:
+                    await self.push("500 5.5.6 Error: line too long")
+                    continue
+                if not line:
+                    self._close()  # the client left without QUIT
+                    return
+                await self._one_command(line.rstrip(b"\r\n"))
+        except ReadTimeout:
+            await self._time_out()
+        except ConnectionError:
+            pass  # a reset is how many clients end a session: nothing to retrieve or report
+        finally:
+            # Every way out (QUIT, a hang-up, which cancels this task, a limit) ends with
+            # the connection closed, and so its lease released.
+            self._close()
+
+    async def _one_command(self, line: bytes) -> None:
+        command = commands.parse(line)
+        if isinstance(command, str):
+            await self.push(command)
+            return
+        assert self.session is not None
+        if not self.session.extended_smtp and buffered(self._input):
+            # RFC 2920: without PIPELINING offered (no EHLO yet), one command per write.
+            await self._synchronization_error()
+            return
+        verb, arg = command.verb, command.arg
+        limit = (
+            self.command_size_limits[verb]
+            if self.session.extended_smtp
+            else self.command_size_limit
+        )
+        if len(line) > limit:
+            await self.push("500 5.5.6 Error: line too long")
+            return
+        # aiosmtpd private: what its own loop checks before every command.
+        if not self._tls_handshake_okay and verb != "QUIT":
+            await self.push("554 5.7.0 Command refused due to lack of security")
+            return
+        if self.require_starttls and not self._tls_protocol and verb not in ALLOWED_BEFORE_STARTTLS:
+            await self.push("530 5.7.0 Must issue a STARTTLS command first")
+            return
+        if verb in commands.JUNK_COMMANDS and not await self._junk_allowed():
+            return
+        method = self._smtp_methods.get(verb)
+        if method is None:
+            self.refusals.command("unknown")
+            self.refusals.note("unknown_command")
+            await self.push(commands.UNKNOWN_COMMAND)
+            return
+        try:
+            await method(arg)
+        except (ReadTimeout, ConnectionError, asyncio.CancelledError):
+            raise
+        except Exception as error:
+            await self.push(await self.handle_exception(error))
+
+    async def _junk_allowed(self) -> bool:
+        self._junk += 1
+        limit = self.settings.max_junk_commands
+        if not limit or self._junk <= limit:
+            return True
+        self.refusals.note("max_junk_commands")
+        await self.push(commands.TOO_MANY_JUNK)
+        self._close()
+        return False
+
+    async def _time_out(self) -> None:
+        self.refusals.note("timeout")
+        if self.transport is not None and not self.transport.is_closing():
+            await self.push(commands.TIMEOUT)
+        self._close()
+
+    async def _synchronization_error(self) -> None:
+        self.refusals.note("pipelining")
+        await self.push(commands.SYNCHRONIZATION)
+        self._close()
+
+    # --- TLS: implicit and STARTTLS, each bounded by tls_handshake_timeout ------------
+
+    async def _start_tls(self) -> bool:
+        """Put TLS under the session as aiosmtpd's STARTTLS does; False if the handshake
+        failed or took too long (the connection is closed, one WARNING line logged)."""
+        context = self.listener.tls_context
+        assert context is not None and self.transport is not None
+        waiter: asyncio.Future[None] = self.loop.create_future()
+        # aiosmtpd private: the TLS layer and the plain transport under it, which its
+        # connection_made and connection_lost look for.
+        self._tls_protocol = sslproto.SSLProtocol(
+            self.loop, self, context, waiter, server_side=True
+        )
+        self._original_transport = self.transport
+        self._original_transport.set_protocol(self._tls_protocol)
+        self.transport = self._tls_protocol._app_transport
+        self._tls_protocol.connection_made(self._original_transport)
+        # On an implicit-TLS port the ClientHello may have come while the connection was
+        # being counted: it sits in the command reader, and belongs to the TLS layer.
+        early = bytes(self._input._buffer)  # type: ignore[attr-defined]
+        if early:
+            self._input._buffer.clear()  # type: ignore[attr-defined]
+            into = self._tls_protocol.get_buffer(len(early))
+            into[: len(early)] = early
+            self._tls_protocol.buffer_updated(len(early))
+        try:
+            await asyncio.wait_for(waiter, self.settings.tls_handshake_timeout)
+        except TimeoutError:
+            self._tls_failed("tls_timeout", "handshake took too long")
+            return False
+        except (ssl.SSLError, OSError, EOFError) as exc:
+            self._tls_failed("tls_failed", f"{type(exc).__name__}: {exc}")
+            return False
+        return True
+
+    def _tls_failed(self, rule: str, why: str) -> None:
+        log.warning(
+            "session %s: TLS with %s failed: %s",
+            self.session_id,
+            self.peer[0],
+            commands.printable(why),
+        )
+        self.refusals.stage = "tls"
+        self.refusals.count(rule)
+        if self._original_transport is not None:
+            self._original_transport.close()
+        self._close()
+
+    async def smtp_STARTTLS(self, arg: str | None) -> None:
+        if self.ssl_object is not None:
+            # RFC 3207 section 4: no second TLS layer over the first.
+            await self.push("503 5.5.1 Error: TLS already active")
+            return
+        if arg:
+            await self.push("501 5.5.4 Syntax: STARTTLS")
+            return
+        if not self.tls_context:
+            await self.push("454 4.7.0 TLS not available")
+            return
+        await self.push("220 2.0.0 Ready to start TLS")
+        await self._start_tls()
+
+    @syntax("AUTH <mechanism>")
+    async def smtp_AUTH(self, arg: str | None) -> None:
+        if self.envelope is not None and self.envelope.mail_from:
+            # RFC 4954 section 4: not inside a mail transaction.
+            await self.push("503 5.5.1 Error: AUTH not allowed during a mail transaction")
+            return
+        await super().smtp_AUTH(arg)
 
     async def _connect_refusal(self) -> str | None:
         try:
@@ -209,6 +426,8 @@ class IngressSMTP(SMTP):
         else:
             # RFC 2034 section 3: every reply but the greeting and HELO/EHLO's has one.
             line = replies.enhance(str(status))
+        # No reply carries a control character of the client's back to it (or to a log).
+        line = commands.printable(line)
         limit_reached = self.refusals.sent(line)
         await super().push(line)
         if limit_reached and not self._close_after_reply:
@@ -228,44 +447,139 @@ class IngressSMTP(SMTP):
         return replies.INTERNAL_ERROR
 
     @syntax("DATA")
-    async def smtp_DATA(self, arg: str) -> None:
-        """aiosmtpd's DATA, reading the message through a bounded DataAssembler."""
+    async def smtp_DATA(self, arg: str | None) -> None:
+        """aiosmtpd's DATA, the message read through a DataAssembler into a spool file."""
         if await self.check_helo_needed():
             return
         if await self.check_auth_needed("DATA"):
             return
         assert self.envelope is not None
+        if self._chunks is not None:
+            await self.push("503 5.5.1 Error: DATA after BDAT")
+            return
         if not self.envelope.rcpt_tos:
             await self.push("503 Error: need RCPT command")
             return
         if arg:
             await self.push("501 Syntax: DATA")
             return
+        if buffered(self._input):
+            # RFC 2920 section 3.1: the message only after the 354 (reject_unauth_pipelining).
+            await self._synchronization_error()
+            return
         await self.push("354 End data with <CR><LF>.<CR><LF>")
-        assembler = DataAssembler(self.data_size_limit, self.line_length_limit)
+        body = spool.Spool()
         try:
-            await read_message(self._input, assembler)
-        except asyncio.CancelledError:
-            self._output.close()  # the client hung up in the middle of the message
+            assembler = DataAssembler(self.data_size_limit, self.line_length_limit, body)
+            try:
+                await read_message(self._input, assembler, self._transfer_clock())
+            except asyncio.CancelledError:
+                self._output.close()  # the client hung up in the middle of the message
+                raise
+            except ReadTimeout:
+                await self._time_out()
+                return
+            # Only now, after the whole message was read (RFC 5321 section 4.2.5).
+            if assembler.state is DataState.TOO_MUCH:
+                self.refusals.note("max_message_size")
+                self._end_transaction()
+                await self.push(replies.too_big(self.data_size_limit or 0))
+                return
+            if assembler.state is DataState.TOO_LONG:
+                self.refusals.note("line_too_long")
+                self._end_transaction()
+                await self.push(replies.LINE_TOO_LONG)
+                return
+            await self._deliver(body, assembler.scan)
+        finally:
+            body.close()
+
+    @syntax("BDAT <size> [LAST]")
+    async def smtp_BDAT(self, arg: str | None) -> None:
+        """RFC 3030 CHUNKING: the chunk's octets are read whatever the answer, and never
+        as commands; the message is judged whole after BDAT LAST."""
+        size_text, _, last_text = (arg or "").partition(" ")
+        last = last_text.strip().upper() == "LAST"
+        if not commands.ascii_number(size_text) or (last_text.strip() and not last):
+            # Without a size the chunk's end is unknown: nothing more can be read safely.
+            await self.push("501 5.5.4 Syntax: BDAT <size> [LAST]")
+            self._close()
+            return
+        size = int(size_text)
+        refusal = await self._bdat_refusal()
+        clock = self._chunk_clock or self._transfer_clock()
+        if refusal is not None:
+            try:
+                await read_chunk(self._input, size, clock, lambda _piece: None)
+            except ReadTimeout:
+                await self._time_out()
+                return
+            await self.push(refusal)
+            return
+        if self._chunks is None:
+            self._chunk_spool = spool.Spool()
+            self._chunks = ChunkAssembler(self.data_size_limit, self._chunk_spool)
+            self._chunk_clock = clock
+        chunks, body = self._chunks, self._chunk_spool
+        assert body is not None
+        try:
+            await read_chunk(self._input, size, clock, chunks.feed)
+            if not last:
+                await self.push(f"250 2.0.0 {size} octets received")
+                return
+            chunks.finish()
+            self._forget_chunks()
+            if chunks.state is DataState.TOO_MUCH:
+                self.refusals.note("max_message_size")
+                self._end_transaction()
+                await self.push(replies.too_big(self.data_size_limit or 0))
+                return
+            await self._deliver(body, chunks.scan)
+        except ReadTimeout:
+            self._forget_chunks()
+            await self._time_out()
+        except BaseException:
+            self._forget_chunks()
             raise
-        # Only now, after the whole message was read (RFC 5321 section 4.2.5).
-        if assembler.state is DataState.TOO_MUCH:
-            self.refusals.note("max_message_size")
-            self._end_transaction()
-            await self.push(replies.too_big(self.data_size_limit or 0))
-            return
-        if assembler.state is DataState.TOO_LONG:
-            self.refusals.note("line_too_long")
-            self._end_transaction()
-            await self.push(replies.LINE_TOO_LONG)
-            return
-        content = assembler.content()
-        self.envelope.content = content
-        self.envelope.original_content = content
+        finally:
+            if self._chunk_spool is None:
+                body.close()
+
+    async def _bdat_refusal(self) -> str | None:
+        assert self.session is not None and self.envelope is not None
+        if not self.session.host_name:
+            return "503 5.5.1 Error: send EHLO first"
+        if self.settings.require_auth and not self.session.authenticated:
+            return "530 5.7.0 Authentication required"
+        if not self.envelope.rcpt_tos:
+            return "503 5.5.1 Error: need RCPT command"
+        return None
+
+    def _forget_chunks(self) -> None:
+        self._chunks = None
+        self._chunk_spool = None
+        self._chunk_clock = None
+
+    def _transfer_clock(self) -> TransferClock:
+        return TransferClock(self.settings.deadlines, self.loop.time())
+
+    async def _deliver(self, body: spool.Spool, scan: ContentScan) -> None:
+        """The whole message is in `body`: the handler's DATA hook decides and replies."""
+        assert isinstance(self.envelope, IngressEnvelope)
+        self.envelope.spool = body
+        self.envelope.scan = scan
         # aiosmtpd private: how it calls the handler's hook (handle_DATA).
         status = await self._call_handler_hook("DATA")
         self._end_transaction()
         await self.push("250 OK" if status is MISSING else status)
+
+    def _set_rset_state(self) -> None:
+        # aiosmtpd's RSET and EHLO: a BDAT transaction in progress ends with them.
+        chunks = getattr(self, "_chunk_spool", None)
+        if chunks is not None:
+            chunks.close()
+            self._forget_chunks()
+        super()._set_rset_state()  # type: ignore[no-untyped-call]
 
     async def smtp_HELO(self, hostname: str) -> None:
         await self._helo_reply(super().smtp_HELO(hostname))
@@ -280,6 +594,11 @@ class IngressSMTP(SMTP):
 
     @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
     async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg is not None:
+            refusal = _mail_refusal(arg)
+            if refusal is not None:
+                await self.push(refusal)
+                return
         await super().smtp_MAIL(self._take_dsn(arg, "FROM:", dsn.MAIL_KEYWORDS))
 
     @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
@@ -456,3 +775,14 @@ class IngressSMTP(SMTP):
             transport.abort()
         elif transport is not None:
             transport.close()
+
+
+def _mail_refusal(arg: str) -> str | None:
+    """What MAIL's own rules refuse before aiosmtpd reads the command."""
+    path, _, parameters = arg.partition(">")
+    if not commands.size_parameter_ok(parameters):
+        return commands.NOT_A_NUMBER
+    words = {word.upper() for word in parameters.split()}
+    if not path.isascii() and "SMTPUTF8" not in words:
+        return commands.NON_ASCII_ADDRESS  # RFC 6531 section 3.4
+    return None

@@ -20,6 +20,8 @@ from libs.common.contract.antispam import AntispamResults, SpamVerdict, SpfResul
 
 CRLF = b"\r\n"
 _FIELD = b"authentication-results:"
+# The field's name at the start of a header line, found without copying the message.
+_FIELD_LINE = re.compile(rb"(?:^|\r\n)authentication-results:", re.IGNORECASE)
 _DOT_ATOM = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*")
 _RULE = re.compile(r"[A-Za-z0-9_.-]+")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
@@ -64,9 +66,8 @@ def received_spf(spf: SpfResult, receiver: str) -> str:
     if spf.result == "permerror" and spf.explanation:
         pairs.append(f"problem={_value(spf.explanation)}")
     pairs += [f"receiver={_value(receiver)}", f"identity={spf.identity}"]
-    return f"Received-SPF: {spf.result} {_comment(f'{receiver}: {comment}')}\r\n\t" + "; ".join(
-        pairs
-    )
+    first = f"Received-SPF: {spf.result} {_comment(f'{receiver}: {comment}')}"
+    return first + "\r\n" + _fold("\t" + "; ".join(pairs), after=";")
 
 
 def authentication_results(spf: SpfResult, authserv_id: str) -> str:
@@ -94,14 +95,15 @@ def spam_headers(verdict: SpamVerdict) -> list[str]:
     return [*lines, f"X-Spam-Score: {score}", _fold(status)]
 
 
-def _fold(line: str) -> str:
-    """Fold after commas so no line of the field passes _FOLD_AT columns."""
+def _fold(line: str, after: str = ",") -> str:
+    """Fold after `after` so no line of the field passes _FOLD_AT columns (but for a
+    piece longer than that alone)."""
     out: list[str] = []
     current = ""
-    for piece in re.split(r"(?<=,)", line):
+    for piece in re.split(f"(?<={re.escape(after)})", line):
         if current and len(current) + len(piece) > _FOLD_AT:
             out.append(current)
-            current = "\t" + piece
+            current = "\t" + piece.lstrip(" ")
         else:
             current += piece
     out.append(current)
@@ -143,9 +145,9 @@ def header_end(message: bytes) -> int:
 def without_forged_results(message: bytes, authserv_id: str) -> bytes:
     """The message less every Authentication-Results field naming `authserv_id`."""
     end = header_end(message)
-    head = message[:end]
-    if _FIELD not in head.lower():
+    if not _FIELD_LINE.search(message, 0, end):
         return message
+    head = message[:end]
     fields: list[list[bytes]] = []
     for line in head.split(CRLF)[:-1]:
         if line[:1] in (b" ", b"\t") and fields:

@@ -47,3 +47,11 @@ class UnknownMechanism(SaslError):
 
     code = 504
     status = "5.5.4"
+
+
+class AuthorizationRefused(SaslError):
+    """AUTH PLAIN asking to act as someone other than the user it authenticates (RFC 4616
+    section 2): mailbus lets nobody act for another account."""
+
+    code = 535
+    status = "5.7.8"

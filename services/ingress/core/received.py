@@ -47,6 +47,7 @@ def received_header(
     now: datetime,
     client_name: str | None = None,
     hide_client: bool = False,
+    tls: tuple[str, str] | None = None,
 ) -> bytes:
     """One complete header field, folded, ending in CRLF.
 
@@ -54,6 +55,7 @@ def received_header(
     would disclose Bcc recipients to all of them (RFC 5321 section 7.2).
     `hide_client` (relay.hide_local_ip_group) leaves out the whole `from`
     clause: the HELO name of an internal host names it as well as its address.
+    `tls` (version, cipher) is recorded as Postfix does: `(using TLSv1.3 with cipher ...)`.
     """
     by = f"by {_clean(hostname)} (mailbus) with {protocol} id {queue_id}"
     if hide_client:
@@ -65,6 +67,14 @@ def received_header(
             f"Received: from {helo_text} ({name} {address_literal(client_ip)})",
             f"\t{by}",
         ]
+    if tls is not None:
+        version, cipher = (_clean(part) for part in tls)
+        # Between `from` and `by`; with no `from` clause, a comment after `by`.
+        using = f"\t(using {version} with cipher {cipher})"
+        if hide_client:
+            lines.append(using)
+        else:
+            lines.insert(1, using)
     stamp = format_datetime(now)
     if len(recipients) == 1:
         lines.append(f"\tfor <{_clean(recipients[0])}>; {stamp}")

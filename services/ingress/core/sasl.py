@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 
-from services.ingress.core.errors import SaslError, UnknownMechanism
+from services.ingress.core.errors import AuthorizationRefused, SaslError, UnknownMechanism
 
 # The challenge before each response of a mechanism, in order (the session sends it
 # base64-encoded after "334 "); the first is not sent when the client gave an initial
@@ -44,11 +44,15 @@ def initial_response(text: str) -> bytes:
 def credentials(mechanism: str, responses: Sequence[bytes]) -> tuple[str, str]:
     """(username, password) from the decoded responses, one to each challenge."""
     if mechanism == "PLAIN":
-        # authzid NUL authcid NUL passwd; the authorization identity is not used.
+        # authzid NUL authcid NUL passwd. An empty authzid, or the authcid itself, asks
+        # for no more than the user's own rights; any other is refused, not ignored.
         parts = responses[0].split(b"\x00")
         if len(parts) != 3:
             raise SaslError("Can't split auth value")
-        return _text(parts[1]), _text(parts[2])
+        authzid, authcid, password = parts
+        if authzid and authzid != authcid:
+            raise AuthorizationRefused("Authorization identity differs from the authenticated one")
+        return _text(authcid), _text(password)
     if mechanism == "LOGIN":
         user, password = responses
         return _text(user), _text(password)

@@ -2,7 +2,15 @@
 
 Field values stay ASCII, as the RFC asks; only an address that cannot be written
 in ASCII makes the part message/global-delivery-status with "utf-8" addresses
-(RFC 6533).
+(RFC 6533). As strict readers (and Postfix) expect:
+
+- `Diagnostic-Code: smtp;` only before a reply a remote server sent; our own
+  diagnostics (no route, null MX, connect, TLS or login trouble, time-outs)
+  are `X-Mailbus;`, an extension type (section 2.3.6, like Postfix's X-Postfix);
+- no Remote-MTA for mail put in a local mailbox: there was no remote MTA;
+- Original-Recipient for every recipient (the ORCPT given, else the address),
+  and the envelope sender as X-Mailbus-Sender (Postfix's X-Postfix-Sender),
+  since the report's To: need not be that sender.
 """
 
 from __future__ import annotations
@@ -20,12 +28,23 @@ Fields = list[tuple[str, str]]
 
 _HOST_PORT = re.compile(r"^(?P<name>[^\[\]:]*)(?:\[(?P<ip>[^\]]*)\])?(?::\d+)?$")
 _DEFAULT_STATUS = {"failed": "5.0.0", "delayed": "4.0.0"}
+# How the queue writes a remote server's reply: its code first ("550 5.1.1 ..."); a
+# diagnostic of ours is text alone (the stand-in replies have code 0).
+_SMTP_REPLY = re.compile(r"[2-5][0-9]{2}(?:[ -]|$)")
+# remote_host of a delivery into the mailbox store on the bus (delivery's local store).
+LOCAL_MAILBOX = "mailbox"
+OUR_DIAGNOSTIC_TYPE = "X-Mailbus"
 
 
-def message_fields(hostname: str, queue_id: str, arrival: datetime, envid: str | None) -> Fields:
+def message_fields(
+    hostname: str, queue_id: str, arrival: datetime, envid: str | None, sender: str = ""
+) -> Fields:
     fields: Fields = [("Reporting-MTA", f"dns; {hostname}")]
-    # Extension field (RFC 3464 section 2.4), like Postfix's X-Postfix-Queue-ID.
+    # Extension fields (RFC 3464 section 2.4), like Postfix's X-Postfix-Queue-ID and
+    # X-Postfix-Sender.
     fields.append(("X-Mailbus-Queue-ID", queue_id))
+    if sender:
+        fields.append(("X-Mailbus-Sender", f"{address_type(sender)}; {ascii_text(sender)}"))
     if envid:
         fields.append(("Original-Envelope-Id", ascii_text(envid)))
     fields.append(("Arrival-Date", format_datetime(arrival)))
@@ -35,8 +54,8 @@ def message_fields(hostname: str, queue_id: str, arrival: datetime, envid: str |
 def recipient_fields(rcpt: ReportedRecipient, will_retry_until: datetime | None = None) -> Fields:
     outcome = rcpt.outcome
     fields: Fields = []
-    if rcpt.orcpt:
-        fields.append(("Original-Recipient", typed_address(rcpt.orcpt)))
+    original = rcpt.orcpt or outcome.address
+    fields.append(("Original-Recipient", typed_address(original)))
     fields.append(("Final-Recipient", f"{address_type(outcome.address)}; {outcome.address}"))
     fields.append(("Action", outcome.action))
     fields.append(("Status", status_of(outcome)))
@@ -44,7 +63,7 @@ def recipient_fields(rcpt: ReportedRecipient, will_retry_until: datetime | None 
     if remote:
         fields.append(("Remote-MTA", f"dns; {remote}"))
     if outcome.diagnostic:
-        fields.append(("Diagnostic-Code", f"smtp; {ascii_text(outcome.diagnostic)}"))
+        fields.append(("Diagnostic-Code", diagnostic_code(outcome.diagnostic)))
     if outcome.last_attempt_at is not None:
         fields.append(("Last-Attempt-Date", format_datetime(outcome.last_attempt_at)))
     if outcome.action == "delayed" and will_retry_until is not None:
@@ -73,10 +92,17 @@ def typed_address(orcpt: str) -> str:
     return f"{address_type(orcpt)}; {orcpt.strip()}"
 
 
+def diagnostic_code(diagnostic: str) -> str:
+    text = ascii_text(diagnostic)
+    kind = "smtp" if _SMTP_REPLY.match(text) else OUR_DIAGNOSTIC_TYPE
+    return f"{kind}; {text}"
+
+
 def remote_mta(remote_host: str) -> str:
-    """ "mx.example.net[192.0.2.9]:25" -> "mx.example.net"; a bare address in brackets."""
+    """ "mx.example.net[192.0.2.9]:25" -> "mx.example.net"; a bare address in brackets;
+    nothing for a local mailbox."""
     host = remote_host.strip()
-    if not host:
+    if not host or host == LOCAL_MAILBOX:
         return ""
     found = _HOST_PORT.match(host)
     if found is None:

@@ -135,7 +135,13 @@ def _text_part(text: str, language: str, policy: EmailPolicy[EmailMessage]) -> M
 def _status_part(inp: ReportInput, policy: EmailPolicy[EmailMessage], utf8: bool) -> MIMEPart:
     received = inp.received
     groups = [
-        dsn.message_fields(inp.hostname, received.queue_id, received.occurred_at, received.envid)
+        dsn.message_fields(
+            inp.hostname,
+            received.queue_id,
+            received.occurred_at,
+            received.envid,
+            received.mail_from,
+        )
     ]
     groups += [dsn.recipient_fields(r, inp.trigger.will_retry_until) for r in inp.plan.recipients]
     global_status = utf8 and dsn.needs_global(inp.plan.recipients)

@@ -27,9 +27,9 @@ from services.policy.core import (
     LimitsUnavailable,
     Needs,
     PolicyRules,
-    blocked,
     counts_message,
     counts_unknown,
+    harvest_answer,
     harvest_block,
 )
 from services.policy.core.security import client_of
@@ -128,4 +128,4 @@ class FactFinder:
             # The count that led to the block is spent: after the block the address
             # starts again from nothing, rather than being blocked again at once.
             await self._counters.reset(key)
-        return blocked(in_force)
+        return harvest_answer(decision)

@@ -50,6 +50,8 @@ class _Waiter:
 
 class PasswordChecker:
     def __init__(self, threads: int | None = None, max_waiting: int | None = None) -> None:
+        # As many as cores: measured with one fewer (the loop's), a login from elsewhere
+        # waited longer behind the one running check, and MAIL answers gained little.
         self.threads = threads or os.cpu_count() or 1
         self.max_waiting = max_waiting or WAITING_PER_THREAD * self.threads
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="argon2")

@@ -26,7 +26,13 @@ from services.policy.core.errors import (
 )
 from services.policy.core.grants import Pop3Grant, grant_for_login, later
 from services.policy.core.rules import IpMatcher, PolicyRules, SecurityLimits
-from services.policy.core.security import Needs, SenderDomain, counts_message, counts_unknown
+from services.policy.core.security import (
+    Needs,
+    SenderDomain,
+    counts_message,
+    counts_unknown,
+    harvest_answer,
+)
 from services.policy.core.window import HOUR, SlidingCount, Window
 
 __all__ = [
@@ -61,6 +67,7 @@ __all__ = [
     "counts_unknown",
     "decide",
     "grant_for_login",
+    "harvest_answer",
     "harvest_block",
     "is_local",
     "later",

@@ -90,7 +90,14 @@ def _mail(query: PolicyQuery, rules: PolicyRules, now: datetime, facts: Facts) -
     if sender is not None and not sender.domain:
         return PolicyDecision.of(replies.bad_sender("no domain"), "mail_syntax")
     refusal = security.mail_refusal(
-        query, rules.limits, now, sender, facts.block, facts.messages, facts.sender_domain
+        query,
+        rules.limits,
+        now,
+        sender,
+        facts.block,
+        facts.messages,
+        facts.sender_domain,
+        rules.local_domains,
     )
     if refusal is not None:
         return refusal

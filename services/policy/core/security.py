@@ -16,7 +16,7 @@ from typing import Literal, TypeGuard
 from libs.common.contract import replies
 from libs.common.contract.policy import PolicyDecision, PolicyQuery, SessionLimits, canonical_ip
 from services.policy.core.address import Mailbox
-from services.policy.core.blocks import Block, blocked
+from services.policy.core.blocks import HARVEST_RULE, Block, blocked
 from services.policy.core.failures import FailedLogins, locked
 from services.policy.core.rules import PolicyRules, SecurityLimits
 from services.policy.core.window import HOUR, SlidingCount
@@ -57,7 +57,8 @@ def needs(query: PolicyQuery, rules: PolicyRules, sender: Mailbox | None = None)
         return Needs(block=True, connections=limits.max_connections_per_ip > 0)
     if query.stage == "mail":
         domain = None
-        if limits.require_sender_domain_dns and sender is not None and not sender.literal:
+        if checks_sender_domain(limits, sender, rules.local_domains):
+            assert sender is not None
             domain = sender.domain or None
         return Needs(
             block=True, messages=limits.max_messages_per_hour_per_ip > 0, sender_domain=domain
@@ -113,6 +114,7 @@ def mail_refusal(
     block: Block | None,
     messages: SlidingCount | None,
     sender_domain: SenderDomain | None,
+    local_domains: frozenset[str] = frozenset(),
 ) -> PolicyDecision | None:
     ip = _limited(query, limits)
     if ip is None:
@@ -128,9 +130,21 @@ def mail_refusal(
         return PolicyDecision.of(
             replies.too_many_messages(ip, again), "max_messages_per_hour_per_ip"
         )
-    if limits.require_sender_domain_dns and sender is not None and not sender.literal:
+    if checks_sender_domain(limits, sender, local_domains):
+        assert sender is not None
         return _sender_domain_refusal(sender, sender_domain)
     return None
+
+
+def checks_sender_domain(
+    limits: SecurityLimits, sender: Mailbox | None, local_domains: frozenset[str]
+) -> bool:
+    """require_sender_domain_dns, but never for the server's own domains: an internal
+    domain often has no public DNS, and mailbus is its final destination anyway (as
+    Postfix's reject_unknown_sender_domain leaves out the domains it delivers)."""
+    if not limits.require_sender_domain_dns or sender is None or sender.literal:
+        return False
+    return sender.domain not in local_domains
 
 
 def _sender_domain_refusal(sender: Mailbox, found: SenderDomain | None) -> PolicyDecision | None:
@@ -203,3 +217,10 @@ def counts_unknown(query: PolicyQuery, decision: PolicyDecision, limits: Securit
     if decision.rule != "unknown_recipient" or not limits.max_unknown_recipients:
         return False
     return _limited(query, limits) is not None
+
+
+def harvest_answer(decision: PolicyDecision) -> PolicyDecision:
+    """The unknown recipient that starts a directory-harvest block: the client is still
+    told it is unknown (550 5.1.1), and the session ends after that reply; from then on
+    the block refuses the address (at connect and MAIL, on every replica)."""
+    return decision.model_copy(update={"action": "disconnect", "rule": HARVEST_RULE})

@@ -1,10 +1,9 @@
 """Sweeping orphan bodies (services/queue/core/orphans.py) while this queue holds its lease.
 
-The sweeper sees the body store through `BodyStore` (list with store times, delete),
-so moving bodies from the Object Store to another store only needs another
-implementation of it. A body is an orphan when it is older than the grace period and
-MAILBUS_EVENTS has no MessageReceived for its queue id; each one removed is counted
-in `mailbus_qmgr_orphan_bodies_removed_total`.
+The sweeper sees the body store through `BodyStore` (list with store times, delete);
+`StreamBodies` is that view of the MAILBUS_BODIES stream. A body is an orphan when it
+is older than the grace period and MAILBUS_EVENTS has no MessageReceived for its queue
+id; each one removed is counted in `mailbus_qmgr_orphan_bodies_removed_total`.
 
 Environment (tests shorten them): MAILBUS_ORPHAN_SWEEP_EVERY and MAILBUS_ORPHAN_GRACE,
 in seconds (defaults 600 and 3600).
@@ -21,10 +20,10 @@ from typing import Protocol
 
 from nats.js import JetStreamContext
 from nats.js.errors import NotFoundError
-from nats.js.object_store import ObjectStore
 
 from libs.common.config import ConfigError
 from libs.common.contract import subjects
+from libs.common.mail import bodies
 from libs.common.runtime.metrics import QUEUE_ORPHAN_BODIES
 from services.queue.core.orphans import StoredBody, old_enough
 
@@ -42,34 +41,17 @@ class BodyStore(Protocol):
     async def delete(self, name: str) -> None: ...
 
 
-class ObjectStoreBodies:
-    """The bodies in the `mailbus-bodies` Object Store."""
+class StreamBodies:
+    """The bodies on the MAILBUS_BODIES stream (libs/common/mail/bodies.py)."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: bodies.BodyStore) -> None:
         self._store = store
 
     async def stored(self) -> list[StoredBody]:
-        try:
-            infos = await self._store.list(ignore_deletes=True)
-        except NotFoundError:  # an empty store
-            return []
-        return [StoredBody(info.name, _time(info.mtime)) for info in infos if info.name]
+        return [StoredBody(name, at) for name, at in await self._store.stored()]
 
     async def delete(self, name: str) -> None:
-        try:
-            await self._store.delete(name)
-        except NotFoundError:
-            pass  # gone meanwhile (the queue finished the message)
-
-
-def _time(text: str | None) -> datetime | None:
-    if not text:
-        return None
-    try:
-        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+        await self._store.delete(name)  # a body gone meanwhile is no error
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
@@ -36,6 +36,7 @@ from libs.common.contract.events import (
 from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history
 from libs.common.runtime import bus
+from libs.common.runtime.fence import Fence, is_fenced
 from libs.common.runtime.locks import KeyedLocks
 from libs.common.runtime.metrics import QUEUE_EVENTS
 from libs.common.runtime.telemetry import (
@@ -78,8 +79,14 @@ class QueueProcessor:
         timing: Timing,
         index: QueueIndex | None = None,
         max_cached: int = 10_000,
+        fence: Fence | None = None,
+        on_fenced: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._js = js
+        # With a fence, every event carries the holder's epoch: once a successor opened
+        # its own, these publishes fail and `on_fenced` stops this process.
+        self._fence = fence
+        self._on_fenced = on_fenced
         self._bodies = bodies
         self._routing = routing
         self._timing = timing
@@ -181,6 +188,14 @@ class QueueProcessor:
                     self.forget(qid)
                     span.record_exception(exc)
                     span.set_status(trace.StatusCode.ERROR)
+                    if is_fenced(exc):
+                        log.critical(
+                            "queue %s: write fenced off: a newer queue holds the lease", qid
+                        )
+                        await msg.nak()  # for the holder, at once
+                        if self._on_fenced is not None:
+                            await self._on_fenced()
+                        return
                     log.exception("queue %s: %s failed; retrying", qid, _describe(trigger))
                     await msg.nak(delay=RETRY_DELAY_S)
                     return
@@ -244,7 +259,8 @@ class QueueProcessor:
         elif isinstance(output, DeleteBody):
             await self._delete_body(output.queue_id)
         else:
-            ack = await bus.publish_event(self._js, output)
+            headers = self._fence.headers() if self._fence is not None else None
+            ack = await bus.publish_event(self._js, output, headers=headers)
             log.debug(
                 "queue %s: %s seq=%s dup=%s",
                 output.queue_id,
