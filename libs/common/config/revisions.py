@@ -144,8 +144,8 @@ LIVE_EFFECTS: dict[str, str] = {
     "and reports use them (a POP3 listener greets with the start hostname until a restart)",
     "nats": "restart only: the connection is made at start",
     "dns": "policy's sender-domain resolver and delivery's MX resolver are made anew",
-    "listeners": "require_auth and proxy_protocol of an SMTP listener apply to its new "
-    "sessions; addresses, protocols, TLS modes and listeners added or removed wait for a "
+    "listeners": "require_auth, proxy_protocol and pregreet_wait of an SMTP listener apply "
+    "to its new sessions; addresses, protocols, TLS modes and listeners added or removed wait for a "
     "restart",
     "tls": "new sessions and new STARTTLS present the new certificate (the files are read "
     "again on every revision, even when no key changed); open sessions keep theirs",
@@ -156,7 +156,7 @@ LIVE_EFFECTS: dict[str, str] = {
     "relay": "the next policy query uses the new relay rules; hide_local_ip_group applies "
     "to new sessions; turning pop3_before_smtp on or off waits for a restart",
     "security": "the next policy query uses the new limits; ingress's per-session limits "
-    "apply from the next connection; counters already kept stay",
+    "and time-outs apply from the next connection; counters already kept stay",
     "antispam": "the next policy query uses the new settings",
     "delivery": "mode routes the next decision of the queue; relay host, TLS, timeouts and "
     "ports serve the next delivery attempt; max_delivery_threads waits for a restart",
