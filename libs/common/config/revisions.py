@@ -145,8 +145,8 @@ LIVE_EFFECTS: dict[str, str] = {
     "nats": "restart only: the connection is made at start",
     "dns": "policy's sender-domain resolver and delivery's MX resolver are made anew",
     "listeners": "require_auth, proxy_protocol and pregreet_wait of an SMTP listener apply "
-    "to its new sessions; addresses, protocols, TLS modes and listeners added or removed wait for a "
-    "restart",
+    "to its new sessions; addresses, protocols, TLS modes and listeners added or removed "
+    "wait for a restart",
     "tls": "new sessions and new STARTTLS present the new certificate (the files are read "
     "again on every revision, even when no key changed); open sessions keep theirs",
     "ip_groups": "the next policy query uses the new groups",
