@@ -8,7 +8,7 @@ CONFIG ?= config/demo.yaml
 DATA   ?= var
 TYPED  := libs services ops tests bench deploy/nats
 
-.PHONY: up test lint typecheck pytest bench clean test-tools
+.PHONY: up test lint typecheck pytest bench clean test-tools maillog-tools
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -39,8 +39,17 @@ typecheck: $(STAMP)
 test-tools:
 	@command -v spamd >/dev/null || { apt-get update -q && apt-get install -y -q spamd spamassassin; }
 
-pytest: $(STAMP) test-tools
+pytest: $(STAMP) test-tools maillog-tools
 	$(BIN)/pytest -q
+
+# The mail log's real readers, run by the tests (never skipped): Debian's pflogsumm
+# and fail2ban-regex, installed with apt-get when missing (CI runs as root).
+MAILLOG_TOOLS := pflogsumm:pflogsumm fail2ban-regex:fail2ban
+maillog-tools:
+	@missing=""; for pair in $(MAILLOG_TOOLS); do \
+	  command -v "$${pair%%:*}" >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; fi
 
 bench: $(STAMP)
 	$(BIN)/python bench/e2e.py $(BENCH_ARGS)

@@ -11,16 +11,13 @@ import json
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from libs.common.contract.errors import MailbusError
+from ops import datadir
 
 if TYPE_CHECKING:
     from nats.aio.client import Client as NATS
-
-DEFAULT_URL = "nats://127.0.0.1:4222"
-ADMIN_URL_FILE = "nats-admin.url"
 
 
 class CtlError(MailbusError):
@@ -37,7 +34,9 @@ def connection_options(waits_for: str) -> argparse.ArgumentParser:
     common.add_argument("--nats-url", action="append", default=None, help="repeatable")
     common.add_argument("--config", default=None, help="take nats.url and credentials from FILE")
     common.add_argument(
-        "--data-dir", default=None, help="`mailbus up`'s data dir: use its nats-admin.url"
+        "--data-dir",
+        default=None,
+        help="`mailbus up`'s data dir (default $MAILBUS_DATA_DIR, then ./var): its NATS",
     )
     common.add_argument(
         "--timeout", type=float, default=15.0, help=f"seconds to wait for {waits_for}"
@@ -46,19 +45,24 @@ def connection_options(waits_for: str) -> argparse.ArgumentParser:
 
 
 def servers(args: argparse.Namespace) -> tuple[list[str], str | None]:
-    """NATS URLs and credentials file, from --nats-url, --data-dir or --config, in that order."""
+    """NATS URLs and credentials file: --nats-url; else --data-dir; else --config's
+    nats.url; else the `mailbus up` running on $MAILBUS_DATA_DIR or ./var.
+
+    Raises CtlError (2) when no instance runs where it looked.
+    """
     if args.nats_url:
         return list(args.nats_url), None
-    if args.data_dir:
-        # `mailbus up` writes the operator's URL (with its password) there, owner-only.
-        url = (Path(args.data_dir) / ADMIN_URL_FILE).read_text().strip()
-        return [url], None
-    if args.config:
+    if args.config and not args.data_dir:
         from libs.common.config import load_config
 
         config = load_config(args.config)
-        return list(config.nats.url) or [DEFAULT_URL], config.nats.credentials_file
-    return [DEFAULT_URL], None
+        if config.nats.url:
+            return list(config.nats.url), config.nats.credentials_file
+    try:
+        # `mailbus up` writes the operator's URL (with its password) there, owner-only.
+        return [datadir.admin_url(datadir.data_dir(args.data_dir))], None
+    except datadir.NoInstance as exc:
+        raise CtlError(str(exc), 2) from exc
 
 
 @asynccontextmanager

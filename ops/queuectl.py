@@ -1,22 +1,46 @@
-"""`mailbus queue list|show|retry|hold|release|delete`: the operator's view of the queue.
+"""`mailbus queue list|show|cat|retry|hold|release|delete`: the operator's view of the queue.
 
-Like postqueue and postsuper, but it asks the running queue service over the bus
-(request/reply on `subjects.queue_api_subject(op)`), so it works from any host
-that reaches NATS. `--json` prints the service's answer as is, for scripts.
+Like postqueue, postsuper and postcat, but it asks the running queue service over
+the bus (request/reply on `subjects.queue_api_subject(op)`), so it works from any
+host that reaches NATS. Actions take several ids, ALL, or `-` (ids on stdin), as
+postsuper does; `list --json` prints one JSON object per line, for scripts.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fnmatch
 import json
+import sys
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any, TextIO
 
+from libs.common.config.units import parse_duration
 from libs.common.contract import subjects
 from libs.common.contract.antispam import AntispamResults
 from ops import ctl
 from ops.ctl import time_text as _time
+
+if TYPE_CHECKING:
+    from nats.aio.client import Client as NATS
+
+
+ACTIONS = {
+    "retry": "attempt deferred recipients now",
+    "hold": "no more attempts until released",
+    "release": "end a hold; attempt at once",
+    "delete": "remove from the queue, without a report",
+}
+# With ALL, which messages each action takes (postsuper -r/-h/-H/-d ALL).
+_ALL_STATES: dict[str, tuple[str, ...]] = {
+    "retry": ("deferred",),
+    "hold": ("active", "deferred"),
+    "release": ("held",),
+    "delete": ("active", "deferred", "held"),
+}
 
 
 def add_parser(sub: Any) -> None:
@@ -25,22 +49,27 @@ def add_parser(sub: Any) -> None:
     common = ctl.connection_options("the queue")
     ops = p_queue.add_subparsers(dest="queue_command", required=True)
 
-    p = ops.add_parser("list", parents=[common], help="messages in the queue")
-    p.add_argument("--json", action="store_true")
+    p = ops.add_parser("list", parents=[common], help="messages in the queue (mailq)")
+    p.add_argument("--sender", help="sender contains this (or matches this *-pattern)")
+    p.add_argument("--recipient", help="a waiting recipient contains (or matches) this")
+    p.add_argument("--state", choices=("active", "deferred", "held"))
+    p.add_argument("--older-than", metavar="AGE", help="in the queue longer than AGE (90s, 4h, 2d)")
+    p.add_argument("--json", action="store_true", help="one JSON object per message and line")
     p = ops.add_parser("show", parents=[common], help="a message's whole event history")
     p.add_argument("queue_id")
     p.add_argument("--json", action="store_true")
-    p = ops.add_parser("retry", parents=[common], help="attempt deferred recipients now")
-    target = p.add_mutually_exclusive_group(required=True)
-    target.add_argument("queue_id", nargs="?")
-    target.add_argument("--all", action="store_true", help="every deferred message")
-    for name, text in (
-        ("hold", "no more attempts until released"),
-        ("release", "end a hold; attempt at once"),
-        ("delete", "remove from the queue, without a report"),
-    ):
+    p = ops.add_parser("cat", parents=[common], help="the stored message (postcat -q)")
+    p.add_argument("queue_id")
+    for name, text in ACTIONS.items():
         p = ops.add_parser(name, parents=[common], help=text)
-        p.add_argument("queue_id")
+        p.add_argument(
+            "queue_ids",
+            nargs="*",
+            metavar="ID",
+            help="queue ids; ALL: every message; -: from stdin",
+        )
+        if name == "retry":
+            p.add_argument("--all", action="store_true", help="every deferred message (= ALL)")
     p_queue.set_defaults(func=queue_command)
 
 
@@ -50,39 +79,163 @@ def queue_command(args: argparse.Namespace) -> int:
 
 async def _run(args: argparse.Namespace) -> int:
     op = args.queue_command
-    body: dict[str, Any] = {"operator": ctl.operator()}
-    if getattr(args, "queue_id", None):
-        body["queue_id"] = args.queue_id
-    if getattr(args, "all", False):
-        body["all"] = True
     try:
         async with ctl.connection(args, "mailbus-queuectl") as nc:
+            if op in ACTIONS:
+                return await _act(nc, args, op)
+            if op == "cat":
+                sys.stdout.buffer.write(await _body(nc, args.queue_id))
+                sys.stdout.buffer.flush()
+                return 0
+            body: dict[str, Any] = {"operator": ctl.operator()}
+            if op == "show":
+                body["queue_id"] = args.queue_id
             subject = subjects.queue_api_subject(op)
             reply = await ctl.request(nc, subject, body, args.timeout, "the queue service")
     except ctl.CtlError as exc:
         return ctl.report(f"mailbus queue {op}", exc)
-    if getattr(args, "json", False):
-        print(json.dumps(reply.get("entries", reply), indent=2, sort_keys=True))
-    elif op == "list":
-        print(format_list(reply["entries"]))
-    elif op == "show":
-        print(format_history(reply))
+    if op == "list":
+        entries = select(reply["entries"], Selection.of(args), datetime.now(UTC))
+        if args.json:
+            for entry in entries:
+                print(json.dumps(entry, sort_keys=True))
+        else:
+            print(format_list(entries, datetime.now(UTC)))
+    elif args.json:
+        print(json.dumps(reply, sort_keys=True))
     else:
-        print(format_result(op, reply))
+        print(format_history(reply))
     return 0
 
 
-def format_list(entries: Sequence[dict[str, Any]]) -> str:
+async def _body(nc: NATS, queue_id: str) -> bytes:
+    """The stored message as delivery reads it, from the body store."""
+    from libs.common.mail.bodies import BodyStore
+
+    try:
+        found = await BodyStore(nc.jetstream()).get(queue_id)
+    except Exception as exc:
+        raise ctl.CtlError(f"{queue_id}: body unreadable: {type(exc).__name__}", 2) from exc
+    if found is None:
+        raise ctl.CtlError(f"no stored message {queue_id!r}", 1)
+    return found
+
+
+def target_ids(given: Sequence[str], stdin: TextIO) -> list[str]:
+    """The ids named: `-` reads them from stdin, whitespace-separated (postsuper habits)."""
+    ids: list[str] = []
+    for item in given:
+        ids.extend(stdin.read().split() if item == "-" else [item])
+    return ids
+
+
+async def _act(nc: NATS, args: argparse.Namespace, op: str) -> int:
+    subject = subjects.queue_api_subject(op)
+    ids = target_ids(args.queue_ids, sys.stdin)
+    if getattr(args, "all", False):
+        ids.append("ALL")
+    if not ids:
+        raise ctl.CtlError("name queue ids, ALL, or - to read them from stdin", 2)
+    if "ALL" in ids:
+        listed = await ctl.request(
+            nc, subjects.queue_api_subject("list"), {}, args.timeout, "the queue service"
+        )
+        chosen = [e["queue_id"] for e in listed["entries"] if e["state"] in _ALL_STATES[op]]
+        ids = [i for i in ids if i != "ALL"] + chosen
+    failed = 0
+    for qid in dict.fromkeys(ids):  # each once, in the order given
+        body = {"operator": ctl.operator(), "queue_id": qid}
+        try:
+            reply = await ctl.request(nc, subject, body, args.timeout, "the queue service")
+        except ctl.CtlError as exc:
+            if exc.code == 2:
+                raise
+            print(f"mailbus queue {op}: {qid}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(format_result(op, reply))
+    return 1 if failed else 0
+
+
+@dataclass(frozen=True)
+class Selection:
+    sender: str | None = None
+    recipient: str | None = None
+    state: str | None = None
+    older_than: timedelta | None = None
+
+    @classmethod
+    def of(cls, args: argparse.Namespace) -> Selection:
+        age = None
+        if args.older_than:
+            try:
+                age = parse_duration(args.older_than)
+            except ValueError as exc:
+                raise SystemExit(f"mailbus queue list: --older-than: {exc}") from exc
+        return cls(args.sender, args.recipient, args.state, age)
+
+
+def _matches(pattern: str, value: str) -> bool:
+    pattern, value = pattern.lower(), value.lower()
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(value, pattern)
+    return pattern in value
+
+
+def select(
+    entries: Sequence[dict[str, Any]], sel: Selection, now: datetime
+) -> list[dict[str, Any]]:
+    """The entries the filters keep, oldest first."""
+    kept = []
+    for e in entries:
+        if sel.sender is not None and not _matches(sel.sender, e["sender"]):
+            continue
+        if sel.recipient is not None and not any(
+            _matches(sel.recipient, r) for r in e["recipients"]
+        ):
+            continue
+        if sel.state is not None and e["state"] != sel.state:
+            continue
+        if sel.older_than is not None and now - _when(e["arrival"]) < sel.older_than:
+            continue
+        kept.append(e)
+    return sorted(kept, key=lambda e: str(e["arrival"]))
+
+
+def _when(value: str) -> datetime:
+    return datetime.fromisoformat(value.replace("Z", "+00:00"))
+
+
+def age_text(delta: timedelta) -> str:
+    """3m, 2h5m, 1d4h: how long a message has been in the queue."""
+    seconds = max(int(delta.total_seconds()), 0)
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d{hours}h" if hours else f"{days}d"
+    if hours:
+        return f"{hours}h{minutes}m" if minutes else f"{hours}h"
+    return f"{minutes}m" if minutes else f"{secs}s"
+
+
+def format_list(entries: Sequence[dict[str, Any]], now: datetime) -> str:
     lines = [
-        f"{'QUEUE ID':<26}  {'ARRIVAL':<19}  {'SIZE':>8}  {'STATE':<8}  {'NEXT ATTEMPT':<19}  "
-        "SENDER -> RECIPIENTS"
+        f"{'QUEUE ID':<26}  {'ARRIVAL':<19}  {'AGE':>6}  {'SIZE':>8}  {'STATE':<8}  "
+        f"{'NEXT ATTEMPT':<19}  SENDER -> RECIPIENTS"
     ]
     for e in entries:
+        age = age_text(now - _when(e["arrival"]))
         lines.append(
-            f"{e['queue_id']:<26}  {_time(e['arrival']):<19}  {e['size']:>8}  {e['state']:<8}  "
-            f"{_time(e.get('next_attempt')):<19}  <{e['sender']}> -> {', '.join(e['recipients'])}"
+            f"{e['queue_id']:<26}  {_time(e['arrival']):<19}  {age:>6}  {e['size']:>8}  "
+            f"{e['state']:<8}  {_time(e.get('next_attempt')):<19}  <{e['sender']}> -> "
+            f"{', '.join(e['recipients'])}"
         )
-        if e.get("last_reply"):
+        reasons: dict[str, str] = e.get("reasons") or {}
+        for rcpt in e["recipients"]:
+            if rcpt in reasons:
+                lines.append(f"{'':<28}{rcpt}: ({reasons[rcpt]})")
+        if not reasons and e.get("last_reply"):
             lines.append(f"{'':<28}({e['last_reply']})")
     total = sum(int(e["size"]) for e in entries)
     lines.append(f"-- {len(entries)} message(s), {total} bytes")

@@ -3,6 +3,12 @@
 The supervisor owns the order: NATS first, then the services; on Ctrl-C or
 SIGTERM the services drain first and NATS stops last, so nothing in flight is
 cut off from the bus. Children die with the supervisor even if it is killed.
+
+One supervisor per data directory (ops/datadir.py's lock). A listener address
+that cannot be bound stops the start in one line, before anything runs. A child
+that dies is restarted after a growing pause, nats-server included (on the same
+store, port and users); one that keeps dying is given up on, and mailbus stops.
+Children write to the supervisor's own stdout and stderr: no Python copies lines.
 """
 
 from __future__ import annotations
@@ -27,14 +33,42 @@ from libs.common.contract import permissions, subjects
 from libs.common.runtime.embedded_nats import EmbeddedNats, die_with_parent, hashed_password
 from libs.common.runtime.lease import SLOT_ENV
 from libs.common.runtime.private import private_dir, write_private
+from libs.common.runtime.service import EX_CONFIG
+from ops.datadir import ADMIN_URL_FILE, DataDirInUse, DataDirLock, bind_problems
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 8.0
-RESTART_DELAY_S = 1.0
+# Pauses before restarting a child that died, one per death in a row; after the
+# last, the supervisor gives up. A child that ran STABLE_S starts the row anew.
+BACKOFF_S: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0)
+STABLE_S = 30.0
+NATS_POLL_S = 0.5
 
 
 def _say(line: str) -> None:
     print(f"mailbus | {line}", flush=True)
+
+
+class Backoff:
+    """Deaths in a row of one child, and the pause before its next start."""
+
+    def __init__(self, pauses: Sequence[float] = BACKOFF_S, stable_s: float = STABLE_S) -> None:
+        self.pauses = tuple(pauses)
+        self.stable_s = stable_s
+        self.deaths = 0
+        self.started = time.monotonic()
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+    def died(self) -> float | None:
+        """The pause before the restart, or None: give up."""
+        if time.monotonic() - self.started >= self.stable_s:
+            self.deaths = 0
+        self.deaths += 1
+        if self.deaths > len(self.pauses):
+            return None
+        return self.pauses[self.deaths - 1]
 
 
 class Supervisor:
@@ -57,15 +91,11 @@ class Supervisor:
         self.service_urls: dict[str, list[str]] = {}
         self.admin_urls: list[str] = self.servers
         self.stopping = False
+        self.exit_code = 0
+        self._stop = asyncio.Event()
+        self._backoff: dict[str, Backoff] = {}
         self._tasks: list[asyncio.Task[None]] = []
-
-    async def _pipe(self, name: str, stream: asyncio.StreamReader | None) -> None:
-        if stream is None:
-            return
-        width = max(len(s) for s in self.services)
-        while line := await stream.readline():
-            text = line.decode(errors="replace").rstrip()
-            print(f"{name:<{width}} | {text}", flush=True)
+        self.lock = DataDirLock(data_dir)
 
     async def _spawn(self, name: str) -> asyncio.subprocess.Process:
         args = [sys.executable, "-m", f"services.{name}", "--config", self.config_path]
@@ -79,16 +109,16 @@ class Supervisor:
         metrics = self.metrics_address(name)
         if metrics:
             args += ["--metrics-address", metrics]
+        # stdout and stderr are ours: the child's lines reach the terminal or the
+        # journal directly, each already naming its service (runtime/maillog.py).
         proc = await asyncio.create_subprocess_exec(
             *args,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT,
             env=env,
             start_new_session=True,  # Ctrl-C reaches only us; we stop children in order
             preexec_fn=die_with_parent,
         )
         self.children[name] = proc
-        self._tasks.append(asyncio.create_task(self._pipe(name, proc.stdout)))
+        self._backoff.setdefault(name, Backoff()).start()
         self._tasks.append(asyncio.create_task(self._watch(name, proc)))
         return proc
 
@@ -101,14 +131,65 @@ class Supervisor:
         shown = f"[{host}]" if ":" in host else host
         return f"{shown}:{port + self.services.index(name)}"
 
+    def give_up(self, line: str) -> None:
+        _say(line)
+        self.exit_code = 1
+        self._stop.set()
+
     async def _watch(self, name: str, proc: asyncio.subprocess.Process) -> None:
         code = await proc.wait()
         if self.stopping:
             return
-        _say(f"{name} exited with code {code}; restarting in {RESTART_DELAY_S:.0f}s")
-        await asyncio.sleep(RESTART_DELAY_S)
+        if code == EX_CONFIG:
+            self.give_up(f"fatal: {name} cannot start as configured (exit {code}); stopping")
+            return
+        pause = self._backoff[name].died()
+        if pause is None:
+            self.give_up(
+                f"fatal: {name} keeps dying ({self._backoff[name].deaths - 1} restarts, "
+                f"last exit code {code}); giving up and stopping"
+            )
+            return
+        _say(f"{name} exited with code {code}; restarting in {pause:g}s")
+        await asyncio.sleep(pause)
         if not self.stopping:
             await self._spawn(name)
+
+    async def _watch_nats(self, nats_: EmbeddedNats) -> None:
+        """Restart a nats-server that died, on the same store, port and users."""
+        backoff = Backoff()
+        while not self.stopping:
+            await asyncio.sleep(NATS_POLL_S)
+            proc = nats_.proc
+            code = proc.poll() if proc is not None else None
+            if code is None or self.stopping:
+                continue
+            while not self.stopping:
+                pause = backoff.died()
+                if pause is None:
+                    self.give_up(
+                        f"fatal: nats-server keeps dying (last exit code {code}); see "
+                        f"{nats_.log_file}; giving up and stopping"
+                    )
+                    return
+                _say(
+                    f"nats-server exited with code {code}; restarting it in {pause:g}s "
+                    f"on the same store {nats_.data_dir}"
+                )
+                await asyncio.sleep(pause)
+                if self.stopping:
+                    return
+                try:
+                    # In this (the main) thread, for die_with_parent; it blocks the
+                    # loop only until the server accepts clients.
+                    nats_.start()
+                except (RuntimeError, TimeoutError, OSError) as exc:
+                    code = nats_.proc.returncode if nats_.proc is not None else None
+                    _say(f"nats-server did not start again: {exc}")
+                    continue
+                backoff.start()
+                _say(f"nats-server restarted at {nats_.url}")
+                break
 
     async def wait_ready(self) -> None:
         nc = await nats.connect(servers=self.admin_urls, name="mailbus-up")
@@ -140,14 +221,32 @@ class Supervisor:
         extra = f"; metrics {metrics}" if self.config.telemetry.metrics_address else ""
         return f"ready: {listeners}; nats {', '.join(self.servers)}{extra}"
 
+    def preflight(self) -> bool:
+        """The data-dir lock and the listeners' addresses, before anything starts."""
+        try:
+            self.lock.acquire(config=self.config_path)
+        except DataDirInUse as exc:
+            _say(f"fatal: {exc}")
+            return False
+        if "ingress" in self.services:
+            binds = [(lst.name, lst.host, lst.port) for lst in self.config.listeners if lst.port]
+            fatal = bind_problems(binds)
+            if fatal:
+                for line in fatal:
+                    _say(line)
+                return False
+        return True
+
     async def run(self) -> int:
-        stop = asyncio.Event()
+        if not self.preflight():
+            self.lock.release()
+            return 1
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        if not self.servers:
-            await self._start_embedded()
+            loop.add_signal_handler(sig, self._stop.set)
         try:
+            if not self.servers:
+                await self._start_embedded()
             await self._publish_config("start")
             # Like `postfix reload`: the edited file becomes the next revision, applied live.
             loop.add_signal_handler(
@@ -156,20 +255,21 @@ class Supervisor:
             for name in self.services:
                 await self._spawn(name)
             ready = asyncio.create_task(self.wait_ready())
-            stopped = asyncio.create_task(stop.wait())
+            stopped = asyncio.create_task(self._stop.wait())
             done, _ = await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
             if ready in done:
                 ready.result()
                 _say(self.ready_line())
-                await stop.wait()
+                await self._stop.wait()
             else:
                 ready.cancel()
-            return 0
+            return self.exit_code
         except TimeoutError as exc:
             _say(f"not ready: {exc}")
             return 1
         finally:
             await self.shutdown()
+            self.lock.release()
 
     async def _publish_config(self, action: Literal["start", "reload"]) -> None:
         from ops.configctl import from_supervisor
@@ -210,8 +310,10 @@ class Supervisor:
             user = subjects.service_name(svc)
             self.service_urls[svc] = [f"nats://{user}:{password}@{hostport}"]
         self.admin_urls = [f"nats://{permissions.ADMIN_USER}:{admin}@{hostport}"]
-        admin_file = self.data_dir / "nats-admin.url"
+        admin_file = self.data_dir / ADMIN_URL_FILE
         write_private(admin_file, self.admin_urls[0] + "\n")
+        self.lock.update(config=self.config_path, nats=url)
+        self._tasks.append(asyncio.create_task(self._watch_nats(self.nats)))
         _say(f"embedded nats-server at {url}, store {self.nats.data_dir}")
         _say(f"operator URL (mailbus queue/blocks --nats-url) in {admin_file}")
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import ssl
 from dataclasses import replace
 
 from libs.common.config import Config
 from libs.common.config.entries import Listener as ListenerEntry
+from libs.common.contract.errors import CannotStart
 from libs.common.mail.submission import MessageStore
 from libs.common.mail.tlsutil import server_context
 from libs.common.runtime.liveconfig import Commit
@@ -24,6 +26,12 @@ from services.ingress.core.deadlines import Deadlines
 log = logging.getLogger(__name__)
 
 DRAIN_TIMEOUT_S = 10.0
+
+
+def _cannot_bind(name: str, address: str, exc: OSError) -> CannotStart:
+    # Postfix's `fatal: bind ...`: one line naming the listener, not a traceback.
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return CannotStart(f"bind listener {name} {address}: {reason}")
 
 
 class IngressService:
@@ -84,7 +92,10 @@ class IngressService:
                     leases=self.leases,
                 )
                 self._pop3.append(pop3)
-                self.addresses[entry.name] = await pop3.start(entry.host, entry.port)
+                try:
+                    self.addresses[entry.name] = await pop3.start(entry.host, entry.port)
+                except OSError as exc:
+                    raise _cannot_bind(entry.name, entry.address, exc) from exc
                 log.info(
                     "listener %s (pop3) on %s:%d, tls %s",
                     entry.name,
@@ -134,14 +145,17 @@ class IngressService:
     async def _listen(self, listener: Listener, host: str, port: int) -> None:
         settings = listener.settings
         self._current[settings.name] = (listener, IngressHandler(listener))
-        server = await asyncio.get_running_loop().create_server(
-            lambda: self._session(settings.name),
-            host=host,
-            port=port,
-            # Implicit TLS too is accepted as plain TCP: the session counts the connection
-            # before it starts the handshake (smtp.py).
-            reuse_address=True,
-        )
+        try:
+            server = await asyncio.get_running_loop().create_server(
+                lambda: self._session(settings.name),
+                host=host,
+                port=port,
+                # Implicit TLS too is accepted as plain TCP: the session counts the connection
+                # before it starts the handshake (smtp.py).
+                reuse_address=True,
+            )
+        except OSError as exc:
+            raise _cannot_bind(settings.name, f"{host}:{port}", exc) from exc
         self._servers.append(server)
         bound = server.sockets[0].getsockname()
         self.addresses[settings.name] = (str(bound[0]), int(bound[1]))

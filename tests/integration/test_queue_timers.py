@@ -176,7 +176,7 @@ async def mailbus_queue(server: EmbeddedNats, *args: str) -> tuple[int, str, str
 async def listed(server: EmbeddedNats) -> dict[str, dict[str, object]]:
     rc, out, err = await mailbus_queue(server, "list", "--json")
     assert rc == 0, err
-    return {e["queue_id"]: e for e in json.loads(out)}
+    return {e["queue_id"]: e for e in map(json.loads, out.splitlines())}  # JSON lines
 
 
 async def test_queue_cli_on_deferred_held_and_expired_messages(

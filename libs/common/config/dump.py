@@ -13,16 +13,16 @@ MASK = "***"
 _SECRET_KEYS = frozenset({"password", "password_hash"})
 
 
+def effective_data(config: Config) -> object:
+    """Every key with its value or default, as plain data, secrets masked."""
+    return _masked(config.model_dump(mode="json"))
+
+
 def effective_config_yaml(config: Config) -> str:
     """Every key with its value or default; durations as "30m", sizes as "25MB" or bytes."""
-    data = _masked(config.model_dump(mode="json"))
+    data = effective_data(config)
     header = "# effective configuration: defaults filled in, users_file merged, secrets masked\n"
     return header + to_yaml(data)
-
-
-def effective_data(config: Config) -> object:
-    """The effective configuration as plain data, secrets masked (for diffs of revisions)."""
-    return _masked(config.model_dump(mode="json"))
 
 
 def to_yaml(data: object) -> str:

@@ -24,6 +24,14 @@ def _listener_name(value: str) -> str:
 def _password_hash(value: str) -> str:
     if not value.strip():
         raise ValueError("empty; leave the key out for an account that cannot log in")
+    # Only argon2id is checked at login: anything else would load and then refuse
+    # every password, silently.
+    if not value.startswith("$argon2id$"):
+        kind = value.split("$")[1] if value.startswith("$") and value.count("$") > 1 else ""
+        shown = f" ({kind[:16]})" if kind else ""
+        raise ValueError(
+            f"not an argon2id hash{shown}; `mailbus user hash` prints one ($argon2id$...)"
+        )
     return value
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, NamedTuple
 from urllib.parse import urlsplit
 
+import idna
 from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, ValidationInfo
 
 from .ipgroups import parse_ip_entry
@@ -35,7 +36,9 @@ def normalize_domain(value: str) -> str:
     """Lower-case, without the root dot, IDNA A-labels; ValueError if no valid domain."""
     text = value.strip().rstrip(".").lower()
     try:
-        text = text.encode("idna").decode("ascii") if not text.isascii() else text
+        # IDNA 2008 (UTS 46, non-transitional): the stdlib's "idna" codec is IDNA 2003,
+        # which maps faß.de to fass.de, another domain.
+        text = idna.encode(text, uts46=True).decode("ascii") if not text.isascii() else text
     except UnicodeError:
         raise ValueError(f"{value!r} is not a valid domain name") from None
     labels = text.split(".")

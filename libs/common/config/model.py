@@ -17,6 +17,7 @@ from .rules import RelaySection, SecuritySection
 from .sections import (
     AntispamSection,
     DnsSection,
+    LoggingSection,
     MailboxesSection,
     NatsSection,
     PolicySection,
@@ -131,6 +132,10 @@ class Config(Section):
     queue: QueueSection = Field(
         default_factory=QueueSection,
         description="Retries, delay warnings and giving up.",
+    )
+    logging: LoggingSection = Field(
+        default_factory=LoggingSection,
+        description="The mail log: its level and format.",
     )
     telemetry: TelemetrySection = Field(
         default_factory=TelemetrySection,

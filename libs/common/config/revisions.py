@@ -113,6 +113,7 @@ RESTART_ONLY: dict[str, str] = {
     "listeners[].tls": "a listener's TLS mode is set when it is bound",
     "nats": "the bus connection is made at start",
     "telemetry": "tracing and the metrics listener are set up at start",
+    "logging.format": "the log handler is set up at start",
     "mailboxes": "the mailbox store is opened at start",
     "policy.timeout": "ingress's policy client is made at start",
     "relay.pop3_before_smtp": "whether POP3 logins become grants (and for how long) is set "
@@ -162,6 +163,8 @@ LIVE_EFFECTS: dict[str, str] = {
     "ports serve the next delivery attempt; max_delivery_threads waits for a restart",
     "queue": "retry, warning and bounce times for the next decision; report_language for "
     "the next report",
+    "logging": "level at once in every process (unless --log-level or MAILBUS_LOG_LEVEL "
+    "set it); format at the next restart",
     "telemetry": "restart only",
     "policy": "restart only",
 }

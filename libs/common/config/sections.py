@@ -271,6 +271,20 @@ class QueueSection(Section):
         return self
 
 
+class LoggingSection(Section):
+    level: Literal["debug", "info", "warning", "error"] = Field(
+        default="info",
+        description="Least important log lines written. `--log-level` and "
+        "`MAILBUS_LOG_LEVEL` override it for one process.",
+    )
+    format: Literal["text", "json"] = Field(
+        default="text",
+        description="text: one line per event in the shape of Postfix's maillog (syslog "
+        "time, host, `mailbus/<daemon>[pid]:`, then the queue id), read by pflogsumm and "
+        "fail2ban. json: the same fields as one JSON object per line.",
+    )
+
+
 class TelemetrySection(Section):
     service_name_prefix: Annotated[str, AfterValidator(_prefix)] = Field(
         default="mailbus",

@@ -12,3 +12,9 @@ from __future__ import annotations
 
 class MailbusError(Exception):
     """Something mailbus knows how to report; the message is safe to show an operator."""
+
+
+class CannotStart(MailbusError):
+    """A service that cannot start as configured (a listener address it cannot bind):
+    the runtime prints the message as one line and exits with EX_CONFIG (78), which
+    `mailbus up` does not restart."""

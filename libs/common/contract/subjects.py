@@ -14,6 +14,9 @@ PREFIX = "mailbus"
 POLICY_SERVICE = "mailbus-policy"
 POLICY_PREFIX = f"{PREFIX}.policy.v1"
 POLICY_STAGES = ("connect", "helo", "auth", "mail", "rcpt", "data")
+# `mailbus check`: a query of any stage but auth, answered as it would be, counting
+# nothing (no message, unknown recipient or failed login counted; no block made).
+POLICY_DRYRUN_SUBJECT = f"{POLICY_PREFIX}.dryrun"
 # A DATA query whose message policy scans (antispam.spamd) carries the message as its
 # payload and the query, as JSON, in this header.
 POLICY_QUERY_HEADER = "Mailbus-Policy-Query"
@@ -281,3 +284,34 @@ def token(value: str) -> str:
     Unpadded URL-safe base64 keeps it reversible and free of '.', '*', '>' and spaces.
     """
     return base64.urlsafe_b64encode(value.encode()).decode().rstrip("=") or "_"
+
+
+# Subjects whose third token (or fourth, for timers) is a queue id or another
+# per-message value, and the placeholder that replaces it in span names.
+_VARIABLE_TOKENS: dict[tuple[str, ...], tuple[int, str]] = {
+    (PREFIX, "evt"): (2, "{queue_id}"),
+    (PREFIX, "body"): (2, "{queue_id}"),
+    (PREFIX, "job"): (2, "{destination}"),
+    (PREFIX, "timer", "sched"): (3, "{queue_id}"),
+    (PREFIX, "timer", "fire"): (3, "{queue_id}"),
+}
+
+
+def subject_template(subject: str) -> tuple[str, str | None]:
+    """The subject with its per-message token replaced, and the queue id if it had one.
+
+    Span names use the template (`publish mailbus.evt.{queue_id}.MessageReceived`), so a
+    tracing backend gets a bounded set of operation names, not one per message.
+    """
+    tokens = subject.split(".")
+    for prefix, (index, placeholder) in _VARIABLE_TOKENS.items():
+        if tuple(tokens[: len(prefix)]) == prefix and len(tokens) > index:
+            value = tokens[index]
+            tokens[index] = placeholder
+            queue_id = value if placeholder == "{queue_id}" else None
+            # A body's last token is its chunk number: not part of the template.
+            keep = index + 1 if prefix == (PREFIX, "body") else index + 2
+            return ".".join(tokens[:keep]), queue_id
+    if subject.startswith("$KV."):
+        return ".".join(tokens[:2]), None
+    return subject, None

@@ -28,7 +28,8 @@ from nats.micro.service import ServiceConfig
 from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
-from libs.common.runtime import bus, nats_tls
+from libs.common.contract.errors import CannotStart
+from libs.common.runtime import bus, maillog, nats_tls
 from libs.common.runtime.health import Health
 from libs.common.runtime.liveconfig import ConfigFollower, LiveConfig, starting_config
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
@@ -37,6 +38,7 @@ from libs.common.runtime.telemetry import setup_telemetry
 log = logging.getLogger(__name__)
 
 VERSION = "0.1.0"
+EX_CONFIG = 78  # sysexits: cannot start as configured; `mailbus up` does not restart it
 LAG_EVERY_S = 10.0
 
 
@@ -138,6 +140,7 @@ async def start_service(
     config, revision = await starting_config(js, name, config)
     ctx = Context(service=name, config=config, nc=nc, js=js, micro=micro)
     ctx.live.started_at(revision)
+    ctx.live.on_change(_follow_log_level)
     service = factory(ctx)
     await service.start()
     # After start, so each part has registered its live-apply hook: the bucket's active
@@ -195,12 +198,22 @@ async def serve(
     return 0
 
 
-def setup_logging(level: str = "INFO") -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def setup_logging(level: str = "INFO", fmt: str = "text", program: str = "mailbus") -> None:
+    maillog.setup(level, fmt, program)
+
+
+# --log-level or MAILBUS_LOG_LEVEL given: it wins over logging.level of every revision.
+_log_level_override: str | None = None
+
+
+def _follow_log_level(config: Config, _revision: int) -> Callable[[], None]:
+    level = getattr(logging, config.logging.level.upper())
+
+    def commit() -> None:
+        if _log_level_override is None:
+            logging.getLogger().setLevel(level)
+
+    return commit
 
 
 def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) -> int:
@@ -217,9 +230,15 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         default=os.environ.get("MAILBUS_METRICS_ADDRESS"),
         help="overrides telemetry.metrics_address (host:port of /metrics, /healthz, /readyz)",
     )
-    parser.add_argument("--log-level", default=os.environ.get("MAILBUS_LOG_LEVEL", "INFO"))
+    parser.add_argument(
+        "--log-level",
+        default=os.environ.get("MAILBUS_LOG_LEVEL"),
+        help="overrides logging.level (MAILBUS_LOG_LEVEL also works)",
+    )
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    global _log_level_override
+    _log_level_override = args.log_level
+    setup_logging(args.log_level or "INFO", program=name)
     if not args.config:
         parser.error("--config FILE (or MAILBUS_CONFIG) is required")
     try:
@@ -229,6 +248,11 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         for line in exc.errors:
             print(line, file=sys.stderr)
         return 2
-    # uvloop: a service's CPU goes to socket reads and writes and to scheduling
-    # callbacks (NATS and SMTP), which libuv does for a fraction of asyncio's cost.
-    return uvloop.run(serve(name, factory, config, servers, args.metrics_address))
+    setup_logging(args.log_level or config.logging.level, config.logging.format, name)
+    try:
+        # uvloop: a service's CPU goes to socket reads and writes and to scheduling
+        # callbacks (NATS and SMTP), which libuv does for a fraction of asyncio's cost.
+        return uvloop.run(serve(name, factory, config, servers, args.metrics_address))
+    except CannotStart as exc:
+        print(f"fatal: {exc}", file=sys.stderr, flush=True)
+        return EX_CONFIG

@@ -20,6 +20,8 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExport
 from opentelemetry.sdk.trace.sampling import Decision, Sampler, SamplingResult
 from opentelemetry.util.types import Attributes
 
+from libs.common.contract import subjects
+
 log = logging.getLogger(__name__)
 
 _configured = False
@@ -36,17 +38,34 @@ def _exporter_from_env() -> SpanExporter | None:
     if "console" in wanted:
         return ConsoleSpanExporter()
     if "otlp" in wanted:
-        try:
-            from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                OTLPSpanExporter,
-            )
-        except ImportError:
-            log.warning("OTLP exporter requested but opentelemetry-exporter-otlp is not installed")
-            return None
-        exporter: SpanExporter = OTLPSpanExporter()
-        return exporter
+        return _otlp_exporter()
     log.warning("unsupported OTEL_TRACES_EXPORTER=%s; traces are not exported", names)
     return None
+
+
+def _otlp_exporter() -> SpanExporter | None:
+    """OTLP over the protocol OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL names; the exporter
+    reads its endpoint, headers and time-out from the environment itself."""
+    protocol = os.environ.get(
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "")
+    )
+    if protocol == "grpc":
+        try:
+            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import (
+                OTLPSpanExporter as GrpcExporter,
+            )
+        except ImportError:
+            log.warning(
+                "OTEL_EXPORTER_OTLP_PROTOCOL=grpc needs opentelemetry-exporter-otlp-proto-grpc, "
+                "which is not installed; traces are not exported"
+            )
+            return None
+        grpc: SpanExporter = GrpcExporter()
+        return grpc
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+    exporter: SpanExporter = OTLPSpanExporter()
+    return exporter
 
 
 class _Recording(Sampler):
@@ -94,13 +113,19 @@ def setup_telemetry(
             current.add_span_processor(processor)
             _sampler.on = True
         return current
-    provider = TracerProvider(
-        resource=Resource.create({"service.name": f"{prefix}-{service}"}), sampler=_sampler
+    exporter = _exporter_from_env()
+    # The SDK's own variables win: OTEL_SERVICE_NAME (or service.name in
+    # OTEL_RESOURCE_ATTRIBUTES) over the configured prefix, OTEL_TRACES_SAMPLER over
+    # "record whatever is exported".
+    named = os.environ.get("OTEL_SERVICE_NAME") or "service.name=" in os.environ.get(
+        "OTEL_RESOURCE_ATTRIBUTES", ""
     )
+    resource = Resource.create({} if named else {"service.name": f"{prefix}-{service}"})
+    env_sampler = exporter is not None and bool(os.environ.get("OTEL_TRACES_SAMPLER"))
+    provider = TracerProvider(resource=resource, sampler=None if env_sampler else _sampler)
     if processor is not None:
         provider.add_span_processor(processor)
         _sampler.on = True
-    exporter = _exporter_from_env()
     if exporter is not None:
         provider.add_span_processor(BatchSpanProcessor(exporter))
         _sampler.on = True
@@ -173,18 +198,19 @@ def messaging_attributes(
 def producer_span(
     subject: str, message_id: str | None = None
 ) -> AbstractContextManager[trace.Span]:
-    """A PRODUCER span named the semconv way ("send <destination>").
+    """A PRODUCER span named the semconv way, `publish <destination template>`.
 
-    The name is the subject's first three tokens, the full subject an attribute.
-    That keeps job and access-event names bounded (`send mailbus.job.deliver`), but
-    not an event's: its third token is the queue id (`send mailbus.evt.<queue id>`),
-    so there is one span name per message.
+    The template replaces the queue id (or destination) in the subject
+    (`publish mailbus.evt.{queue_id}.MessageReceived`), so names stay bounded; the
+    full subject and the queue id are attributes.
     """
     if not _sampler.on:
         return nullcontext(trace.INVALID_SPAN)
-    stem = ".".join(subject.split(".")[:3])
+    template, queue_id = subjects.subject_template(subject)
+    attributes = messaging_attributes(subject, "send", message_id)
+    attributes["messaging.destination.template"] = template
+    if queue_id:
+        attributes["mailbus.queue_id"] = queue_id
     return _bus_tracer.start_as_current_span(
-        f"send {stem}",
-        kind=trace.SpanKind.PRODUCER,
-        attributes=messaging_attributes(subject, "send", message_id),
+        f"publish {template}", kind=trace.SpanKind.PRODUCER, attributes=attributes
     )

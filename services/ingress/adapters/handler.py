@@ -20,7 +20,9 @@ from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import Client, MessageReceived, Recipient
 from libs.common.contract.ids import new_queue_id
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
+from libs.common.mail import maillines
 from libs.common.mail.submission import StoreError
+from libs.common.runtime import maillog
 from libs.common.runtime.telemetry import current_traceparent
 from services.ingress.adapters import spool
 from services.ingress.adapters.listener import Listener
@@ -183,7 +185,7 @@ class IngressHandler:
                 server.note_refusal("queue_unavailable")
                 return replies.QUEUE_UNAVAILABLE
         self.listener.metrics.message_accepted(size)
-        log.info("%s: queued from %s, %d recipient(s)", qid, server.peer[0], len(event.recipients))
+        maillog.emit(maillines.accepted(qid, server.peer[0], event.auth_user))
         return replies.accepted(qid)
 
     async def handle_AUTH(

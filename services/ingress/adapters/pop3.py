@@ -34,7 +34,9 @@ from opentelemetry.trace import SpanKind
 from libs.common.contract.events import Pop3LoginSucceeded
 from libs.common.contract.policy import PolicyQuery
 from libs.common.contract.policy import Session as PolicySession
+from libs.common.mail import maillines
 from libs.common.mail.mailbox import MailboxEntry, MailboxLock, MailboxStore
+from libs.common.runtime import maillog
 from libs.common.runtime.policy_client import PolicyClient, publish_pop3_login
 from libs.common.runtime.telemetry import tracer
 from services.ingress.adapters.leases import ConnectionLeases
@@ -317,7 +319,7 @@ class Pop3Connection:
             await self._unlock()
             return self.state.login_failed("Mailbox unavailable, try again later", temporary=True)
         self._keeper = asyncio.create_task(self._keep_lock(), name="pop3-lock")
-        log.info("pop3 %s: %s logged in from %s", self.session_id, account, self.peer[0])
+        maillog.emit(maillines.pop3_login(account, self.peer[0], self.server.settings.name))
         drop = [DropMessage(size=e.size, uid=e.uid) for e in self.entries]
         return self.state.login_succeeded(drop)
 

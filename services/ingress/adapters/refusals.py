@@ -42,7 +42,8 @@ class Refusals:
             return False
         rule = rule or library_rule(reply)
         SMTPD_REFUSALS.labels(self.stage, rule).inc()
-        log.info(
+        # The mail log's reject line comes from policy (one per refusal); this is detail.
+        log.debug(
             "session %s: %s refused: rule=%s client=%s reply=%r",
             self.session_id,
             self.stage,

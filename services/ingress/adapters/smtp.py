@@ -180,8 +180,16 @@ class IngressSMTP(SMTP):
         super().connection_lost(error)
 
     async def _handle_client(self) -> None:
-        # aiosmtpd private: the session's task. Connect-time policy and the PROXY header
-        # come before aiosmtpd's greeting, which has no hook in front of it.
+        # aiosmtpd private: the session's task, whose exception nobody retrieves.
+        try:
+            await self._session()
+        except ConnectionError:
+            # A client that resets before its greeting, or while it is sent: no error.
+            self._close()
+
+    async def _session(self) -> None:
+        """The PROXY header, counting, implicit TLS and connect-time policy, then the
+        greeting and the command loop."""
         if self.settings.proxy_protocol and not await self._read_proxy_header():
             self._close()
             return

@@ -26,10 +26,11 @@ from libs.common.contract.events import (
     parse_event,
 )
 from libs.common.contract.ids import derived_queue_id
+from libs.common.mail import maillines
 from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history, message_received
 from libs.common.mail.submission import MessageStore
-from libs.common.runtime import bus
+from libs.common.runtime import bus, maillog
 from libs.common.runtime.locks import KeyedLocks
 from libs.common.runtime.metrics import REPORTS_SENT
 from libs.common.runtime.telemetry import (
@@ -157,9 +158,7 @@ class NotifierProcessor:
             return report_id  # submitted before a crash; never twice
         await self._submit(trigger, received, plan, original, report_id)
         REPORTS_SENT.labels(trigger.kind).inc()
-        log.info(
-            "notifier %s: %s report %s to %s", trigger.queue_id, trigger.kind, report_id, plan.to
-        )
+        maillog.emit(maillines.report(trigger.queue_id, trigger.kind, report_id))
         return report_id
 
     async def _submit(

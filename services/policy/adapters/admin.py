@@ -22,6 +22,8 @@ from nats.micro.request import Handler, Request
 from nats.micro.service import Service as MicroService
 
 from libs.common.contract import subjects
+from libs.common.mail import maillines
+from libs.common.runtime import maillog
 from services.policy.adapters.blocks import BlockStore
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.core import Block, canonical_ip
@@ -66,7 +68,7 @@ class BlocksEndpoints:
         # Lifted means a fresh start, not a block again at the next unknown recipient.
         await self._counters.reset(subjects.unknown_recipients_key(ip))
         if lifted is not None:
-            log.warning("block of %s lifted by %s (%s)", ip, operator or "?", lifted.reason)
+            maillog.emit(maillines.unblocked(ip, operator))
         return {"address": ip, "removed": block_json(lifted) if lifted is not None else None}
 
 

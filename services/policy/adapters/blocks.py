@@ -24,7 +24,8 @@ from nats.js import JetStreamContext
 
 from libs.common.contract import subjects
 from libs.common.contract.events import ClientBlocked, ClientUnblocked, event_type
-from libs.common.runtime import bus
+from libs.common.mail import maillines
+from libs.common.runtime import bus, maillog
 from libs.common.runtime.kv import CAS_ATTEMPTS, Bucket, backoff
 from services.policy.adapters.stores import readable
 from services.policy.core import Block, ContentionError
@@ -121,6 +122,9 @@ class BlockStore:
             if await self._bucket.swap(key, block.encode(), revision, ttl):
                 if self._copy is not None:  # in force here at once, not when the watch says
                     self._keep(self._copy, key, block)
+                maillog.emit(
+                    maillines.blocked(block.client_ip, block.reason, block.rule, block.end)
+                )
                 await self._publish_blocked(block)
                 return block, True
             await backoff(attempt)

@@ -26,6 +26,8 @@ from datetime import datetime
 
 from libs.common.contract import replies
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
+from libs.common.mail import maillines
+from libs.common.runtime import maillog
 from services.policy.adapters.passwords import PasswordChecker, Verdict
 from services.policy.adapters.stores import FailedLoginCounter
 from services.policy.core import Facts, LimitsUnavailable, PolicyRules, decide
@@ -124,8 +126,10 @@ class LoginChecker:
             failed = reservation.count
         verdict = await self._check(query, failed.count - 1 if failed else 0, deadline)
         if verdict is Verdict.MISMATCH:
+            maillog.emit(maillines.sasl_failed(ip, query.mechanism or "", query.username))
             if failed is not None:
-                log.info(
+                # Detail: the mail log has the failure's own line, above.
+                log.debug(
                     "failed login from %s as %r (%d from there since %s)",
                     ip,
                     query.username,

@@ -25,6 +25,8 @@ from libs.common.contract import subjects
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from libs.common.contract.records import first_error
 from libs.common.contract.shadow import ShadowDifference
+from libs.common.mail import maillines
+from libs.common.runtime import maillog
 from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
 from libs.common.runtime.telemetry import context_from_headers, tracer
 from services.policy.adapters.antispam import AntispamChecks
@@ -109,6 +111,27 @@ class PolicyEndpoints:
             await micro.add_endpoint(
                 name=stage, subject=subjects.policy_subject(stage), handler=self._handler(stage)
             )
+        await micro.add_endpoint(
+            name="dryrun", subject=subjects.POLICY_DRYRUN_SUBJECT, handler=self._dry_run
+        )
+
+    async def _dry_run(self, request: Request) -> None:
+        """`mailbus check`: the decision and its rule, with nothing counted or logged."""
+        try:
+            query = PolicyQuery.model_validate_json(request.data)
+        except ValidationError as exc:
+            await request.respond_error("400", f"invalid PolicyQuery: {first_error(exc)}")
+            return
+        if query.stage == "auth":
+            await request.respond_error("400", "no dry run of auth: give session.auth_user")
+            return
+        rules, revision = self._rules, self.revision
+        try:
+            decision = await self._decide_stage(query, rules, None, count=False)
+        except Unavailable as exc:
+            decision = exc.decision
+        decision = decision.model_copy(update={"config_revision": revision})
+        await request.respond(decision.model_dump_json().encode())
 
     def _handler(self, stage: str) -> Handler:
         async def handle(request: Request) -> None:
@@ -188,9 +211,10 @@ class PolicyEndpoints:
             return exc.decision
 
     async def _decide_stage(
-        self, query: PolicyQuery, rules: PolicyRules, body: bytes | None
+        self, query: PolicyQuery, rules: PolicyRules, body: bytes | None, count: bool = True
     ) -> PolicyDecision:
-        shadow = self.shadow if query.stage in SHADOW_STAGES else None
+        # A dry run (count False) records nothing, shadow differences included.
+        shadow = self.shadow if count and query.stage in SHADOW_STAGES else None
         facts = await self._facts(query, rules, shadow[0] if shadow else None)
         decision = decide(query, rules, self._clock(), facts)
         if self._lookups.grants is not None and wants_pop3_grant(decision, rules):
@@ -202,7 +226,7 @@ class PolicyEndpoints:
             await self._compare_shadow(query, decision, facts, shadow)
         if self._lookups.antispam is not None:
             decision = await self._lookups.antispam.review(query, decision, self._clock(), body)
-        if self._lookups.facts is not None:
+        if count and self._lookups.facts is not None:
             decision = await self._lookups.facts.record(query, decision, self._clock())
         return decision
 
@@ -259,14 +283,19 @@ class PolicyEndpoints:
 
     @staticmethod
     def _log_refusal(query: PolicyQuery, decision: PolicyDecision) -> None:
-        what = query.rcpt if query.stage == "rcpt" else query.mail_from
-        log.info(
-            "policy %s refused: rule=%s revision=%s reply=%r session=%s client=%s%s",
-            query.stage,
-            decision.rule,
-            decision.config_revision,
-            decision.smtp_reply,
-            query.session.session_id,
-            query.session.client_ip,
-            f" address={what!r}" if what is not None else "",
+        if query.stage == "auth":
+            return  # a failed login has its own line (SASL ... authentication failed)
+        session = query.session
+        maillog.emit(
+            maillines.rejected(
+                query.stage,
+                session.client_ip,
+                decision.smtp_reply,
+                query.mail_from,
+                query.rcpt,
+                session.helo,
+                decision.rule,
+                session.session_id,
+                decision.config_revision,
+            )
         )

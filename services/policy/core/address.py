@@ -16,6 +16,8 @@ import ipaddress
 import string
 from dataclasses import dataclass
 
+import idna
+
 from libs.common.contract import replies
 from libs.common.contract.replies import SmtpReply
 from services.policy.core.errors import AddressError
@@ -174,7 +176,8 @@ def _parse_domain(text: str) -> tuple[str, bool]:
     name = name.lower()
     if not name.isascii():
         try:
-            name = name.encode("idna").decode("ascii")
+            # IDNA 2008 (UTS 46): the stdlib codec (IDNA 2003) turns faß.de into fass.de.
+            name = idna.encode(name, uts46=True).decode("ascii")
         except UnicodeError as exc:
             raise AddressError(f"invalid internationalized domain ({exc})") from None
     if len(name) > MAX_DOMAIN_OCTETS:

@@ -35,7 +35,8 @@ from libs.common.contract.events import (
 )
 from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history
-from libs.common.runtime import bus
+from libs.common.mail.maillines import queue_lines
+from libs.common.runtime import bus, maillog
 from libs.common.runtime.fence import Fence, is_fenced
 from libs.common.runtime.locks import KeyedLocks
 from libs.common.runtime.metrics import QUEUE_EVENTS
@@ -247,6 +248,8 @@ class QueueProcessor:
         for phase in _phases(outputs):
             await asyncio.gather(*(self._carry_out(output) for output in phase))
         self._remember(qid, apply_outputs(after, outputs))
+        for line in queue_lines(trigger, outputs, after.received):
+            maillog.emit(line)
 
     async def _carry_out(self, output: Output) -> None:
         if isinstance(output, DeliveryJob):

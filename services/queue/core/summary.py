@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from services.queue.core.aggregate import MessageState
 from services.queue.core.decide import next_attempt_at
@@ -28,6 +28,8 @@ class QueueEntry(BaseModel):
     attempts: int
     next_attempt: datetime | None = None
     last_reply: str = ""
+    # The last reply per waiting recipient that has one (`mailbus queue list`).
+    reasons: dict[str, str] = Field(default_factory=dict)
 
 
 def summarize(state: MessageState, timing: Timing) -> QueueEntry | None:
@@ -54,4 +56,5 @@ def summarize(state: MessageState, timing: Timing) -> QueueEntry | None:
         attempts=state.max_attempt,
         next_attempt=min(times) if status == "deferred" else None,
         last_reply=last,
+        reasons={r.address: r.diagnostic for r in waiting if r.diagnostic},
     )
