@@ -4,6 +4,7 @@ all-or-nothing swap, and the shadow policy's comparison and report."""
 from __future__ import annotations
 
 import json
+import logging
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -174,3 +175,19 @@ def test_events_from_before_revisions_still_decode() -> None:
         PolicyDecision.accept("data_ok").model_dump_json()
     )
     assert decision.config_revision is None
+
+
+def test_logging_level_follows_the_revision_unless_overridden() -> None:
+    from libs.common.runtime import service
+
+    root = logging.getLogger()
+    before = root.level
+    try:
+        service._follow_log_level(config(BASE + "logging: {level: error}\n"), 5)()
+        assert root.level == logging.ERROR
+        service._log_level_override = "debug"
+        service._follow_log_level(config(BASE + "logging: {level: warning}\n"), 6)()
+        assert root.level == logging.ERROR  # --log-level wins over every revision
+    finally:
+        service._log_level_override = None
+        root.setLevel(before)
