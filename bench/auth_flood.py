@@ -67,15 +67,47 @@ asyncio.run(main())
 """
 
 
-def proc_stat(pid: int) -> tuple[float, int]:
-    """CPU seconds and peak RSS (kB) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    cpu = (int(fields[11]) + int(fields[12])) / CLK
-    hwm = 0
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def _children(pid: int) -> list[int]:
+    """Processes whose parent is `pid` (policy's password workers, where there are)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    found.append(int(entry.name))
+            except (OSError, IndexError, ValueError):
+                continue  # gone meanwhile
+    return found
+
+
+def _hwm(pid: int) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
-            hwm = int(line.split()[1])
-    return cpu, hwm
+            return int(line.split()[1])
+    return 0
+
+
+def proc_stat(pid: int) -> tuple[float, int, int]:
+    """CPU seconds of a process and its children (live ones, and reaped ones through
+    cutime/cstime), its peak RSS and its live children's summed peak RSS (kB)."""
+    fields = _stat(pid)
+    cpu = sum(int(f) for f in fields[11:15]) / CLK
+    children = 0
+    for child in _children(pid):
+        try:
+            cpu += sum(int(f) for f in _stat(child)[11:13]) / CLK
+            children += _hwm(child)
+        except (OSError, IndexError, ValueError):
+            continue
+    return cpu, _hwm(pid), children
+
+
+def loadavg() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
 def query(stage: str, ip: str, **fields: object) -> bytes:
@@ -94,7 +126,8 @@ async def ask(nc: NATS, stage: str, data: bytes) -> tuple[str, float]:
     took = time.monotonic() - started
     if msg.headers and msg.headers.get("Nats-Service-Error-Code"):
         return "error", took
-    return str(json.loads(msg.data)["code"]), took
+    answer = json.loads(msg.data)
+    return f"{answer['code']} {answer.get('rule', '')}".strip(), took
 
 
 def pct(values: list[float], q: float) -> float:
@@ -135,6 +168,10 @@ async def run(args: argparse.Namespace, root: Path) -> None:
             env=env,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=(tmp / "policy.log").open("wb"),
+            # Its own session, so its own scheduling group (autogroup): the flood's
+            # clients, here on the same machine, then take CPU from their group and
+            # not from policy's niced workers (a remote attacker's take none).
+            start_new_session=True,
         )
         nc = NATS()
         await nc.connect(server.url, name="bench")
@@ -159,7 +196,8 @@ async def wait_for_policy(nc: NATS) -> None:
 
 
 async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
-    cpu0, _ = proc_stat(pid)
+    cpu0, _, _ = proc_stat(pid)
+    load0 = loadavg()
     baseline: list[float] = []
     for _ in range(20):
         _, took = await ask(nc, "mail", query("mail", LEGIT_IP, mail_from="a@bench.test"))
@@ -175,7 +213,7 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
             )
             code, _ = await ask(nc, "auth", data)
             flood_codes[code] = flood_codes.get(code, 0) + 1
-            if code == "535":
+            if code.startswith("535"):
                 wrong[ip] = wrong.get(ip, 0) + 1
 
     legit: list[tuple[str, float]] = []
@@ -204,10 +242,11 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
     await asyncio.gather(*tasks)
     # After the flood: until policy spends under 5% of a core over a second.
     idle_at = ended
-    previous, _ = proc_stat(pid)
+    previous, _, _ = proc_stat(pid)
+    load1 = loadavg()
     while time.monotonic() - ended < IDLE_WAIT_S:
         await asyncio.sleep(1.0)
-        now_cpu, _ = proc_stat(pid)
+        now_cpu, _, _ = proc_stat(pid)
         if now_cpu - previous < 0.05:
             idle_at = time.monotonic() - 1.0
             break
@@ -220,9 +259,10 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
             "auth", LEGIT_IP, mechanism="PLAIN", username="alice@bench.test", password=PASSWORD
         )
         after_legit.append(await ask(nc, "auth", data))
-    cpu1, hwm = proc_stat(pid)
+    cpu1, hwm, workers_hwm = proc_stat(pid)
     per_ip = [wrong.get(ip, 0) for ip in ips]
-    ok = [t for code, t in legit if code == "235"]
+    ok = [t for code, t in legit if code.startswith("235")]
+    prompt = [t for t in ok if t <= 1.0]
     mail_times = [t for _, t in mail]
     rows = [
         ("flood", f"{args.addresses} addresses x {args.connections} connections, {args.seconds}s"),
@@ -232,6 +272,11 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
         ),
         ("flood answers", ", ".join(f"{k}: {v}" for k, v in sorted(flood_codes.items()))),
         ("legit logins ok during flood", f"{len(ok)}/{len(legit)}"),
+        ("legit logins ok within 1 s", f"{len(prompt)}/{len(legit)}"),
+        (
+            "legit logins over 1 s (n-th: s)",
+            ", ".join(f"{n}: {t:.2f}" for n, (_, t) in enumerate(legit, 1) if t > 1.0) or "none",
+        ),
         (
             "legit login p50 / max (s)",
             f"{pct(ok, 0.5):.3f} / {max(ok) if ok else float('nan'):.3f}",
@@ -242,9 +287,12 @@ async def measure(args: argparse.Namespace, nc: NATS, pid: int) -> None:
             "MAIL decision p50 / p95 during (ms)",
             f"{pct(mail_times, 0.5) * 1000:.1f} / {pct(mail_times, 0.95) * 1000:.1f}",
         ),
+        ("MAIL decision max during (ms)", f"{max(mail_times, default=0.0) * 1000:.1f}"),
         ("policy busy after the flood (s)", f"{idle_at - ended:.1f}"),
-        ("legit logins ok after it", f"{sum(c == '235' for c, _ in after_legit)}/3"),
-        ("policy CPU (s) / peak RSS (MB)", f"{cpu1 - cpu0:.1f} / {hwm / 1024:.0f}"),
+        ("legit logins ok after it", f"{sum(c.startswith('235') for c, _ in after_legit)}/3"),
+        ("policy CPU (s), workers included", f"{cpu1 - cpu0:.1f}"),
+        ("peak RSS (MB): policy / its workers", f"{hwm / 1024:.0f} / {workers_hwm / 1024:.0f}"),
+        ("load average: start / flood's end", f"{load0} / {load1}"),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:

@@ -568,6 +568,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=8, help="client connections at once")
     parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
     parser.add_argument("--kill-every", type=float, default=8.0, help="seconds between kills")
+    parser.add_argument("--drain", type=float, default=300.0, help="longest wait for the queue")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="mailbus-chaos-") as tmp:
         report = asyncio.run(
@@ -578,6 +579,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 concurrency=args.concurrency,
                 kinds=args.kinds,
                 kill_every_s=args.kill_every,
+                drain_s=args.drain,
             )
         )
     for line in report.lines():

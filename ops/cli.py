@@ -10,6 +10,7 @@ mailbus queue list|show|retry|hold|release|delete   the delivery queue (ops.queu
 mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (ops.blocksctl)
 mailbus check --client IP --from S --to R   what policy would answer, counting nothing
 mailbus sendmail [-t] [-i] [-f S] [RCPT...]  send a message from stdin (ops.sendmail)
+mailbus migrate [--check]                   create/update the bus's streams (ops.migrate)
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.sendmail import add_parser as add_sendmail_parser
 
     add_sendmail_parser(sub)
+
+    from ops.migrate import add_parser as add_migrate_parser
+
+    add_migrate_parser(sub)
     return parser
 
 

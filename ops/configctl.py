@@ -23,13 +23,14 @@ from typing import Any
 
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
+from nats.js.errors import BucketNotFoundError
 
 from libs.common.config import Config, ConfigError, load_config_text
 from libs.common.config.cli import EXIT_INVALID, checked
 from libs.common.config.revisions import Action, Revision, diff, restart_only, summary
 from libs.common.contract import subjects
 from libs.common.contract.shadow import ShadowDifference, ShadowReport, summarise
-from libs.common.runtime import bus, liveconfig
+from libs.common.runtime import liveconfig
 from ops import ctl
 from ops.ctl import time_text as _time
 
@@ -90,7 +91,13 @@ def config_command(args: argparse.Namespace) -> int:
 async def _run(args: argparse.Namespace) -> int:
     async with ctl.connection(args, "mailbus-configctl") as nc:
         js = nc.jetstream()
-        await bus.ensure_topology(js)
+        # The bucket is the topology's (`mailbus migrate`, or any service's first start).
+        try:
+            await js.key_value(subjects.CONFIG_BUCKET)
+        except BucketNotFoundError:
+            raise ctl.CtlError(
+                f"no bucket {subjects.CONFIG_BUCKET}: run `mailbus migrate` first", 1
+            ) from None
         op = args.config_op
         if op == "apply":
             key = subjects.CONFIG_SHADOW_KEY if args.shadow else subjects.CONFIG_ACTIVE_KEY
@@ -329,8 +336,7 @@ async def from_supervisor(urls: Sequence[str], path: str, action: Action) -> int
     nc = await nats.connect(servers=list(urls), name="mailbus-up-config")
     try:
         js = nc.jetstream()
-        await bus.ensure_topology(js)
-        current = await liveconfig.read(js)
+        current = await liveconfig.read(js)  # after `mailbus up`'s migrate made the bucket
         text = await asyncio.to_thread(Path(path).read_text, encoding="utf-8")
         if action == "start" and current is not None and current[1].text == text:
             print(f"mailbus | configuration: revision {current[0]} is {path} already", flush=True)

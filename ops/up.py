@@ -26,15 +26,18 @@ from pathlib import Path
 from typing import Literal
 
 import nats
+from nats.aio.client import Client as NATS
 
 from libs.common.config import Config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import permissions, subjects
+from libs.common.contract.policy import PolicyQuery, Session
 from libs.common.runtime.embedded_nats import EmbeddedNats, die_with_parent, hashed_password
 from libs.common.runtime.lease import SLOT_ENV
 from libs.common.runtime.private import private_dir, write_private
 from libs.common.runtime.service import EX_CONFIG
 from ops.datadir import ADMIN_URL_FILE, DataDirInUse, DataDirLock, bind_problems
+from ops.migrate import migrate_at
 
 READY_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 8.0
@@ -47,6 +50,24 @@ NATS_POLL_S = 0.5
 
 def _say(line: str) -> None:
     print(f"mailbus | {line}", flush=True)
+
+
+# A service's $SRV.PING answers as soon as its micro service exists, before start()
+# has registered its endpoints: policy is ready when its last endpoint answers.
+_READY_QUERY = PolicyQuery(
+    stage="connect", session=Session(session_id="mailbus-up-ready", client_ip="127.0.0.1")
+).model_dump_json()
+
+
+async def _answers(nc: NATS, name: str) -> bool:
+    msg = await nc.request(f"$SRV.PING.{subjects.service_name(name)}", b"", timeout=0.5)
+    if json.loads(msg.data).get("name") != subjects.service_name(name):
+        return False
+    if name == "policy":
+        # The dry run counts nothing; an error reply (no endpoint yet) raises.
+        reply = await nc.request(subjects.POLICY_DRYRUN_SUBJECT, _READY_QUERY.encode(), timeout=0.5)
+        return not (reply.headers or {}).get("Nats-Service-Error") and bool(reply.data)
+    return True
 
 
 class Backoff:
@@ -201,10 +222,7 @@ class Supervisor:
                     raise TimeoutError(f"no health answer from: {', '.join(sorted(pending))}")
                 for name in sorted(pending):
                     try:
-                        msg = await nc.request(
-                            f"$SRV.PING.{subjects.service_name(name)}", b"", timeout=0.5
-                        )
-                        if json.loads(msg.data).get("name") == subjects.service_name(name):
+                        if await _answers(nc, name):
                             pending.discard(name)
                     except Exception:
                         pass
@@ -247,6 +265,9 @@ class Supervisor:
         try:
             if not self.servers:
                 await self._start_embedded()
+            # The one owner of the topology, before any service checks it (ops/migrate.py).
+            for line in await migrate_at(self.admin_urls, self.config):
+                _say(f"migrated {line}")
             await self._publish_config("start")
             # Like `postfix reload`: the edited file becomes the next revision, applied live.
             loop.add_signal_handler(

@@ -232,6 +232,8 @@ class PolicyService:
         _warn_about_accounts(self.ctx.config)
         if self.pop3_logins is not None:
             await self.pop3_logins.start()
+        # Before the endpoints: a login must not wait for a worker to start.
+        await self.passwords.start()
         await self.endpoints.register(self.ctx.micro)
         await self.blocks_api.register(self.ctx.micro)
         # "Started" must mean "answering", or the first requests get "no responders".
@@ -281,5 +283,5 @@ class PolicyService:
         if self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
         await self._blocks.close()
-        self.passwords.close()
+        await self.passwords.close()
         self.antispam.close()

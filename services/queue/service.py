@@ -88,7 +88,6 @@ class QueueService:
         )
         self.processor = processor
         # Before the consumers start, so every later input lands on a complete index.
-        processor.seen_up_to((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
         states = await read_all_states(js)
         for state in states.values():
             index.update(state)

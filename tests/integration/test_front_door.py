@@ -17,8 +17,11 @@ import pytest
 from nats.aio.client import Client as NATS
 from nats.js import JetStreamContext
 
+from libs.common.contract.events import Client, MessageReceived, Recipient
+from libs.common.mail.submission import MessageStore
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running
+from services.ingress.adapters import spool
 from tests.integration.test_ingress import (
     Responder,
     address,
@@ -398,3 +401,23 @@ async def test_credentials_and_control_bytes_never_reach_the_log(
     assert "\r" not in text and "\x1b" not in text
     # aiosmtpd's protocol lines are DEBUG, shown only when debugging.
     assert not [r for r in caplog.records if r.name == "mail.log" and r.levelno <= logging.INFO]
+
+
+async def test_a_handed_over_spool_outlives_the_session(js: JetStreamContext) -> None:
+    """A client hanging up cancels its session while the shielded store still reads the
+    spool: the session's release must leave the file open for it."""
+    body = spool.Spool()
+    content = b"Subject: late\r\n\r\n" + b"w" * 300_000  # past the in-memory part
+    body.write(content)
+    event = MessageReceived(
+        event_id="01HANDEDOVER.received",
+        queue_id="01HANDEDOVER",
+        mail_from="alice@remote.test",
+        recipients=(Recipient(address="bob@example.test"),),
+        size=len(content) + 9,
+        client=Client(ip="127.0.0.1"),
+    )
+    accepting = spool.accept(MessageStore(js), body, 0, b"X-Pre: 1\r\n", event)
+    body.release()  # what the cancelled session does on its way out
+    await accepting
+    assert await body_of(js, "01HANDEDOVER") == b"X-Pre: 1\r\n" + content

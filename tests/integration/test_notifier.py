@@ -2,7 +2,7 @@
 
 The test plays the queue: it stores a body and its MessageReceived, publishes a
 trigger (RecipientsFailed, MessageDelayed, ...) as the queue does, and watches
-the event log and the Object Store for the report and the ReportSent answer.
+the event log and the bodies stream for the report and the ReportSent answer.
 """
 
 from __future__ import annotations

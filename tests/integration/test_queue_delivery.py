@@ -1,7 +1,7 @@
 """Queue and delivery on a real nats-server, delivering to real aiosmtpd sinks on loopback.
 
 The test plays ingress: it stores a body and publishes MessageReceived, then
-watches the event log, the sink and the Object Store.
+watches the event log, the sink and the bodies stream.
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ from tests.support import queue
 from tests.support.procs import processes
 from tests.support.queue import receive, start_queue
 from tests.support.sink import Sink
-from tests.support.streams import body_exists, count_of, eventually
+from tests.support.streams import body_exists, count_of, eventually, jobs_waiting
 
 services = queue.services  # a shared fixture
 
@@ -309,3 +309,37 @@ async def test_a_deposed_queue_cannot_write(
             await old.proc.wait()
         assert "write fenced off" in old.tail(), old.tail()
     assert await count_of(js, "QFENCE", "DeliveryScheduled") == 0
+
+
+# --- a body not found (a replica still catching up) is looked for again --------------------------
+
+
+async def test_a_body_not_found_for_an_unfinished_message_is_looked_for_again(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    """As a lagging R3 replica answers a direct get right after a node restart (seen in the
+    chaos run: the job was dropped and its message stuck for good): the body reads as
+    missing while the message is not done. The job is tried again, not dropped."""
+    sink, port = sink_factory()
+    config = load_config_text(relay_config(port, threads=2))
+    queue_service = await start_queue(config, nats_server)
+    services.append(queue_service)
+    await receive(js, "QLAG", ["lag@remote.test"])
+    await eventually(lambda: _equals(jobs_waiting(js), 1), "the job")
+    store = BodyStore(js)
+    body = await store.get("QLAG")
+    assert body is not None
+    await store.delete("QLAG")
+    services.append(await start_service("delivery", DeliveryService, config, [nats_server.url]))
+    await asyncio.sleep(1.5)  # the worker found no body, and did not drop the job
+    assert sink.received == [] and await jobs_waiting(js) == 1
+    await store.put("QLAG", body)
+    await eventually(lambda: _completed(js, "QLAG"), "delivered once the body is there", 20)
+    assert len(sink.received) == 1
+
+
+async def _equals(value: Awaitable[int], expected: int) -> bool:
+    return await value == expected

@@ -1,4 +1,4 @@
-"""Reading the event log, the Object Store and the job stream from tests."""
+"""Reading the event log, the bodies stream and the job stream from tests."""
 
 from __future__ import annotations
 

@@ -1,20 +1,24 @@
 """Failed logins reserved before the check: the count's fold, and the check queue's order.
 
-The fold is pure. The queue is `PasswordChecker` with real argon2 checks on its
-real threads: a check whose deadline has passed never runs, a full queue says
-so at once, and an address with fewer failures this hour goes first.
+The fold is pure. The queue is `PasswordChecker` with real argon2 checks in its
+real worker processes: a check whose deadline has passed never runs, a full
+queue says so at once, an address with fewer failures this hour goes first,
+and one with none finds a worker kept for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from argon2 import PasswordHasher, Type
 
-from services.policy.adapters.passwords import PasswordChecker, Verdict
+from services.policy.adapters.logins import AddressGate
+from services.policy.adapters.password_workers import NICE
+from services.policy.adapters.passwords import FRESH_NICE, PasswordChecker, Verdict
 from services.policy.core.failures import FailedLogins, first_failure, locked, released, reserved
 
 NOW = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
@@ -60,24 +64,27 @@ def test_released_gives_one_back() -> None:
 
 
 async def test_a_check_past_its_deadline_never_runs() -> None:
-    checker = PasswordChecker(threads=1)
+    checker = PasswordChecker(workers=1)
+    await checker.start()
     try:
         assert await checker.verify(SLOW_HASH, "right", time.monotonic() - 0.001) is Verdict.EXPIRED
         busy = asyncio.create_task(checker.verify(SLOW_HASH, "wrong", time.monotonic() + 30))
         await asyncio.sleep(0)
-        # Waits for the one thread, and its deadline passes first.
+        # Waits for the one worker, and its deadline passes first.
         late = await checker.verify(SLOW_HASH, "right", time.monotonic() + 0.005)
         assert late is Verdict.EXPIRED
         assert await busy is Verdict.MISMATCH
         assert (checker.ran, checker.dropped[Verdict.EXPIRED], checker.waiting) == (1, 2, 0)
-        # The thread is free again.
+        assert checker.pool.answered == 1  # the late ones never reached the worker
+        # The worker is free again.
         assert await checker.verify(SLOW_HASH, "right", time.monotonic() + 30) is Verdict.MATCH
     finally:
-        checker.close()
+        await checker.close()
 
 
 async def test_a_full_queue_refuses_at_once() -> None:
-    checker = PasswordChecker(threads=1, max_waiting=2)
+    checker = PasswordChecker(workers=1, max_waiting=2)
+    await checker.start()
     deadline = time.monotonic() + 30
     try:
         running = [
@@ -89,11 +96,12 @@ async def test_a_full_queue_refuses_at_once() -> None:
         assert await asyncio.gather(*running) == [Verdict.MISMATCH] * 3
         assert checker.dropped[Verdict.BUSY] == 1
     finally:
-        checker.close()
+        await checker.close()
 
 
 async def test_fewer_failures_go_first() -> None:
-    checker = PasswordChecker(threads=1)
+    checker = PasswordChecker(workers=1)
+    await checker.start()
     deadline = time.monotonic() + 60
     finished: list[str] = []
 
@@ -109,5 +117,56 @@ async def test_fewer_failures_go_first() -> None:
         tasks.append(asyncio.create_task(check("newcomer", 0)))
         await asyncio.gather(first, *tasks)
     finally:
-        checker.close()
+        await checker.close()
     assert finished == ["first", "newcomer", "flooder0", "flooder1", "flooder2"]
+
+
+async def test_a_worker_is_kept_for_addresses_with_no_failure() -> None:
+    checker = PasswordChecker(workers=2)
+    await checker.start()
+    deadline = time.monotonic() + 60
+    base = os.getpriority(os.PRIO_PROCESS, 0)
+    try:
+        assert checker.fresh_pool is not None
+        # The kept worker is less niced than the one every address may use.
+        ((kept,), (shared,)) = (checker.fresh_pool.pids, checker.pool.pids)
+        assert os.getpriority(os.PRIO_PROCESS, kept) == min(19, base + FRESH_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, shared) == min(19, base + NICE)
+        flood = [
+            asyncio.create_task(checker.verify(SLOW_HASH, "wrong", deadline, priority=3))
+            for _ in range(2)
+        ]
+        await asyncio.sleep(0)
+        # One flooder runs; the other waits although a worker is idle.
+        assert (checker.running, checker.waiting) == (1, 1)
+        fresh = asyncio.create_task(checker.verify(SLOW_HASH, "right", deadline, priority=0))
+        await asyncio.sleep(0)
+        # The fresh address took the kept worker at once, ahead of the waiting flooder.
+        assert (checker.running, checker.waiting) == (2, 1)
+        assert await fresh is Verdict.MATCH
+        assert await asyncio.gather(*flood) == [Verdict.MISMATCH] * 2
+        # Both flooders ran in the shared worker, the fresh login in the kept one.
+        assert (checker.pool.answered, checker.fresh_pool.answered) == (2, 1)
+    finally:
+        await checker.close()
+
+
+async def test_logins_waiting_at_the_gate_count_against_their_address() -> None:
+    gate = AddressGate()
+    deadline = time.monotonic() + 30
+    holding = asyncio.Event()
+    release = asyncio.Event()
+
+    async def login(ip: str) -> None:
+        async with gate.turn(ip, deadline) as held:
+            assert held
+            holding.set()
+            await release.wait()
+
+    tasks = [asyncio.create_task(login("198.51.100.1")) for _ in range(3)]
+    await holding.wait()
+    # One holds the lock, two wait behind it; an address with one login has none.
+    assert (gate.behind("198.51.100.1"), gate.behind("203.0.113.5")) == (2, 0)
+    release.set()
+    await asyncio.gather(*tasks)
+    assert (gate.behind("198.51.100.1"), len(gate)) == (0, 0)

@@ -103,10 +103,14 @@ def _object_store(bucket: str, write: bool) -> list[str]:
 
 
 def _bodies(read: bool, write: bool) -> list[str]:
-    """Message bodies: write = store and remove (a purge), read = direct get only."""
+    """Message bodies: write = store and remove (a purge), read = direct get (and the
+    leader's get, asked before a body is called missing)."""
     out: list[str] = []
     if read:
-        out.append(f"$JS.API.DIRECT.GET.{s.BODIES_STREAM}.>")
+        out += [
+            f"$JS.API.DIRECT.GET.{s.BODIES_STREAM}.>",
+            f"$JS.API.STREAM.MSG.GET.{s.BODIES_STREAM}",
+        ]
     if write:
         out += [f"{s.BODIES_PREFIX}.>", f"$JS.API.STREAM.PURGE.{s.BODIES_STREAM}"]
     return out

@@ -52,10 +52,12 @@ def events_of_type(event_type: str) -> str:
     return f"{EVENTS_PREFIX}.*.{event_type}"
 
 
-# The queue's fencing epoch: each new lease holder appends one marker here (a token no
-# queue id can be, lower case), and every event the queue publishes expects it to be the
-# last one on this subject, so a deposed holder's writes fail (runtime/fence.py).
-QUEUE_EPOCH_SUBJECT = f"{EVENTS_PREFIX}._queue.epoch"
+# The queue's fencing epoch: each new lease holder appends one marker here, and every
+# event the queue publishes expects it to be the last one on this subject, so a deposed
+# holder's writes fail (runtime/fence.py). One token shorter than an event's subject,
+# so no `mailbus.evt.*.*` filter (a type, a message) ever sees it.
+QUEUE_EPOCH_SUBJECT = f"{EVENTS_PREFIX}.queue-epoch"
+MESSAGE_EVENTS = f"{EVENTS_PREFIX}.*.*"
 
 
 # Delivery jobs: a work queue, one subject token per destination so that

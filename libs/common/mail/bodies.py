@@ -92,27 +92,35 @@ class BodyStore:
 
     async def get(self, queue_id: str) -> bytes | None:
         """The whole body, or None when there is none (never stored, or removed)."""
-        try:
-            head = await self._js.get_last_msg(
-                subjects.BODIES_STREAM, subjects.body_head_subject(queue_id), direct=True
-            )
-        except NotFoundError:
+        head = await self._read(subjects.body_head_subject(queue_id))
+        if head is None:
             return None
         last = head.data or b""
         count = int((head.headers or {}).get(CHUNKS_HEADER, "1"))
         if count <= 1:
             return last
         chunks = await asyncio.gather(
-            *(
-                self._js.get_last_msg(
-                    subjects.BODIES_STREAM,
-                    subjects.body_chunk_subject(queue_id, index),
-                    direct=True,
-                )
-                for index in range(1, count)
-            )
+            *(self._read(subjects.body_chunk_subject(queue_id, i)) for i in range(1, count))
         )
-        return b"".join([*(c.data or b"" for c in chunks), last])
+        if any(chunk is None for chunk in chunks):
+            return None  # removed while being read
+        return b"".join([*(c.data or b"" for c in chunks if c is not None), last])
+
+    async def _read(self, subject: str) -> api.RawStreamMsg | None:
+        """A direct get, which any replica may answer; on "not found" the leader's word.
+
+        A follower may not have applied a write the client already had acknowledged:
+        asking the leader before calling a body missing keeps a just-stored body from
+        being taken for a finished message's (whose job would then be dropped).
+        """
+        try:
+            return await self._js.get_last_msg(subjects.BODIES_STREAM, subject, direct=True)
+        except NotFoundError:
+            pass
+        try:
+            return await self._js.get_last_msg(subjects.BODIES_STREAM, subject)
+        except NotFoundError:
+            return None
 
     async def stored(self) -> list[tuple[str, datetime | None]]:
         """Every body in the stream as (queue id, when its first message was stored),

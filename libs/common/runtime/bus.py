@@ -172,6 +172,20 @@ def stream_configs(replicas: int) -> list[api.StreamConfig]:
     return [stream_config(stream, replicas) for stream in STREAMS]
 
 
+# Every bucket and store ensure_topology makes (all on file storage, `replicas` copies):
+# what runtime/topology.py verifies besides the streams.
+KV_BUCKETS: tuple[str, ...] = (
+    subjects.POLICY_COUNTERS_BUCKET,
+    subjects.POP3_GRANTS_BUCKET,
+    subjects.AUTH_FAILURES_BUCKET,
+    subjects.BLOCKS_BUCKET,
+    subjects.QUEUE_LEADER_BUCKET,
+    subjects.CONNECTIONS_BUCKET,
+    subjects.CONFIG_BUCKET,
+)
+OBJECT_STORES: tuple[str, ...] = (subjects.MAILBOX_BODIES_BUCKET,)
+
+
 async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
     for cfg in stream_configs(replicas):
         try:
@@ -186,13 +200,9 @@ async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
         ),
     )
     # Buckets made by nats-py allow per-message TTLs; grants and failure counts use them.
-    for bucket in (
-        subjects.POLICY_COUNTERS_BUCKET,
-        subjects.POP3_GRANTS_BUCKET,
-        subjects.AUTH_FAILURES_BUCKET,
-        subjects.BLOCKS_BUCKET,
-        subjects.QUEUE_LEADER_BUCKET,
-    ):
+    for bucket in KV_BUCKETS:
+        if bucket in (subjects.CONNECTIONS_BUCKET, subjects.CONFIG_BUCKET):
+            continue  # below
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1

@@ -29,7 +29,7 @@ from libs.common.config import Config, ConfigError, load_config
 from libs.common.config.fieldtypes import split_host_port
 from libs.common.contract import subjects
 from libs.common.contract.errors import CannotStart
-from libs.common.runtime import bus, maillog, nats_tls
+from libs.common.runtime import bus, maillog, nats_tls, topology
 from libs.common.runtime.health import Health
 from libs.common.runtime.liveconfig import ConfigFollower, LiveConfig, starting_config
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
@@ -125,7 +125,9 @@ async def start_service(
         tls=nats_tls.client_context(config.nats),
     )
     js = await bus.wait_for_jetstream(nc)
-    await bus.ensure_topology(js, replicas=config.nats.stream_replicas)
+    # Only `mailbus migrate` changes an existing stream; a service creates what is missing
+    # and refuses to start beside a configuration other than its own (runtime/topology.py).
+    await topology.prepare(js, replicas=config.nats.stream_replicas)
     micro = await add_service(
         nc,
         ServiceConfig(
@@ -189,6 +191,7 @@ async def serve(
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # A topology other than this version's raises TopologyMismatch, a CannotStart.
     running = await start_service(name, factory, config, servers, metrics_address)
     log.info("%s started", subjects.service_name(name))
     await stop.wait()

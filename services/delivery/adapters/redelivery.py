@@ -26,6 +26,8 @@ from libs.common.contract.events import DeliveryJob
 from libs.common.mail.history import message_history
 from services.delivery.core import result_event_id
 
+FINAL_TYPES = frozenset({"MessageCompleted", "MessageDeleted"})
+
 
 class RedeliveryGuard:
     def __init__(self, js: JetStreamContext) -> None:
@@ -44,6 +46,11 @@ class RedeliveryGuard:
         finally:
             del self._active[job.job_id]
             done.set()
+
+    async def finished(self, job: DeliveryJob) -> bool:
+        """Whether the job's message has left the queue (completed or deleted)."""
+        types = {e.type for e in await message_history(self._js, job.queue_id)}
+        return bool(types & FINAL_TYPES)
 
     async def recorded(self, job: DeliveryJob) -> bool:
         """Whether every recipient of the job has its result in the event log."""

@@ -59,6 +59,9 @@ HEARTBEAT_S = 1.0
 # is dropped as a duplicate. Past this bound the job is nak'ed (and sent again).
 RESULT_PUBLISH_LIMIT_S = 300.0
 RESULT_RETRY_MAX_S = 2.0
+# A body missing for a message that is not done is looked for this many times (a
+# lagging replica catches up within seconds) before the job is dropped as unservable.
+BODY_MISSING_TRIES = 12
 # Jobs taken in one fetch (when that many slots are free): enough to group a burst.
 MAX_BATCH = 16
 # Jobs one session carries in a row: a burst to one destination still goes out over
@@ -173,6 +176,25 @@ class DeliveryWorker:
         )
         return True
 
+    async def _body_missing(self, msg: Msg, job: DeliveryJob) -> None:
+        """The queue deletes a body only once the message is done, so a job without one is
+        usually a late copy of finished work: dropped. But a replica that is still catching
+        up (a NATS node just restarted) can answer a direct get with "no such message"
+        for a body that exists: while the message is not done, try again soon."""
+        delivered = msg.metadata.num_delivered or 1
+        if await self._guard.finished(job) or delivered >= BODY_MISSING_TRIES:
+            log.info("delivery %s: body gone, job %s dropped", job.queue_id, job.job_id)
+            await msg.term()
+            return
+        log.warning(
+            "delivery %s: body not found for job %s (try %d); again in %.0f s",
+            job.queue_id,
+            job.job_id,
+            delivered,
+            RETRY_DELAY_S,
+        )
+        await msg.nak(delay=RETRY_DELAY_S)
+
     async def _keep_alive(self, msg: Msg) -> None:
         interval = max(min(HEARTBEAT_S, self._settings.ack_wait / 4), 0.2)
         while True:
@@ -210,11 +232,8 @@ class DeliveryWorker:
             else:
                 body = await self._body(job.queue_id)
                 if body is None:
-                    # The queue deletes a body only once the message is done: this
-                    # job is a late copy of work already finished (or deleted).
-                    log.info("delivery %s: body gone, job %s dropped", job.queue_id, job.job_id)
                     span.set_attribute("mailbus.body_missing", True)
-                    await msg.term()
+                    await self._body_missing(msg, job)
                     return session
                 if local is not None:
                     attempt = Attempt(Transcript(), remote_host=local.remote_host)

@@ -500,7 +500,7 @@ class IngressSMTP(SMTP):
                 return
             await self._deliver(body, assembler.scan)
         finally:
-            body.close()
+            body.release()
 
     @syntax("BDAT <size> [LAST]")
     async def smtp_BDAT(self, arg: str | None) -> None:
@@ -551,7 +551,7 @@ class IngressSMTP(SMTP):
             raise
         finally:
             if self._chunk_spool is None:
-                body.close()
+                body.release()
 
     async def _bdat_refusal(self) -> str | None:
         assert self.session is not None and self.envelope is not None
@@ -585,7 +585,7 @@ class IngressSMTP(SMTP):
         # aiosmtpd's RSET and EHLO: a BDAT transaction in progress ends with them.
         chunks = getattr(self, "_chunk_spool", None)
         if chunks is not None:
-            chunks.close()
+            chunks.release()
             self._forget_chunks()
         super()._set_rset_state()  # type: ignore[no-untyped-call]
 

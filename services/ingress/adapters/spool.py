@@ -9,6 +9,7 @@ message is never whole in memory on its way to the bus either.
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Coroutine
 from typing import BinaryIO, cast
 
 from libs.common.contract.events import MessageReceived
@@ -24,6 +25,8 @@ class Spool:
             max_size=IN_MEMORY
         )
         self.size = 0
+        # Set once an acceptance reads the file: then it closes it, not the session.
+        self.handed_over = False
 
     def write(self, data: bytes, /) -> int:
         self.size += len(data)
@@ -47,10 +50,26 @@ class Spool:
     def close(self) -> None:
         self._file.close()
 
+    def release(self) -> None:
+        """The session is done with the spool: closed unless an acceptance has it."""
+        if not self.handed_over:
+            self.close()
 
-async def accept(
+
+def accept(
+    store: MessageStore, body: Spool, offset: int, prefix: bytes, event: MessageReceived
+) -> Coroutine[None, None, None]:
+    """`prefix` (trace headers, the message's own header section), then the spooled
+    content from `offset`: durable once the coroutine returns. The spool is the
+    acceptance's from now on (it may outlive a client that hangs up), which closes it."""
+    body.handed_over = True
+    return _accept(store, body, offset, prefix, event)
+
+
+async def _accept(
     store: MessageStore, body: Spool, offset: int, prefix: bytes, event: MessageReceived
 ) -> None:
-    """`prefix` (trace headers, the message's own header section), then the spooled
-    content from `offset`: durable once this returns."""
-    await store.accept(body.file_from(offset), event, prefix)
+    try:
+        await store.accept(body.file_from(offset), event, prefix)
+    finally:
+        body.close()

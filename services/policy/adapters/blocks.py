@@ -37,6 +37,7 @@ BLOCK_TTL_MARGIN = timedelta(seconds=60)
 # Past this many keys in the copy, blocks that have ended are dropped from it (the
 # KV TTL removes them from the bucket without a message to the watch).
 COPY_PRUNE_AT = 1_000
+CLOSE_WAIT_S = 2.0
 
 
 class BlockStore:
@@ -63,12 +64,12 @@ class BlockStore:
         return self._copy is not None
 
     async def close(self) -> None:
-        if self._watch is not None:
-            self._watch.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._watch
-            self._watch = None
-        self._copy = None
+        """Stop the watch; bounded, so a stuck unsubscribe never holds up a shutdown."""
+        watch, self._watch, self._copy = self._watch, None, None
+        if watch is not None:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError, TimeoutError):
+                await asyncio.wait_for(asyncio.shield(watch), CLOSE_WAIT_S)
 
     async def _follow(self) -> None:
         copy: dict[str, Block] = {}
@@ -85,7 +86,11 @@ class BlockStore:
                         block = readable(Block, f"block {entry.key}", entry.value)
                     self._keep(copy, entry.key, block)
             finally:
-                await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(
+                        watcher.stop(),  # type: ignore[no-untyped-call]  # nats-py: untyped
+                        CLOSE_WAIT_S,
+                    )
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -93,9 +98,10 @@ class BlockStore:
                 "blocks watch stopped (%s: %s); reading the bucket", type(exc).__name__, exc
             )
         finally:
-            # The next check reads the bucket and starts a new watch.
-            self._copy = None
-            self._watch = None
+            # The next check reads the bucket and starts a new watch (unless closed).
+            if self._watch is asyncio.current_task():
+                self._copy = None
+                self._watch = None
 
     def _keep(self, copy: dict[str, Block], key: str, block: Block | None) -> None:
         if block is None:

@@ -10,7 +10,9 @@ hour and cannot crowd out a login from elsewhere:
 3. a failure is reserved with compare-and-set before the password is looked
    at, so concurrent attempts on any replica never run past the limit;
 4. the check waits in the bounded, deadline-aware queue of `PasswordChecker`,
-   ordered by the address's failures this hour;
+   ordered by the address's failures this hour plus its logins waiting in
+   step 2, for one of its niced worker processes (one kept for addresses at
+   zero on both);
 5. a match, or a check that never ran, gives the reservation back.
 """
 
@@ -69,6 +71,10 @@ class AddressGate:
             else:
                 self._locks[key] = (lock, users - 1)
 
+    def behind(self, key: str) -> int:
+        """Logins from `key` waiting for its lock: a client that logs in once at a time has none."""
+        return max(0, self._locks.get(key, (None, 0))[1] - 1)
+
     def __len__(self) -> int:
         return len(self._locks)
 
@@ -124,7 +130,11 @@ class LoginChecker:
                 facts = replace(facts, failed_logins=reservation.count)
                 return decide(query, self._rules, self._clock(), facts)
             failed = reservation.count
-        verdict = await self._check(query, failed.count - 1 if failed else 0, deadline)
+        # Behind other checks: an address by its failures this hour and by its logins
+        # waiting at the gate, so that when a flood begins (no failure anywhere yet)
+        # its first attempts still go after a login from an address making just one.
+        before = failed.count - 1 if failed else 0
+        verdict = await self._check(query, before + self._gate.behind(ip), deadline)
         if verdict is Verdict.MISMATCH:
             maillog.emit(maillines.sasl_failed(ip, query.mechanism or "", query.username))
             if failed is not None:

@@ -26,13 +26,7 @@ from opentelemetry.trace import Link
 from pydantic import ValidationError
 
 from libs.common.contract import subjects
-from libs.common.contract.events import (
-    AnyEvent,
-    DeliveryJob,
-    MessageReceived,
-    event_type,
-    parse_event,
-)
+from libs.common.contract.events import DeliveryJob, event_type, parse_event
 from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history
 from libs.common.mail.maillines import queue_lines
@@ -94,19 +88,12 @@ class QueueProcessor:
         self.index = index if index is not None else QueueIndex(timing)
         self._max_cached = max_cached
         self._cache: OrderedDict[str, MessageState] = OrderedDict()
-        # The highest MAILBUS_EVENTS sequence read at start-up or handled since; None
-        # until the service says, and then every uncached message reads its history.
-        self._high_seq: int | None = None
         self._locks = KeyedLocks()
         # Operator requests waiting for their input to be processed, by input id.
         self._waiters: dict[str, asyncio.Future[None]] = {}
 
     def forget(self, queue_id: str) -> None:
         self._cache.pop(queue_id, None)
-
-    def seen_up_to(self, stream_seq: int) -> None:
-        """Every event up to this sequence was read at start-up (call before seed)."""
-        self._high_seq = stream_seq
 
     def seed(self, states: Iterable[MessageState]) -> None:
         """Start with a warm cache (the states read at start-up for the index)."""
@@ -136,25 +123,7 @@ class QueueProcessor:
             log.error("queue: dropping unreadable input on %s: %s", msg.subject, exc)
             await msg.term()
             return
-        # A fresh message's history is this event alone: its fold needs no read.
-        known = fold([event]) if self._unseen(msg, event) else None
-        await self._handle(msg, event, event.queue_id, event.event_id, known)
-
-    def _unseen(self, msg: Msg, event: AnyEvent) -> bool:
-        """A MessageReceived that can have no history yet, so reading it is skipped
-        (two round trips per message): delivered for the first time, and later in
-        the stream than anything read at start-up or handled since. Only the queue
-        writes a message's later events, in answer to this one; a redelivery, a
-        replay by a new consumer or an out-of-order arrival reads the history."""
-        if self._high_seq is None:
-            return False
-        meta = msg.metadata
-        seq = meta.sequence.stream
-        fresh = (
-            isinstance(event, MessageReceived) and meta.num_delivered == 1 and seq > self._high_seq
-        )
-        self._high_seq = max(self._high_seq, seq)
-        return fresh
+        await self._handle(msg, event, event.queue_id, event.event_id)
 
     async def handle_timer(self, msg: Msg) -> None:
         """A fired timer from MAILBUS_TIMERS."""
@@ -166,18 +135,11 @@ class QueueProcessor:
             return
         await self._handle(msg, fire, fire.queue_id, fire.request_id)
 
-    async def _handle(
-        self,
-        msg: Msg,
-        trigger: Trigger,
-        qid: str,
-        input_id: str,
-        known: MessageState | None = None,
-    ) -> None:
+    async def _handle(self, msg: Msg, trigger: Trigger, qid: str, input_id: str) -> None:
         async with self._locks.hold(qid):
             state: MessageState | None = None
             try:
-                state = known if known is not None else await self._state(qid)
+                state = await self._state(qid)
             except Exception:
                 log.exception("queue %s: cannot read its history; retrying", qid)
                 await msg.nak(delay=RETRY_DELAY_S)
@@ -262,8 +224,10 @@ class QueueProcessor:
         elif isinstance(output, DeleteBody):
             await self._delete_body(output.queue_id)
         else:
-            headers = self._fence.headers() if self._fence is not None else None
-            ack = await bus.publish_event(self._js, output, headers=headers)
+            if self._fence is not None:
+                ack = await self._fence.publish_event(output)
+            else:
+                ack = await bus.publish_event(self._js, output)
             log.debug(
                 "queue %s: %s seq=%s dup=%s",
                 output.queue_id,

@@ -52,7 +52,7 @@ from services.queue.core.transitions import Action, Input, RecipientStatus, mess
 
 @dataclass(frozen=True)
 class DeleteBody:
-    """Remove the message body from the Object Store; a missing body is fine."""
+    """Remove the message body (MAILBUS_BODIES); a missing body is fine."""
 
     queue_id: str
 
