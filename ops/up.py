@@ -27,6 +27,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import nats
 from nats.aio.client import Client as NATS
@@ -329,6 +330,11 @@ class Supervisor:
             # The one owner of the topology, before any service checks it (ops/migrate.py).
             for line in await migrate_at(self.admin_urls, self.config):
                 _say(f"migrated {line}")
+            await self._publish_config("start")
+            # Like `postfix reload`: the edited file becomes the next revision, applied live.
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: self._tasks.append(loop.create_task(self._reload()))
+            )
             for name in self.services:
                 await self._spawn(name)
             ready = asyncio.create_task(self.wait_ready())
@@ -347,6 +353,18 @@ class Supervisor:
         finally:
             await self.shutdown()
             self.lock.release()
+
+    async def _publish_config(self, action: Literal["start", "reload"]) -> None:
+        from ops.configctl import from_supervisor
+
+        try:
+            await from_supervisor(self.admin_urls, self.config_path, action)
+        except Exception as exc:  # the services still run their files: say so, go on
+            _say(f"configuration not published ({action}): {type(exc).__name__}: {exc}")
+
+    async def _reload(self) -> None:
+        _say(f"SIGHUP: applying {self.config_path}")
+        await self._publish_config("reload")
 
     async def _start_embedded(self) -> None:
         """Start nats-server with one user per service (libs/common/contract/permissions.py).
