@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import ssl
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -66,8 +67,11 @@ def servers(args: argparse.Namespace) -> tuple[list[str], str | None]:
 
 
 @asynccontextmanager
-async def connection(args: argparse.Namespace, name: str) -> AsyncIterator[NATS]:
-    """Raises CtlError (2) when NATS cannot be reached."""
+async def connection(
+    args: argparse.Namespace, name: str, tls: ssl.SSLContext | None = None
+) -> AsyncIterator[NATS]:
+    """Raises CtlError (2) when NATS cannot be reached. `tls`: a verified TLS connection
+    (runtime/nats_tls.py), e.g. with --config's nats.tls_ca_file."""
     import nats
 
     from libs.common.contract import subjects
@@ -78,6 +82,8 @@ async def connection(args: argparse.Namespace, name: str) -> AsyncIterator[NATS]
     options: dict[str, Any] = {"user_credentials": credentials} if credentials else {}
     if user is not None:
         options["user"], options["password"] = user, password
+    if tls is not None:
+        options["tls"] = tls
 
     async def quiet(exc: Exception) -> None:
         pass  # the failure is reported once, by the caller, not per reconnect attempt

@@ -25,7 +25,7 @@ from nats.js import JetStreamContext
 from libs.common.config import load_config_text
 from libs.common.contract import permissions, subjects
 from libs.common.contract.events import EVENT_TYPES, DeliverySucceeded
-from libs.common.runtime import bus
+from libs.common.runtime import bus, topology
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running
 from tests.support.pipeline import pipeline, smtp_address
@@ -88,6 +88,12 @@ delivery: {{mode: relay, relay_host: {{host: 127.0.0.1, port: {sink_port}}}, tls
     )
     state = Secured(server, passwords, admin, sink, {})
     try:
+        # The topology's one owner, as the admin user: the services may only verify it.
+        nc = await nats.connect(state.url(permissions.ADMIN_USER, admin))
+        try:
+            await topology.migrate(nc.jetstream(), 1)
+        finally:
+            await nc.close()
         async with pipeline(config, lambda name: [state.service_url(name)]) as running:
             state.running = running
             yield state
@@ -213,3 +219,66 @@ def test_every_event_a_service_may_publish_exists() -> None:
         if subject.startswith(subjects.events_of_type(""))
     }
     assert granted and granted <= known, sorted(granted - known)
+
+
+async def test_a_service_user_cannot_create_or_update_a_stream(secured: Secured) -> None:
+    """Only `mailbus migrate` (the admin user) changes the topology: a service's user
+    that tries to update a stream, or to create one, gets no answer but a violation."""
+    errors: list[Exception] = []
+
+    async def on_error(exc: Exception) -> None:
+        errors.append(exc)
+
+    queue = await nats.connect(
+        secured.service_url("queue"),
+        inbox_prefix=subjects.inbox_prefix(subjects.service_name("queue")),
+        error_cb=on_error,
+    )
+    try:
+        js = queue.jetstream(timeout=2)
+        info = await js.stream_info(subjects.EVENTS_STREAM)  # verifying is allowed
+        window = info.config.duplicate_window
+        changed = info.config
+        changed.duplicate_window = 60.0
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.update_stream(changed)
+        with pytest.raises(nats.errors.TimeoutError):
+            await js.add_stream(name="MAILBUS_FORGED", subjects=["forged.>"])
+    finally:
+        await queue.close()
+    nc, admin_js = await _admin(secured)
+    try:
+        after = await admin_js.stream_info(subjects.EVENTS_STREAM)
+        assert after.config.duplicate_window == window != 60.0
+        assert "MAILBUS_FORGED" not in [i.config.name for i in await admin_js.streams_info()]
+    finally:
+        await nc.close()
+    text = " ".join(str(e) for e in errors).lower()
+    update = f"$js.api.stream.update.{subjects.EVENTS_STREAM}".lower()
+    assert f'permissions violation for publish to "{update}"' in text
+
+
+async def test_a_service_refuses_to_start_without_the_topology(tmp_path: Path) -> None:
+    """Before `mailbus migrate` ran: a service cannot create what lacks, so it does not
+    start, and says what lacks and what to run."""
+    passwords = {svc: secrets.token_urlsafe(16) for svc in subjects.SERVICES}
+    server = EmbeddedNats(
+        data_dir=tmp_path / "nats",
+        log_file=tmp_path / "nats.log",
+        extra_config=permissions.authorization_block(passwords, secrets.token_urlsafe(16)),
+    )
+    server.start()
+    try:
+        nc = await nats.connect(
+            f"nats://mailbus-queue:{passwords['queue']}@127.0.0.1:{server.port}",
+            inbox_prefix=subjects.inbox_prefix(subjects.service_name("queue")),
+        )
+        try:
+            with pytest.raises(topology.TopologyMissing) as refused:
+                await topology.prepare(nc.jetstream(timeout=2), 1)
+        finally:
+            await nc.close()
+        assert subjects.EVENTS_STREAM in str(refused.value)
+        assert "mailbus migrate" in str(refused.value)
+    finally:
+        server.stop()

@@ -505,13 +505,13 @@ def test_probes_use_the_metrics_port(service: str) -> None:
 
 def test_pods_run_locked_down_with_resources() -> None:
     dockerfile_uid = int(re.findall(r"^USER (\d+)", (ROOT / "Dockerfile").read_text(), re.M)[-1])
-    for workload in docs_of("Deployment") + docs_of("StatefulSet"):
+    for workload in docs_of("Deployment") + docs_of("StatefulSet") + docs_of("Job"):
         name = workload["metadata"]["name"]
         pod = workload["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}, name
         assert pod["automountServiceAccountToken"] is False, name
-        if workload["kind"] == "Deployment":
+        if workload["kind"] in ("Deployment", "Job"):
             assert pod["securityContext"]["runAsUser"] == dockerfile_uid, name
         for c in pod["containers"]:
             sc = c["securityContext"]
@@ -1206,3 +1206,50 @@ def test_compose_refuses_the_demo_passwords(
     else:
         assert proc.returncode == 78 and proc.stdout == ""
         assert "MAILBUS_DEMO=1" in proc.stderr
+
+
+# --- topology ownership: `mailbus migrate` as the admin user, services only verify ---------------
+
+
+def test_a_job_migrates_the_topology_as_the_admin_user() -> None:
+    job = named("Job", "mailbus-migrate")
+    c = container(job)
+    args = c["args"]
+    assert args[:4] == ["mailbus", "migrate", "--config", CONFIG_PATH]
+    assert "--check" not in args
+    urls = [args[i + 1] for i, a in enumerate(args) if a == "--nats-url"]
+    variable = permissions.env_password_name(permissions.ADMIN_USER)
+    parts = [urlsplit(url) for url in urls]
+    assert {(p.scheme, p.username, p.password) for p in parts} == {
+        ("nats", permissions.ADMIN_USER, f"$({variable})")
+    }
+    assert [f"nats://{p.hostname}:{p.port}" for p in parts] == k8s_config().nats.url
+    source = env_of(c)[variable]["valueFrom"]["secretKeyRef"]
+    assert source == {"name": NATS_USERS_SECRET, "key": permissions.ADMIN_USER}
+    # The NATS CA of nats.tls_ca_file is mounted where the config reads it.
+    ca_file = yaml.safe_load(configmap_text())["nats"]["tls_ca_file"]
+    mounts = {m["mountPath"] for m in c["volumeMounts"]}
+    assert str(Path(ca_file).parent) in mounts
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "OnFailure"
+    assert job["spec"]["ttlSecondsAfterFinished"] > 0  # so the next apply runs it anew
+
+
+def test_service_users_may_only_verify_the_topology() -> None:
+    changing = re.compile(r"^\$JS\.API\.STREAM\.(CREATE|UPDATE|DELETE)\.")
+    for service, perms in permissions.service_permissions().items():
+        assert not [p for p in perms.publish if changing.match(p)], service
+        assert f"$JS.API.STREAM.INFO.{subjects.EVENTS_STREAM}" in perms.publish, service
+    assert "$JS.API.STREAM.CREATE." not in PERMISSIONS_CONF.read_text()
+
+
+def test_compose_migrates_before_the_services_start() -> None:
+    services = compose()["services"]
+    migrate = services["migrate"]
+    command = migrate["command"]
+    assert command[:4] == ["mailbus", "migrate", "--config", CONFIG_PATH]
+    url = urlsplit(compose_value(command[command.index("--nats-url") + 1]))
+    assert url.username == permissions.ADMIN_USER
+    assert "migrate" not in migrate["depends_on"]
+    for service in SERVICES:
+        condition = services[service]["depends_on"]["migrate"]["condition"]
+        assert condition == "service_completed_successfully", service

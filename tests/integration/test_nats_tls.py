@@ -23,6 +23,7 @@ from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import start_service
 from services.policy.service import PolicyService
 from tests.support.certs import Authority, Issued
+from tests.support.cli import mailbus
 
 
 def tls_server(tmp: Path, issued: Issued) -> EmbeddedNats:
@@ -100,3 +101,19 @@ async def test_a_server_that_cannot_prove_itself_is_refused(
         assert "certificate" in str(caught.value).lower() or isinstance(caught.value, OSError)
     finally:
         server.stop()
+
+
+async def test_migrate_reaches_nats_over_tls_with_the_configs_ca(
+    server: EmbeddedNats, ours: Authority, tmp_path: Path
+) -> None:
+    """As the Kubernetes Job runs it: --config for the CA (and the replica count),
+    --nats-url for the admin user's servers."""
+    path = tmp_path / "mailbus.yaml"
+    path.write_text(
+        f'nats: {{url: "nats://localhost:{server.port}", tls_ca_file: "{ours.file}"}}\n'
+        "server: {hostname: mx.example.test}\n"
+    )
+    url = f"nats://localhost:{server.port}"
+    rc, out, err = await mailbus("migrate", "--config", str(path), "--nats-url", url)
+    assert rc == 0, err
+    assert "topology up to date (1 replica)" in out

@@ -10,8 +10,9 @@ forbidden publish or subscribe is refused.
 What a service can never do, by construction: ingress cannot publish delivery
 results or jobs; delivery cannot publish MessageReceived or touch the queue's
 timers; only the queue writes jobs and schedules; only policy writes counters,
-grants and blocks (ingress writes its own connection leases). Every service may
-create the streams it shares (`ensure_topology` at start), not delete them.
+grants and blocks (ingress writes its own connection leases). No service may
+create, update or delete a stream: it only verifies them at start; `mailbus migrate`,
+as the admin user, owns the topology (libs/common/runtime/topology.py).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ def _stream_names() -> list[str]:
         s.ACCESS_STREAM,
         s.MAILBOXES_STREAM,
         s.MAILBOX_LOCKS_STREAM,
+        s.SHADOW_STREAM,
         s.BODIES_STREAM,
         f"OBJ_{s.MAILBOX_BODIES_BUCKET}",
         *(
@@ -54,16 +56,17 @@ def _stream_names() -> list[str]:
                 s.BLOCKS_BUCKET,
                 s.QUEUE_LEADER_BUCKET,
                 s.DELIVERY_CLAIMS_BUCKET,
+                s.CONFIG_BUCKET,
             )
         ),
     ]
 
 
 def _topology() -> list[str]:
-    """Start-up: look at the account and create or update the shared streams."""
+    """Start-up: look at the account and verify the shared streams. Creating and
+    updating them is `mailbus migrate`'s, as the admin user (runtime/topology.py)."""
     out = ["$JS.API.INFO", "$JS.API.STREAM.NAMES", "$JS.API.STREAM.LIST"]
-    for name in _stream_names():
-        out += [f"$JS.API.STREAM.{op}.{name}" for op in ("CREATE", "UPDATE", "INFO")]
+    out += [f"$JS.API.STREAM.INFO.{name}" for name in _stream_names()]
     return out
 
 
@@ -150,9 +153,14 @@ def _inbox(service: str) -> str:
     return f"{s.inbox_prefix(s.service_name(service))}.>"
 
 
+def _live_config() -> list[str]:
+    """Every service reads (watches) the configuration revisions; only operators write."""
+    return _kv(s.CONFIG_BUCKET, write=False)
+
+
 def _service(service: str, publish: Iterable[str], subscribe: Iterable[str]) -> Permissions:
-    pub = [*_topology(), *publish]
-    sub = [_inbox(service), *_micro(service), *subscribe]
+    pub = [*_topology(), *_live_config(), *publish]
+    sub = [_inbox(service), *_micro(service), s.CONFIG_STATUS_SUBJECT, *subscribe]
     return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)))
 
 
@@ -188,6 +196,8 @@ def service_permissions() -> dict[str, Permissions]:
                 *_kv(s.AUTH_FAILURES_BUCKET, write=True),
                 *_kv(s.BLOCKS_BUCKET, write=True),
                 *_kv(s.CONNECTIONS_BUCKET, write=False),
+                # Decisions on which the shadow configuration differs (config shadow-report).
+                s.SHADOW_SUBJECTS,
             ],
             subscribe=[f"{s.POLICY_PREFIX}.*", f"{s.BLOCKS_API_PREFIX}.*"],
         ),

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -147,6 +147,8 @@ STREAMS: tuple[Stream, ...] = (
         max_msgs_per_subject=1,
         allow_direct=True,
     ),
+    # Shadow-policy differences are evidence for one decision (promote or not): a week.
+    Stream(subjects.SHADOW_STREAM, subjects.SHADOW_SUBJECTS, max_age=ACCESS_EVENTS_MAX_AGE_S),
 )
 
 
@@ -180,37 +182,64 @@ KV_BUCKETS: tuple[str, ...] = (
     subjects.QUEUE_LEADER_BUCKET,
     subjects.CONNECTIONS_BUCKET,
     subjects.DELIVERY_CLAIMS_BUCKET,
+    subjects.CONFIG_BUCKET,
 )
 OBJECT_STORES: tuple[str, ...] = (subjects.MAILBOX_BODIES_BUCKET,)
 
 
-async def ensure_topology(js: JetStreamContext, replicas: int = 1) -> None:
+async def ensure_topology(
+    js: JetStreamContext, replicas: int = 1, only: Collection[str] | None = None
+) -> None:
+    """Create (and update) the streams, buckets and stores; `only`: just those of these
+    stream names (a service creating what it found missing, nothing else)."""
+
+    def wanted(stream: str) -> bool:
+        return only is None or stream in only
+
     for cfg in stream_configs(replicas):
+        if not wanted(cfg.name or ""):
+            continue
         try:
             await js.add_stream(cfg)
         except BadRequestError:
             # Exists with another config: bring it to ours (e.g. replicas changed).
             await js.update_stream(cfg)
-    await js.create_object_store(
-        subjects.MAILBOX_BODIES_BUCKET,
-        config=api.ObjectStoreConfig(
-            bucket=subjects.MAILBOX_BODIES_BUCKET, storage=api.StorageType.FILE, replicas=replicas
-        ),
-    )
+    if wanted(f"OBJ_{subjects.MAILBOX_BODIES_BUCKET}"):
+        await js.create_object_store(
+            subjects.MAILBOX_BODIES_BUCKET,
+            config=api.ObjectStoreConfig(
+                bucket=subjects.MAILBOX_BODIES_BUCKET,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+            ),
+        )
     # Buckets made by nats-py allow per-message TTLs; grants and failure counts use them.
     for bucket in KV_BUCKETS:
-        if bucket == subjects.CONNECTIONS_BUCKET:
+        if bucket in (subjects.CONNECTIONS_BUCKET, subjects.CONFIG_BUCKET):
             continue  # below
+        if not wanted(subjects.kv_stream(bucket)):
+            continue
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1
+            )
+        )
+    # Configuration revisions: the history is what `mailbus config rollback` goes back to.
+    if wanted(subjects.kv_stream(subjects.CONFIG_BUCKET)):
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=subjects.CONFIG_BUCKET,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+                history=subjects.CONFIG_HISTORY,
             )
         )
     # Connection leases live seconds, but on file storage: a memory bucket vanishes with a
     # standalone nats-server's restart, and policy, finding no bucket, fails closed (421)
     # until something recreates it. On disk it is back with the server, stale keys expire
     # by their TTLs, and the live ingress instances rewrite theirs within one renewal.
-    await ensure_connections_bucket(js, replicas)
+    if wanted(subjects.kv_stream(subjects.CONNECTIONS_BUCKET)):
+        await ensure_connections_bucket(js, replicas)
 
 
 async def ensure_connections_bucket(js: JetStreamContext, replicas: int = 1) -> None:

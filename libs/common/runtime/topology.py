@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from nats.errors import Error as NatsError
 from nats.js import JetStreamContext, api
 from nats.js.errors import NotFoundError
 
@@ -102,14 +103,30 @@ async def inspect(js: JetStreamContext, replicas: int) -> Found:
     return Found(missing, differences)
 
 
+class TopologyMissing(CannotStart):
+    def __init__(self, missing: list[str], reason: str) -> None:
+        super().__init__(
+            f"the bus lacks {', '.join(missing)} and this service may not create it "
+            f"({reason}): run `mailbus migrate`"
+        )
+        self.missing = missing
+
+
 async def prepare(js: JetStreamContext, replicas: int) -> None:
-    """A service's start: create what is missing, refuse (TopologyMismatch) what differs."""
+    """A service's start: create what is missing, refuse (TopologyMismatch) what differs.
+
+    Under the deployed bus permissions a service's user may not create streams (only
+    `mailbus migrate`'s admin may): the create is refused, and the service does not
+    start until the topology is there (TopologyMissing), naming what lacks."""
     found = await inspect(js, replicas)
     if found.differences:
         raise TopologyMismatch(found.differences)
     if found.missing:
-        # Creating only: whatever exists was just found as ours, so nothing is updated.
-        await bus.ensure_topology(js, replicas)
+        # Creating only, and only what is missing: nothing found is touched.
+        try:
+            await bus.ensure_topology(js, replicas, only=set(found.missing))
+        except (TimeoutError, NatsError) as exc:  # a refused request goes unanswered
+            raise TopologyMissing(found.missing, type(exc).__name__) from exc
 
 
 async def migrate(js: JetStreamContext, replicas: int) -> list[str]:
