@@ -72,7 +72,13 @@ async def test_scrape_after_mail_shows_the_counts(
         async with asyncio.timeout(15):
             while True:
                 got = {svc: await asyncio.to_thread(scrape, p) for svc, p in port.items()}
-                if value(got["notifier"], "mailbus_bounce_reports_sent_total", kind="failure"):
+                # The sink has a message before the queue has read its result: wait for it.
+                sent = value(
+                    got["queue"], "mailbus_smtp_delivery_delay_seconds_count", status="sent"
+                )
+                if sent >= 2 and value(
+                    got["notifier"], "mailbus_bounce_reports_sent_total", kind="failure"
+                ):
                     break
                 await asyncio.sleep(0.2)
         ingress, policy, queue = got["ingress"], got["policy"], got["queue"]
