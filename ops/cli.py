@@ -3,6 +3,8 @@
 mailbus up --config FILE [--data-dir DIR]   run embedded NATS and all services
 mailbus config check FILE [--non-default]   validate, print the effective config
 mailbus config get KEY [--config FILE]      one key's effective value
+mailbus config apply [--shadow] FILE|history|diff A B|rollback REV|status|shadow-report|promote
+                                            configuration revisions, live (ops.configctl)
 mailbus user hash                           print the argon2id hash of a password
 mailbus queue list|show|retry|hold|release|delete   the delivery queue (ops.queuectl)
 mailbus blocks list [--history]|remove ADDRESS      blocked client addresses (ops.blocksctl)
@@ -81,6 +83,10 @@ def build_parser() -> argparse.ArgumentParser:
     p_get.add_argument("key")
     p_get.add_argument("--config", default=os.environ.get("MAILBUS_CONFIG"))
     p_get.set_defaults(func=_cmd_config_get)
+
+    from ops.configctl import add_parser as add_revision_parser
+
+    add_revision_parser(cfg_sub)
 
     p_user = sub.add_parser("user", help="local account tools")
     user_sub = p_user.add_subparsers(dest="user_command", required=True)

@@ -83,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _run(args: argparse.Namespace) -> int:
-    from libs.common.runtime import topology
+    from libs.common.runtime import topology, topology_bodies
 
     replicas = replicas_of(args)
     async with ctl.connection(args, NAME, tls=_tls_of(args)) as nc:
@@ -94,7 +94,10 @@ async def _run(args: argparse.Namespace) -> int:
                 print(f"{name}: missing")
             for line in found.differences:
                 print(line)
-            return 1 if found.missing or found.differences else 0
+            old = await topology_bodies.old_bucket_present(js)
+            if old:
+                print(f"{topology_bodies.OLD_BUCKET}: old object store, its bodies to be moved")
+            return 1 if found.missing or found.differences or old else 0
         changed = await topology.migrate(js, replicas)
     for line in changed:
         print(f"migrated {line}")

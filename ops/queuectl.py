@@ -248,9 +248,12 @@ def _event_details(e: dict[str, Any]) -> str:
         rcpts = ", ".join(r["address"] for r in e["recipients"])
         found = e.get("antispam")
         checks = f", antispam {AntispamResults.model_validate(found).summary()}" if found else ""
+        rules = ", ".join(e.get("policy_rules") or ()) or "-"
+        revision = e.get("config_revision")
+        under = f" under configuration revision {revision}" if revision is not None else ""
         return (
             f"from <{e['mail_from']}> to {rcpts}, {e['size']} bytes, "
-            f"client {e['client']['ip']}{checks}"
+            f"client {e['client']['ip']}{checks}; policy rules {rules}{under}"
         )
     if kind == "DeliveryScheduled":
         dest = e["destination"]

@@ -23,8 +23,11 @@ import signal
 import socket
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 import nats
 from nats.aio.client import Client as NATS
@@ -69,6 +72,16 @@ async def _answers(nc: NATS, name: str) -> bool:
         reply = await nc.request(subjects.POLICY_DRYRUN_SUBJECT, _READY_QUERY.encode(), timeout=0.5)
         return not (reply.headers or {}).get("Nats-Service-Error") and bool(reply.data)
     return True
+
+
+def _says_ready(address: str) -> bool:
+    """The process's own /readyz: policy answers before its password workers run,
+    and counts itself ready only after them."""
+    try:
+        with urllib.request.urlopen(f"http://{address}/readyz", timeout=0.5) as resp:
+            return int(resp.status) == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 class Backoff:
@@ -266,8 +279,11 @@ class Supervisor:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"no health answer from: {', '.join(sorted(pending))}")
                 for name in sorted(pending):
+                    metrics = self.metrics_address(name)
                     try:
-                        if await _answers(nc, name):
+                        if await _answers(nc, name) and (
+                            metrics is None or await asyncio.to_thread(_says_ready, metrics)
+                        ):
                             pending.discard(name)
                     except Exception:
                         pass
@@ -314,6 +330,11 @@ class Supervisor:
             # The one owner of the topology, before any service checks it (ops/migrate.py).
             for line in await migrate_at(self.admin_urls, self.config):
                 _say(f"migrated {line}")
+            await self._publish_config("start")
+            # Like `postfix reload`: the edited file becomes the next revision, applied live.
+            loop.add_signal_handler(
+                signal.SIGHUP, lambda: self._tasks.append(loop.create_task(self._reload()))
+            )
             for name in self.services:
                 await self._spawn(name)
             ready = asyncio.create_task(self.wait_ready())
@@ -332,6 +353,18 @@ class Supervisor:
         finally:
             await self.shutdown()
             self.lock.release()
+
+    async def _publish_config(self, action: Literal["start", "reload"]) -> None:
+        from ops.configctl import from_supervisor
+
+        try:
+            await from_supervisor(self.admin_urls, self.config_path, action)
+        except Exception as exc:  # the services still run their files: say so, go on
+            _say(f"configuration not published ({action}): {type(exc).__name__}: {exc}")
+
+    async def _reload(self) -> None:
+        _say(f"SIGHUP: applying {self.config_path}")
+        await self._publish_config("reload")
 
     async def _start_embedded(self) -> None:
         """Start nats-server with one user per service (libs/common/contract/permissions.py).

@@ -10,6 +10,7 @@ from libs.common.config import Config
 from libs.common.mail.bodies import BodyStore
 from libs.common.mail.dns import resolver_of
 from libs.common.runtime import consumers
+from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
 from services.delivery.adapters.consumer import ack_wait_from_env, jobs_consumer
 from services.delivery.adapters.courier import Courier, CourierSettings, RelayTarget
@@ -59,6 +60,18 @@ class DeliveryService:
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
         self._worker: DeliveryWorker | None = None
+        ctx.live.on_change(self._prepare)
+
+    def _prepare(self, config: Config, revision: int) -> Commit:
+        """Relay host, TLS, timeouts and ports for the next attempt; a job under way
+        finishes with the courier it started with."""
+        courier = courier_of(config)
+
+        def commit() -> None:
+            if self._worker is not None:
+                self._worker._courier = courier
+
+        return commit
 
     async def start(self) -> None:
         config = self.ctx.config

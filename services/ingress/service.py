@@ -6,10 +6,14 @@ import asyncio
 import logging
 import os
 import ssl
+from dataclasses import replace
 
+from libs.common.config import Config
+from libs.common.config.entries import Listener as ListenerEntry
 from libs.common.contract.errors import CannotStart
 from libs.common.mail.submission import MessageStore
 from libs.common.mail.tlsutil import server_context
+from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.policy_client import PolicyClient
 from libs.common.runtime.service import Context
 from services.ingress.adapters.handler import IngressHandler
@@ -40,62 +44,39 @@ class IngressService:
         self.leases: ConnectionLeases | None = None
         # Where each listener is bound, by name: with port 0 the system chose it.
         self.addresses: dict[str, tuple[str, int]] = {}
+        # What a new SMTP connection of each listener gets, swapped whole by a new
+        # configuration revision; open sessions keep the pair they started with.
+        self._current: dict[str, tuple[Listener, IngressHandler]] = {}
+        self._bound: dict[str, ListenerEntry] = {}
+        ctx.live.on_change(self._prepare)
 
     async def start(self) -> None:
         config = self.ctx.config
         listeners = [entry for entry in config.listeners if entry.protocol == "smtp"]
-        tls_context: ssl.SSLContext | None = None
-        if any(entry.tls != "none" for entry in config.listeners):
-            # Made once, so every listener and session presents the same certificate.
-            tls_context = server_context(
-                config.server.hostname, config.tls.cert_file, config.tls.key_file
+        tls_context = _tls_context(config)
+        if tls_context is not None and config.tls.cert_file is None:
+            log.warning(
+                "tls: no cert_file; using a self-signed certificate for %s made at start "
+                "(clients that verify certificates will refuse it)",
+                config.server.hostname,
             )
-            if config.tls.cert_file is None:
-                log.warning(
-                    "tls: no cert_file; using a self-signed certificate for %s made at start "
-                    "(clients that verify certificates will refuse it)",
-                    config.server.hostname,
-                )
         policy = PolicyClient(self.ctx.nc, timeout=config.policy.timeout.total_seconds())
         store = MessageStore(self.ctx.js)
-        size = config.security.max_message_size
         if config.security.max_connections_per_ip:
             self.leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
             self.leases.start()
         security = config.security
-        deadlines = Deadlines(
-            command_timeout=security.command_timeout.total_seconds(),
-            piece_timeout=security.data_timeout.total_seconds(),
-            min_rate=security.min_data_rate,
-        )
-        hidden_group = config.relay.hide_local_ip_group
-        hidden = config.ip_group(hidden_group) if hidden_group else None
         try:
             for entry in listeners:
-                settings = ListenerSettings(
-                    name=entry.name,
-                    hostname=config.server.hostname,
-                    tls=entry.tls,
-                    require_auth=entry.require_auth,
-                    data_size_limit=size or None,
-                    max_failed_commands=config.security.max_failed_commands,
-                    proxy_protocol=entry.proxy_protocol,
-                    hidden_clients=hidden,
-                    pregreet_wait=entry.pregreet_wait.total_seconds(),
-                    max_junk_commands=security.max_junk_commands,
-                    deadlines=deadlines,
-                    tls_handshake_timeout=security.tls_handshake_timeout.total_seconds(),
-                    scan_max_size=config.antispam.spamd_max_size if config.antispam.spamd else 0,
-                    scan_seconds=config.antispam.spamd_timeout.total_seconds(),
-                )
                 listener = Listener(
-                    settings,
+                    _settings(entry, config),
                     policy,
                     store,
                     self.sessions,
                     tls_context=tls_context,
                     leases=self.leases,
                 )
+                self._bound[entry.name] = entry
                 await self._listen(listener, entry.host, entry.port)
             for entry in config.pop3_listeners:
                 pop3 = Pop3Server(
@@ -125,12 +106,48 @@ class IngressService:
             await self._close_servers()
             raise
 
+    def _session(self, name: str) -> IngressSMTP:
+        listener, handler = self._current[name]
+        return IngressSMTP(listener, handler)
+
+    def _prepare(self, config: Config, revision: int) -> Commit:
+        """A new revision's certificate and per-listener settings, for new sessions.
+
+        Listener addresses, protocols and TLS modes stay as bound at start (a restart
+        applies them); everything else a session is made with comes from `config`.
+        """
+        tls_context = _tls_context(config)  # a bad certificate fails here, before any swap
+        entries = {entry.name: entry for entry in config.smtp_listeners}
+        leases = self.leases
+        if leases is None and config.security.max_connections_per_ip:
+            # Connections were not counted so far: from now on policy can count them.
+            leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
+        current: dict[str, tuple[Listener, IngressHandler]] = {}
+        for name, (listener, _) in self._current.items():
+            bound, entry = self._bound[name], entries.get(name)
+            if entry is None or (entry.address, entry.tls) != (bound.address, bound.tls):
+                log.warning("listener %s: its new address or tls waits for a restart", name)
+                entry = bound
+            settings = _settings(entry, config, tls=bound.tls)
+            fresh = replace(listener, settings=settings, tls_context=tls_context, leases=leases)
+            current[name] = (fresh, IngressHandler(fresh))
+
+        def commit() -> None:
+            if leases is not None and self.leases is None:
+                self.leases = leases
+                leases.start()
+            self._current.update(current)
+            for pop3 in self._pop3:
+                pop3.tls_context = tls_context
+
+        return commit
+
     async def _listen(self, listener: Listener, host: str, port: int) -> None:
         settings = listener.settings
-        handler = IngressHandler(listener)
+        self._current[settings.name] = (listener, IngressHandler(listener))
         try:
             server = await asyncio.get_running_loop().create_server(
-                lambda: IngressSMTP(listener, handler),
+                lambda: self._session(settings.name),
                 host=host,
                 port=port,
                 # Implicit TLS too is accepted as plain TCP: the session counts the connection
@@ -170,3 +187,36 @@ class IngressService:
         for pop3 in self._pop3:
             await pop3.stop(0)
         self._pop3.clear()
+
+
+def _tls_context(config: Config) -> ssl.SSLContext | None:
+    if not any(entry.tls != "none" for entry in config.listeners):
+        return None
+    # One per revision, so every listener and session started under it presents the
+    # same certificate; read from the files again each time (a renewal keeps the paths).
+    return server_context(config.server.hostname, config.tls.cert_file, config.tls.key_file)
+
+
+def _settings(entry: ListenerEntry, config: Config, tls: str | None = None) -> ListenerSettings:
+    hidden_group = config.relay.hide_local_ip_group
+    security = config.security
+    return ListenerSettings(
+        name=entry.name,
+        hostname=config.server.hostname,
+        tls=tls or entry.tls,
+        require_auth=entry.require_auth,
+        data_size_limit=security.max_message_size or None,
+        max_failed_commands=security.max_failed_commands,
+        proxy_protocol=entry.proxy_protocol,
+        hidden_clients=config.ip_group(hidden_group) if hidden_group else None,
+        pregreet_wait=entry.pregreet_wait.total_seconds(),
+        max_junk_commands=security.max_junk_commands,
+        deadlines=Deadlines(
+            command_timeout=security.command_timeout.total_seconds(),
+            piece_timeout=security.data_timeout.total_seconds(),
+            min_rate=security.min_data_rate,
+        ),
+        tls_handshake_timeout=security.tls_handshake_timeout.total_seconds(),
+        scan_max_size=config.antispam.spamd_max_size if config.antispam.spamd else 0,
+        scan_seconds=config.antispam.spamd_timeout.total_seconds(),
+    )

@@ -7,8 +7,10 @@ import logging
 
 from nats.js import JetStreamContext
 
+from libs.common.config import Config
 from libs.common.mail import languages
 from libs.common.runtime import consumers
+from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
 from services.notifier.adapters.catalogs import load_catalogs
 from services.notifier.adapters.consumer import FETCH, TRIGGERS_CONSUMER
@@ -23,6 +25,21 @@ class NotifierService:
         self._stopping = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._processor: NotifierProcessor | None = None
+        ctx.live.on_change(self._prepare)
+
+    def _prepare(self, config: Config, revision: int) -> Commit:
+        """Report language, hostname and postmaster for the next report."""
+        language = languages.match(config.queue.report_language) or languages.DEFAULT
+
+        def commit() -> None:
+            if self._processor is not None:
+                processor = self._processor
+                processor._language = language
+                processor._hostname = config.server.hostname
+                processor._postmaster = config.server.postmaster_address
+
+        return commit
 
     async def start(self) -> None:
         config = self.ctx.config
@@ -34,6 +51,7 @@ class NotifierService:
             postmaster=config.server.postmaster_address,
             language=language,
         )
+        self._processor = processor
         self._sub = await consumers.bind(self.ctx.js, TRIGGERS_CONSUMER)
         self._task = asyncio.create_task(
             consumers.fetch_loop(self._sub, processor.handle, self._stopping, FETCH, "notifier"),

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from datetime import datetime
 
 from libs.common.config import Config, ConfigError, IpGroup
 from libs.common.contract import subjects
+from libs.common.contract.shadow import ShadowDifference
 from libs.common.mail.userhash import is_argon2id
+from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
 from services.policy.adapters.admin import BlocksEndpoints
 from services.policy.adapters.antispam import AntispamChecks
 from services.policy.adapters.blocks import BlockStore
 from services.policy.adapters.connections import ConnectionCounter
 from services.policy.adapters.counters import SlidingCounters
-from services.policy.adapters.dns import sender_domain_resolver
+from services.policy.adapters.dns import SenderDomainResolver, sender_domain_resolver
 from services.policy.adapters.facts import FactFinder
 from services.policy.adapters.nats_micro import Lookups, PolicyEndpoints, utc_now
 from services.policy.adapters.passwords import PasswordChecker
@@ -86,6 +89,9 @@ def antispam_checks(config: Config, rules: PolicyRules, grants: GrantStore) -> A
     return AntispamChecks(rules, spf, spamd, grants)
 
 
+# A revision's predecessor's antispam checks are closed this long after the swap.
+OLD_CHECKS_CLOSE_S = 60.0
+
 # RFC 7208 section 4.6.4: at least 20 seconds for one whole check, at most needed.
 SPF_MAX_SECONDS = 20.0
 
@@ -118,6 +124,15 @@ def rules_from_config(config: Config) -> PolicyRules:
         raise ConfigError([f"users: {exc.reason}"]) from None
 
 
+def _resolver(
+    config: Config, rules: PolicyRules, shadow: bool = False
+) -> SenderDomainResolver | None:
+    """Sender-domain look-ups, when the rules (or a shadow's, `shadow`) check them."""
+    if rules.limits.require_sender_domain_dns or shadow:
+        return sender_domain_resolver(config.dns)
+    return None
+
+
 def _warn_about_accounts(config: Config) -> None:
     for user in config.users:
         if user.password_hash is not None and not is_argon2id(user.password_hash):
@@ -137,31 +152,79 @@ class PolicyService:
         failures = FailedLoginCounter(ctx.js)
         counters = SlidingCounters(ctx.js, HOUR)
         blocks = BlockStore(ctx.js)
-        resolver = None
-        if self.rules.limits.require_sender_domain_dns:
-            resolver = sender_domain_resolver(ctx.config.dns)
-        facts = FactFinder(
+        self.facts = FactFinder(
             self.rules,
             counters=counters,
             blocks=blocks,
             connections=ConnectionCounter(ctx.js),
-            dns=resolver,
+            dns=_resolver(ctx.config, self.rules),
             failures=failures,
         )
         self.antispam = antispam_checks(ctx.config, self.rules, self.grants)
         lookups = Lookups(
             passwords=self.passwords,
-            grants=self.grants if self.rules.pop3_grant is not None else None,
+            # Always there: whether a grant is looked up is the rules' (live) decision.
+            grants=self.grants,
             failures=failures,
-            facts=facts,
+            facts=self.facts,
             antispam=self.antispam,
         )
         self.endpoints = PolicyEndpoints(self.rules, clock, lookups)
+        self.endpoints.record_difference = self._record_difference
+        self._recording: set[asyncio.Task[None]] = set()
+        ctx.live.on_change(self._prepare)
+        ctx.live.on_shadow(self._shadow)
         self.blocks_api = BlocksEndpoints(blocks, counters, clock)
         self._blocks = blocks
         self.pop3_logins: Pop3LoginConsumer | None = None
         if self.rules.pop3_grant is not None:
             self.pop3_logins = Pop3LoginConsumer(ctx.js, self.grants, self.rules.pop3_grant, clock)
+
+    def _prepare(self, config: Config, revision: int) -> Commit:
+        """Rules of a new revision, built whole before anything is swapped."""
+        rules = rules_from_config(config)
+        resolver = _resolver(config, rules, shadow=self._shadow_checks_dns())
+        checks = antispam_checks(config, rules, self.grants)
+
+        def commit() -> None:
+            old, self.antispam = self.antispam, checks
+            self.rules = rules
+            self.facts.use(rules, resolver)
+            self.endpoints.use(rules, revision)
+            self.endpoints.antispam(checks)
+            # Checks still running on the old SPF pool finish first (within policy.timeout).
+            asyncio.get_running_loop().call_later(OLD_CHECKS_CLOSE_S, old.close)
+            _warn_about_accounts(config)
+
+        return commit
+
+    def _shadow(self, config: Config | None, revision: int) -> None:
+        if config is None:
+            self.endpoints.shadow = None
+            log.info("shadow configuration cleared")
+            return
+        rules = rules_from_config(config)
+        self.endpoints.shadow = (rules, revision)
+        if rules.limits.require_sender_domain_dns:
+            self.facts.use(self.rules, _resolver(self.ctx.config, self.rules, shadow=True))
+        log.info("shadow configuration revision %d evaluated beside the active one", revision)
+
+    def _shadow_checks_dns(self) -> bool:
+        shadow = self.endpoints.shadow
+        return shadow is not None and shadow[0].limits.require_sender_domain_dns
+
+    def _record_difference(self, found: ShadowDifference) -> None:
+        subject = subjects.shadow_subject(found.shadow_revision, found.stage)
+
+        async def publish() -> None:
+            try:
+                await self.ctx.js.publish(subject, found.model_dump_json().encode())
+            except Exception as exc:
+                log.warning("shadow difference not recorded: %s: %s", type(exc).__name__, exc)
+
+        task = asyncio.create_task(publish())
+        self._recording.add(task)
+        task.add_done_callback(self._recording.discard)
 
     async def start(self) -> None:
         if self.rules.relay_mode == "open":
@@ -218,6 +281,8 @@ class PolicyService:
         if self.pop3_logins is not None:
             await self.pop3_logins.stop()
         await self.endpoints.drain()
+        if self._recording:
+            await asyncio.gather(*self._recording, return_exceptions=True)
         await self._blocks.close()
         await self.passwords.close()
         self.antispam.close()

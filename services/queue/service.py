@@ -16,6 +16,7 @@ from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import consumers, metrics
 from libs.common.runtime.fence import Fence
 from libs.common.runtime.lease import Lease, slot_from_env
+from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
 from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
@@ -45,6 +46,21 @@ class QueueService:
         self.processor: QueueProcessor | None = None
         self._stats: metrics.QueueStatsCollector | None = None
         self._lease: Lease | None = None
+        ctx.live.on_change(self._prepare)
+
+    def _prepare(self, config: Config, revision: int) -> Commit:
+        """Routing (delivery.mode, local domains) and retry, warning and bounce times for
+        the next decision (and the listing); jobs already out keep their destination."""
+        timing = timing_of(config)
+        routing = Routing.of(config.delivery.mode, config.server.local_domains)
+
+        def commit() -> None:
+            if self.processor is not None:
+                self.processor._timing = timing
+                self.processor._routing = routing
+                self.processor.index._timing = timing
+
+        return commit
 
     async def start(self) -> None:
         config = self.ctx.config
@@ -78,7 +94,7 @@ class QueueService:
             index.update(state)
         processor.seed(states.values())
         log.info("queue: %d messages in the queue at start", len(index))
-        self._stats = metrics.register_queue_stats(index.stats)
+        self._stats = metrics.register_queue_stats(index.stats, index.ages)
         await QueueApi(js, processor).register(self.ctx.micro)
         events_sub = await consumers.bind(js, consumer.EVENTS_CONSUMER)
         timers_sub = await consumers.bind(js, timers.TIMERS_CONSUMER)

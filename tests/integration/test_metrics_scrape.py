@@ -39,21 +39,33 @@ def value(samples: Samples, name: str, **labels: str) -> float:
 async def test_scrape_after_mail_shows_the_counts(
     tmp_path: Path, sink_factory: Callable[..., tuple[Sink, int]]
 ) -> None:
-    sink, sink_port = sink_factory(replies={"gone@remote.test": "550 5.1.1 No such user"})
+    sink, sink_port = sink_factory(
+        replies={
+            "gone@remote.test": "550 5.1.1 No such user",
+            "later@remote.test": "451 4.3.0 Try again later",
+        }
+    )
     smtp_port, metrics_port = free_port(), free_port()
     port = {svc: metrics_port + i for i, svc in enumerate(subjects.SERVICES)}
     extra = f"telemetry: {{metrics_address: '127.0.0.1:{metrics_port}'}}\n"
     async with mailbus_up(tmp_path, relay_config("mx.metrics.test", smtp_port, sink_port, extra)):
 
-        def send() -> None:
+        def send() -> dict[str, tuple[int, bytes]]:
             with smtplib.SMTP("127.0.0.1", smtp_port, timeout=10) as client:
-                client.sendmail(
+                return client.sendmail(
                     "a@sender.test",
-                    ["ok@remote.test", "gone@remote.test"],
+                    [
+                        "ok@remote.test",
+                        "gone@remote.test",
+                        "later@remote.test",
+                        "nobody@metrics.test",
+                    ],
                     b"Subject: m\r\n\r\nhi\r\n",
                 )
 
-        await asyncio.to_thread(send)
+        refused = await asyncio.to_thread(send)
+        assert list(refused) == ["nobody@metrics.test"], refused
+        code = refused["nobody@metrics.test"][0]
         # The original to ok@, then the failure report for gone@ back to a@ (relayed too).
         await eventually(lambda: _now(len(sink.received) >= 2), "both messages at the sink", 30)
 
@@ -67,6 +79,8 @@ async def test_scrape_after_mail_shows_the_counts(
         delivery, notifier = got["delivery"], got["notifier"]
         assert value(ingress, "mailbus_smtpd_messages_accepted_total", listener="smtp") == 1
         assert value(ingress, "mailbus_smtpd_connections_total", listener="smtp") >= 1
+        # postfix_exporter's smtpd_messages_rejected_total{code}: the unknown local user.
+        assert value(ingress, "mailbus_smtpd_messages_rejected_total", code=str(code)) == 1
         assert (
             value(
                 policy,
@@ -75,7 +89,7 @@ async def test_scrape_after_mail_shows_the_counts(
                 action="accept",
                 rule="allowed_ip_group",
             )
-            == 2
+            == 3  # ok@, gone@ and later@
         )
         assert value(queue, "mailbus_qmgr_events_processed_total", type="MessageReceived") == 2
         assert ("mailbus_qmgr_messages", (("state", "deferred"),)) in queue
@@ -95,6 +109,19 @@ async def test_scrape_after_mail_shows_the_counts(
         )
         assert failed == 1
         assert value(notifier, "mailbus_bounce_reports_sent_total", kind="failure") == 1
+        # postfix_exporter's smtp_delivery_delay_seconds{status}: arrival to each outcome.
+        delay = "mailbus_smtp_delivery_delay_seconds"
+        assert value(queue, f"{delay}_count", status="sent") == 2
+        assert value(queue, f"{delay}_count", status="bounced") == 1
+        assert value(queue, f"{delay}_count", status="deferred") >= 1
+        assert 0 < value(queue, f"{delay}_sum", status="sent") < 30
+        # showq_message_age_seconds{queue}: the message waiting for later@ is deferred.
+        age = "mailbus_qmgr_message_age_seconds"
+        assert value(queue, f"{age}_count", state="deferred") == 1
+        assert value(queue, f"{age}_bucket", state="deferred", le="+Inf") == 1
+        assert value(queue, f"{age}_bucket", state="deferred", le="100.0") == 1
+        assert value(queue, f"{age}_count", state="held") == 0
+        assert 0 < value(queue, f"{age}_sum", state="deferred") < 100
 
 
 async def _now(value: bool) -> bool:

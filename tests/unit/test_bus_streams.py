@@ -61,6 +61,13 @@ EXPECTED: dict[str, dict[str, object]] = {
         "max_msgs_per_subject": 1,
         "allow_direct": True,
     },
+    # Shadow-policy differences: kept a week, like the access events.
+    "MAILBUS_SHADOW": {
+        "subjects": ["mailbus.shadow.>"],
+        "retention": LIMITS,
+        "duplicate_window": 2 * HOUR,
+        "max_age": 7 * 24 * HOUR,
+    },
 }
 
 

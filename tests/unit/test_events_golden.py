@@ -54,6 +54,7 @@ SAMPLES: list[ev.Event] = [
             ),
             spam=SpamVerdict(result="clean", score=1.5, tag_score=5.0, tests=("MISSING_DATE",)),
         ),
+        config_revision=7,
     ),
     ev.DeliveryScheduled(
         event_id="Q1.a1.d0.scheduled",

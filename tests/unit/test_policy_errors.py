@@ -91,6 +91,11 @@ async def answer(endpoints: PolicyEndpoints, query: PolicyQuery) -> PolicyDecisi
     return decision
 
 
+def stamped(decision: PolicyDecision) -> PolicyDecision:
+    """As policy answers it: with the configuration revision (0, no revision applied yet)."""
+    return decision.model_copy(update={"config_revision": 0})
+
+
 def session(tls: bool = True) -> Session:
     return Session(session_id="s1", client_ip="192.0.2.10", tls=tls)
 
@@ -101,7 +106,7 @@ async def test_unreadable_failed_logins_defer_a_login() -> None:
         RULES, lambda: NOW, Lookups(facts=FactFinder(RULES, failures=failures))
     )
     query = PolicyQuery(stage="auth", session=session(), mechanism="PLAIN", username="u@x.test")
-    assert await answer(endpoints, query) == errors.LimitsUnavailable.decision
+    assert await answer(endpoints, query) == stamped(errors.LimitsUnavailable.decision)
 
 
 async def test_unreadable_grants_defer_a_relay_refusal() -> None:
@@ -109,7 +114,7 @@ async def test_unreadable_grants_defer_a_relay_refusal() -> None:
     grants = cast(GrantStore, Unreachable())
     endpoints = PolicyEndpoints(rules, lambda: NOW, Lookups(grants=grants))
     relay = PolicyQuery(stage="rcpt", session=session(), rcpt="bob@remote.test")
-    assert await answer(endpoints, relay) == errors.GrantsUnavailable.decision
+    assert await answer(endpoints, relay) == stamped(errors.GrantsUnavailable.decision)
     # A local recipient needs no grant: the store is never asked.
     local = PolicyQuery(stage="rcpt", session=session(), rcpt="postmaster@example.test")
     assert (await answer(endpoints, local)).accepted

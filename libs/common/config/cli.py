@@ -14,7 +14,11 @@ EXIT_OK = 0
 EXIT_INVALID = 2
 
 
-def _load(path: str) -> Config | None:
+def checked(path: str) -> Config | None:
+    """The configuration, its warnings on stderr; None after its errors on stderr.
+
+    `config check` and `config apply` both report through this, so they say the same.
+    """
     try:
         config = load_config(path)
     except ConfigError as exc:
@@ -28,7 +32,7 @@ def _load(path: str) -> Config | None:
 
 def config_check(path: str, non_default: bool = False) -> int:
     """Effective config on stdout and 0, or one line per error on stderr and 2."""
-    config = _load(path)
+    config = checked(path)
     if config is None:
         return EXIT_INVALID
     if non_default:
@@ -59,7 +63,7 @@ _SAME = object()
 
 def config_get(path: str, key: str) -> int:
     """One key's effective value (secrets masked): a scalar as is, a section as YAML."""
-    config = _load(path)
+    config = checked(path)
     if config is None:
         return EXIT_INVALID
     value: object = effective_data(config)

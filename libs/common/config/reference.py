@@ -70,6 +70,75 @@ def markdown() -> str:
             out.write(f"| `{path}` | {_type_name(hint, info)} | {shown} | {meaning} |\n")
         for path, value in blocks:
             out.write(f"\nDefault of `{path}`:\n\n```yaml\n{to_yaml({path: value})}```\n")
+    out.write(_live_section())
+    return out.getvalue()
+
+
+_LIVE_INTRO = """
+## Revisions, live changes and shadow policies
+
+The configuration also lives on the bus, in the KV bucket `mailbus-config`,
+which keeps the last 64 revisions. `mailbus config apply FILE` validates FILE
+exactly as `mailbus config check` does (the same `FILE:LINE: key: message`
+lines; nothing invalid is published) and publishes it as a new revision,
+numbered by the bucket. Every replica of every service follows the bucket and
+applies a new revision whole, without dropping a session: each part builds its
+new state first, then all swap at once. A replica that cannot apply it (a
+certificate that does not load, a file missing on that host) keeps its previous
+revision, logs why, and shows it in `mailbus_config_failed_revision` and in
+`mailbus config status`; `mailbus_config_revision` is the one it runs. `apply`
+returns once every running replica reports the revision (or `--timeout`).
+
+- `mailbus config history`: revision, time, who and from where, what changed.
+- `mailbus config diff A B`: the keys that differ, over the effective
+  configuration (defaults filled in, secrets masked).
+- `mailbus config rollback REV`: REV's text again, as a new revision.
+- `mailbus config status`: the revision (and shadow) each replica runs.
+- With `mailbus up`, the file given at start is the first revision (nothing is
+  published when it equals the active one) and SIGHUP applies the edited file.
+- A service process starts with the active revision when the bucket has one
+  (so a restart applies what waited for it), and with its `--config` file only
+  until a first revision exists; its `nats` and `telemetry` settings always come
+  from that file. On Kubernetes, apply the ConfigMap's file after changing it
+  (see [kubernetes.md](kubernetes.md)): restarting pods alone runs the active
+  revision again.
+- Relative paths in a revision are from the directory of the file applied, and
+  the files they name (certificates, `users_file`) are read again by every
+  replica on every revision: renew a certificate in place, then apply the same
+  file. Each host needs them at the same path.
+- Every policy decision carries the revision it was made under
+  (`config_revision`); `MessageReceived` records it, `mailbus queue show` shows
+  it beside the policy rules, and policy's refusal log lines name it.
+
+**Shadow policy.** `mailbus config apply --shadow FILE` publishes FILE as the
+shadow revision: policy decides every connect, HELO, MAIL, RCPT and DATA query
+under it too, from the same looked-up facts, enforces only the active
+revision and counts nothing for the shadow (no message, unknown-recipient or
+block counter moves because of it). Each decision on which the two differ is
+recorded in the stream `MAILBUS_SHADOW` (stage, client, addresses, rule and
+reply of each side; kept a week). `mailbus config shadow-report` counts them by
+stage and by pair of rules with examples; `mailbus config promote` makes the
+shadow the active revision. Logins (AUTH) are not compared.
+
+What each section does when a revision changes it:
+
+| section | when it changes live |
+|---|---|
+"""
+
+
+def _live_section() -> str:
+    from .revisions import LIVE_EFFECTS, RESTART_ONLY
+
+    out = io.StringIO()
+    out.write(_LIVE_INTRO)
+    for section in Config.model_fields:
+        out.write(f"| `{section}` | {LIVE_EFFECTS[section]} |\n")
+    out.write(
+        "\nApplied at the next restart only (`config apply` names them when they change):\n\n"
+    )
+    for key, why in RESTART_ONLY.items():
+        out.write(f"- `{key}`: {why}\n")
     return out.getvalue()
 
 

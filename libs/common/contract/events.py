@@ -73,6 +73,9 @@ class MessageReceived(Event):
     report_of: str | None = None
     # What SPF and spamd said (None: no check ran, or an event from before this field).
     antispam: AntispamResults | None = None
+    # The configuration revision policy decided the end of DATA under (None: from
+    # before revisions, or a report the notifier made).
+    config_revision: int | None = None
 
 
 class Destination(_Model):

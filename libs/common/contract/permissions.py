@@ -43,6 +43,7 @@ def _stream_names() -> list[str]:
         s.ACCESS_STREAM,
         s.MAILBOXES_STREAM,
         s.MAILBOX_LOCKS_STREAM,
+        s.SHADOW_STREAM,
         s.BODIES_STREAM,
         f"OBJ_{s.MAILBOX_BODIES_BUCKET}",
         *(
@@ -55,6 +56,7 @@ def _stream_names() -> list[str]:
                 s.BLOCKS_BUCKET,
                 s.QUEUE_LEADER_BUCKET,
                 s.DELIVERY_CLAIMS_BUCKET,
+                s.CONFIG_BUCKET,
             )
         ),
     ]
@@ -151,9 +153,14 @@ def _inbox(service: str) -> str:
     return f"{s.inbox_prefix(s.service_name(service))}.>"
 
 
+def _live_config() -> list[str]:
+    """Every service reads (watches) the configuration revisions; only operators write."""
+    return _kv(s.CONFIG_BUCKET, write=False)
+
+
 def _service(service: str, publish: Iterable[str], subscribe: Iterable[str]) -> Permissions:
-    pub = [*_topology(), *publish]
-    sub = [_inbox(service), *_micro(service), *subscribe]
+    pub = [*_topology(), *_live_config(), *publish]
+    sub = [_inbox(service), *_micro(service), s.CONFIG_STATUS_SUBJECT, *subscribe]
     return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)))
 
 
@@ -189,6 +196,8 @@ def service_permissions() -> dict[str, Permissions]:
                 *_kv(s.AUTH_FAILURES_BUCKET, write=True),
                 *_kv(s.BLOCKS_BUCKET, write=True),
                 *_kv(s.CONNECTIONS_BUCKET, write=False),
+                # Decisions on which the shadow configuration differs (config shadow-report).
+                s.SHADOW_SUBJECTS,
             ],
             subscribe=[f"{s.POLICY_PREFIX}.*", f"{s.BLOCKS_API_PREFIX}.*"],
         ),

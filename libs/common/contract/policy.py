@@ -76,6 +76,9 @@ class PolicyDecision(_Model):
     limits: SessionLimits | None = None
     # Set on MAIL and DATA when antispam ran or was skipped: the SPF result, the spam verdict.
     antispam: AntispamResults | None = None
+    # The configuration revision the decision was made under (0: the file the policy
+    # replica started with, before any revision was applied; None: not from policy).
+    config_revision: int | None = None
 
     @property
     def accepted(self) -> bool:

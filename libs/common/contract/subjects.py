@@ -153,6 +153,32 @@ QUEUE_LEADER_KEY = "queue"
 DELIVERY_CLAIMS_BUCKET = "mailbus-delivery-claims"
 
 
+# Configuration revisions (libs/common/runtime/liveconfig.py): the active revision and
+# a shadow one under two keys; the bucket's sequence is the revision number, and its
+# history keeps the last CONFIG_HISTORY versions of each key for `config rollback`.
+CONFIG_BUCKET = "mailbus-config"
+CONFIG_ACTIVE_KEY = "active"
+CONFIG_SHADOW_KEY = "shadow"
+CONFIG_HISTORY = 64
+# Every replica of every service answers here (no queue group) with the revision it
+# runs: `mailbus config status`, and `config apply` waiting until all have it.
+CONFIG_STATUS_SUBJECT = f"{PREFIX}.config.v1.status"
+
+# Where policy records each decision on which the shadow revision differs from the
+# active one, per shadow revision and stage, for `mailbus config shadow-report`.
+SHADOW_STREAM = "MAILBUS_SHADOW"
+SHADOW_PREFIX = f"{PREFIX}.shadow"
+SHADOW_SUBJECTS = f"{SHADOW_PREFIX}.>"
+
+
+def shadow_subject(revision: int, stage: str) -> str:
+    return f"{SHADOW_PREFIX}.{revision}.{stage}"
+
+
+def shadow_filter(revision: int) -> str:
+    return f"{SHADOW_PREFIX}.{revision}.*"
+
+
 def connection_lease_key(client_ip: str, instance: str, session_id: str) -> str:
     """`client_ip` canonical (policy_api.canonical_ip); `session_id` a valid key token."""
     return f"{token(client_ip)}.{token(instance)}.{session_id}"

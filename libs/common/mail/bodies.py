@@ -106,6 +106,10 @@ class BodyStore:
             return None  # removed while being read
         return b"".join([*(c.data or b"" for c in chunks if c is not None), last])
 
+    async def exists(self, queue_id: str) -> bool:
+        """Whether the body's head is stored (so the body is whole)."""
+        return await self._read(subjects.body_head_subject(queue_id)) is not None
+
     async def _read(self, subject: str) -> api.RawStreamMsg | None:
         """A direct get, which any replica may answer; on "not found" the leader's word.
 

@@ -110,8 +110,10 @@ def rejected(
     helo: str,
     rule: str = "",
     session_id: str = "",
+    revision: int | None = None,
 ) -> MailLine:
-    """smtpd's NOQUEUE reject line for a refusal by policy, naming the rule that decided."""
+    """smtpd's NOQUEUE reject line for a refusal by policy, naming the rule that decided
+    and the configuration revision it decided under."""
     word = _STAGE_WORDS.get(stage, esc(stage.upper(), IN_NAME))
     text = f"{NOQUEUE}: reject: {word} from {client_text(client_ip)}: {esc(reply)}"
     details = []
@@ -123,6 +125,8 @@ def rejected(
         details.append(f"helo=<{esc(helo, IN_ANGLES)}>")
     if rule:
         details.append(f"rule={esc(rule, IN_ANGLES)}")
+    if revision is not None:
+        details.append(f"revision={revision}")
     if details:
         text += "; " + " ".join(details)
     return MailLine(
@@ -139,6 +143,7 @@ def rejected(
             "helo": helo,
             "rule": rule,
             "session": session_id,
+            "revision": revision,
         },
     )
 

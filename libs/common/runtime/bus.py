@@ -147,6 +147,8 @@ STREAMS: tuple[Stream, ...] = (
         max_msgs_per_subject=1,
         allow_direct=True,
     ),
+    # Shadow-policy differences are evidence for one decision (promote or not): a week.
+    Stream(subjects.SHADOW_STREAM, subjects.SHADOW_SUBJECTS, max_age=ACCESS_EVENTS_MAX_AGE_S),
 )
 
 
@@ -180,6 +182,7 @@ KV_BUCKETS: tuple[str, ...] = (
     subjects.QUEUE_LEADER_BUCKET,
     subjects.CONNECTIONS_BUCKET,
     subjects.DELIVERY_CLAIMS_BUCKET,
+    subjects.CONFIG_BUCKET,
 )
 OBJECT_STORES: tuple[str, ...] = (subjects.MAILBOX_BODIES_BUCKET,)
 
@@ -212,11 +215,23 @@ async def ensure_topology(
         )
     # Buckets made by nats-py allow per-message TTLs; grants and failure counts use them.
     for bucket in KV_BUCKETS:
-        if bucket == subjects.CONNECTIONS_BUCKET or not wanted(subjects.kv_stream(bucket)):
-            continue  # the connections bucket: below
+        if bucket in (subjects.CONNECTIONS_BUCKET, subjects.CONFIG_BUCKET):
+            continue  # below
+        if not wanted(subjects.kv_stream(bucket)):
+            continue
         await js.create_key_value(
             api.KeyValueConfig(
                 bucket=bucket, storage=api.StorageType.FILE, replicas=replicas, history=1
+            )
+        )
+    # Configuration revisions: the history is what `mailbus config rollback` goes back to.
+    if wanted(subjects.kv_stream(subjects.CONFIG_BUCKET)):
+        await js.create_key_value(
+            api.KeyValueConfig(
+                bucket=subjects.CONFIG_BUCKET,
+                storage=api.StorageType.FILE,
+                replicas=replicas,
+                history=subjects.CONFIG_HISTORY,
             )
         )
     # Connection leases live seconds, but on file storage: a memory bucket vanishes with a

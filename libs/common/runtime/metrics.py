@@ -9,11 +9,11 @@ one file to know what exists.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime
 
 from prometheus_client import REGISTRY, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 # ingress (smtpd)
@@ -34,6 +34,12 @@ SMTPD_REFUSALS = Counter(
     "Refused SMTP commands by stage and the policy rule that refused",
     ["stage", "rule"],
 )
+# postfix_exporter's smtpd_messages_rejected_total{code}: the same refusals by reply code.
+SMTPD_REJECTED_BY_CODE = Counter(
+    "mailbus_smtpd_messages_rejected_total",
+    "Refused SMTP commands by reply code",
+    ["code"],
+)
 
 # policy
 POLICY_DECISIONS = Counter(
@@ -46,8 +52,17 @@ POLICY_DECISION_SECONDS = Histogram(
     buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
 )
 
-# queue (qmgr): mailbus_qmgr_messages{state} and mailbus_qmgr_oldest_message_age_seconds
-# come from QueueStatsCollector, read from the queue's index at scrape time.
+# queue (qmgr): mailbus_qmgr_messages{state}, mailbus_qmgr_oldest_message_age_seconds and
+# mailbus_qmgr_message_age_seconds{state} come from QueueStatsCollector, read from the
+# queue's index at scrape time.
+# postfix_exporter's smtp_delivery_delay_seconds{status}: arrival to each recipient's
+# outcome, observed by the queue (it knows the arrival) as the mail log's delay=.
+DELIVERY_DELAY = Histogram(
+    "mailbus_smtp_delivery_delay_seconds",
+    "Time from arrival to a recipient's outcome (the mail log's delay=), by status",
+    ["status"],
+    buckets=(0.1, 0.5, 1, 5, 10, 60, 300, 1800, 3600, 4 * 3600, 86400, 5 * 86400),
+)
 QUEUE_EVENTS = Counter(
     "mailbus_qmgr_events_processed_total", "Events the queue consumed, by type", ["type"]
 )
@@ -86,6 +101,10 @@ CONSUMER_ACK_PENDING = Gauge(
 
 
 QueueStats = Callable[[], tuple[Mapping[str, int], datetime | None]]
+# Every message in the queue: its state and arrival.
+QueueAges = Callable[[], Iterable[tuple[str, datetime]]]
+# postfix_exporter's showq_message_age_seconds buckets, up to 11 days (a queue lifetime).
+AGE_BUCKETS = (10.0, 100.0, 1e3, 1e4, 1e5, 1e6)
 
 
 class QueueStatsCollector(Collector):
@@ -94,10 +113,11 @@ class QueueStatsCollector(Collector):
 
     STATES = ("active", "deferred", "held")
 
-    def __init__(self, stats: QueueStats) -> None:
+    def __init__(self, stats: QueueStats, ages: QueueAges | None = None) -> None:
         self._stats = stats
+        self._ages = ages
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[Metric]:
         counts, oldest = self._stats()
         by_state = GaugeMetricFamily(
             "mailbus_qmgr_messages", "Messages in the queue by state", labels=["state"]
@@ -111,10 +131,28 @@ class QueueStatsCollector(Collector):
             "Age of the oldest message still in the queue",
             value=age,
         )
+        if self._ages is not None:
+            yield self._age_histogram(self._ages())
+
+    def _age_histogram(self, ages: Iterable[tuple[str, datetime]]) -> HistogramMetricFamily:
+        now = time.time()
+        by_state: dict[str, list[float]] = {state: [] for state in self.STATES}
+        for state, arrival in ages:
+            by_state.setdefault(state, []).append(max(0.0, now - arrival.timestamp()))
+        family = HistogramMetricFamily(
+            "mailbus_qmgr_message_age_seconds",
+            "Age of the messages in the queue, by state",
+            labels=["state"],
+        )
+        for state in sorted(by_state):
+            values = by_state[state]
+            buckets = [(repr(le), sum(v <= le for v in values)) for le in AGE_BUCKETS]
+            family.add_metric([state], [*buckets, ("+Inf", len(values))], sum_value=sum(values))
+        return family
 
 
-def register_queue_stats(stats: QueueStats) -> QueueStatsCollector:
-    collector = QueueStatsCollector(stats)
+def register_queue_stats(stats: QueueStats, ages: QueueAges | None = None) -> QueueStatsCollector:
+    collector = QueueStatsCollector(stats, ages)
     REGISTRY.register(collector)
     return collector
 

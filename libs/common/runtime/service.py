@@ -31,6 +31,7 @@ from libs.common.contract import subjects
 from libs.common.contract.errors import CannotStart
 from libs.common.runtime import bus, maillog, nats_tls, topology
 from libs.common.runtime.health import Health
+from libs.common.runtime.liveconfig import ConfigFollower, LiveConfig, starting_config
 from libs.common.runtime.metrics import CONSUMER_ACK_PENDING, CONSUMER_PENDING
 from libs.common.runtime.telemetry import setup_telemetry
 
@@ -51,6 +52,13 @@ class Context:
     js: JetStreamContext
     micro: MicroService
     instance: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
+    # The revisions followed live (libs/common/runtime/liveconfig.py); `config` above is
+    # swapped with each, for the code that reads it at use time.
+    live: LiveConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.live = LiveConfig(self.service, self.instance, self.config)
+        self.live.on_change(lambda config, _revision: lambda: setattr(self, "config", config))
 
 
 class Service(Protocol):
@@ -81,11 +89,14 @@ class Running:
     service: Service
     health: Health
     lag: asyncio.Task[None] | None = None
+    follower: ConfigFollower | None = None
 
     async def close(self) -> None:
         self.health.ready = False  # a load balancer stops sending work first
         if self.lag is not None:
             self.lag.cancel()
+        if self.follower is not None:
+            await self.follower.stop()
         try:
             await self.service.stop()
         finally:
@@ -126,9 +137,18 @@ async def start_service(
             metadata={"instance": f"{socket.gethostname()}-{os.getpid()}"},
         ),
     )
+    # The bus's active revision, when there is one, rather than the file: so a restart
+    # applies what waited for it. The NATS and telemetry settings above are the file's.
+    config, revision = await starting_config(js, name, config)
     ctx = Context(service=name, config=config, nc=nc, js=js, micro=micro)
+    ctx.live.started_at(revision)
+    ctx.live.on_change(_follow_log_level)
     service = factory(ctx)
     await service.start()
+    # After start, so each part has registered its live-apply hook: the bucket's active
+    # revision (if any) replaces the file's configuration before the service is ready.
+    follower = ConfigFollower(js, nc, ctx.live)
+    await follower.start()
     # nats-py 2.16 can send flush's PING ahead of SUBs still being written, so a
     # single flush may return before the server knows our subscriptions; the
     # second round trip is ordered after them. Readiness must mean "answering".
@@ -138,7 +158,7 @@ async def start_service(
     lag = None
     if subjects.SERVICE_CONSUMERS.get(name):
         lag = asyncio.create_task(report_consumer_lag(js, subjects.SERVICE_CONSUMERS[name]))
-    return Running(ctx, service, health, lag)
+    return Running(ctx, service, health, lag, follower)
 
 
 async def report_consumer_lag(
@@ -185,6 +205,20 @@ def setup_logging(level: str = "INFO", fmt: str = "text", program: str = "mailbu
     maillog.setup(level, fmt, program)
 
 
+# --log-level or MAILBUS_LOG_LEVEL given: it wins over logging.level of every revision.
+_log_level_override: str | None = None
+
+
+def _follow_log_level(config: Config, _revision: int) -> Callable[[], None]:
+    level = getattr(logging, config.logging.level.upper())
+
+    def commit() -> None:
+        if _log_level_override is None:
+            logging.getLogger().setLevel(level)
+
+    return commit
+
+
 def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"mailbus-{name}", description=f"mailbus {name} service")
     parser.add_argument("--config", default=os.environ.get("MAILBUS_CONFIG"), required=False)
@@ -205,6 +239,8 @@ def main(name: str, factory: ServiceFactory, argv: Sequence[str] | None = None) 
         help="overrides logging.level (MAILBUS_LOG_LEVEL also works)",
     )
     args = parser.parse_args(argv)
+    global _log_level_override
+    _log_level_override = args.log_level
     setup_logging(args.log_level or "INFO", program=name)
     if not args.config:
         parser.error("--config FILE (or MAILBUS_CONFIG) is required")

@@ -22,7 +22,7 @@ from nats.js.errors import NotFoundError
 
 from libs.common.contract import subjects
 from libs.common.contract.errors import CannotStart
-from libs.common.runtime import bus
+from libs.common.runtime import bus, topology_bodies
 
 
 class TopologyMismatch(CannotStart):
@@ -130,10 +130,20 @@ async def prepare(js: JetStreamContext, replicas: int) -> None:
 
 
 async def migrate(js: JetStreamContext, replicas: int) -> list[str]:
-    """Create and update everything to this version's configuration; what was changed."""
+    """Create and update everything to this version's configuration; what was changed.
+
+    Then the bodies still in an older version's object store are moved into the
+    bodies stream (topology_bodies), which exists by then."""
     found = await inspect(js, replicas)
     await bus.ensure_topology(js, replicas)
     after = await inspect(js, replicas)
     if after.missing or after.differences:
         raise TopologyMismatch(after.missing + after.differences)
-    return [f"{name}: created" for name in found.missing] + found.differences
+    changed = [f"{name}: created" for name in found.missing] + found.differences
+    moved = await topology_bodies.move_old_bodies(js)
+    if moved is not None:
+        changed.append(
+            f"{topology_bodies.OLD_BUCKET}: {moved.copied} bodies copied into "
+            f"{subjects.BODIES_STREAM} ({moved.skipped} already there), bucket removed"
+        )
+    return changed

@@ -175,6 +175,8 @@ class IngressHandler:
             prefix = antispam.trace_headers(results, self.settings.hostname) + received + header
             size = len(prefix) + content.size - rest
             event = self._event(server, session, envelope, qid, size, decision.rule, results)
+            # The revision that accepted it: "why was this accepted" answerable later.
+            event = event.model_copy(update={"config_revision": decision.config_revision})
             # Shielded: a client hanging up now must not cut between the body and its event.
             try:
                 accepting = spool.accept(self.listener.store, content, rest, prefix, event)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 
-from libs.common.runtime.metrics import SMTPD_REFUSALS
+from libs.common.runtime.metrics import SMTPD_REFUSALS, SMTPD_REJECTED_BY_CODE
 from services.ingress.core.refusals import counts_as_failure, library_rule, reply_code
 
 log = logging.getLogger(__name__)
@@ -38,10 +38,12 @@ class Refusals:
     def sent(self, reply: str) -> bool:
         """Account for one reply line; True when it makes the failures reach the limit."""
         rule, self._rule = self._rule, None
-        if reply_code(reply) < 400:
+        code = reply_code(reply)
+        if code < 400:
             return False
         rule = rule or library_rule(reply)
         SMTPD_REFUSALS.labels(self.stage, rule).inc()
+        SMTPD_REJECTED_BY_CODE.labels(str(code)).inc()
         # The mail log's reject line comes from policy (one per refusal); this is detail.
         log.debug(
             "session %s: %s refused: rule=%s client=%s reply=%r",

@@ -47,7 +47,7 @@ from libs.common.contract.events import TlsInfo
 from libs.common.contract.policy import PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
 from libs.common.runtime.telemetry import tracer
-from services.ingress.adapters import librarylog, spool
+from services.ingress.adapters import librarylog, smtpsetup, spool
 from services.ingress.adapters.data import (
     LineTooLong,
     ReadTimeout,
@@ -70,6 +70,7 @@ from services.ingress.core.scan import ContentScan
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
 librarylog.install()
+smtpsetup.install()
 
 IDENT = "ESMTP mailbus"
 SESSION_TIMEOUT_S = 300.0  # aiosmtpd's own timer, which `_reset_timeout` keeps off

@@ -54,6 +54,10 @@ class FactFinder:
         self._dns = dns
         self._failures = failures
 
+    def use(self, rules: PolicyRules, dns: SenderDomainResolver | None) -> None:
+        """A new configuration revision's rules and resolver, for the next lookups."""
+        self._rules, self._dns = rules, dns
+
     async def gather(self, needs: Needs, query: PolicyQuery) -> Facts:
         ip = client_of(query)
         if ip is None:

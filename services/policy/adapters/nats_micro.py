@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from libs.common.contract import subjects
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from libs.common.contract.records import first_error
+from libs.common.contract.shadow import ShadowDifference
 from libs.common.mail import maillines
 from libs.common.runtime import maillog
 from libs.common.runtime.metrics import POLICY_DECISION_SECONDS, POLICY_DECISIONS
@@ -44,6 +45,7 @@ from services.policy.core import (
     needs,
     wants_pop3_grant,
 )
+from services.policy.core.shadow import SHADOW_STAGES, compare, union
 
 log = logging.getLogger(__name__)
 _tracer = tracer(__name__)
@@ -88,6 +90,21 @@ class PolicyEndpoints:
         self.logins = LoginChecker(
             rules, clock, self._lookups.passwords, self._lookups.failures, timeout_s
         )
+        # The configuration revision of _rules, stamped on every decision.
+        self.revision = 0
+        # Rules of the shadow revision and its number, decided beside the active ones.
+        self.shadow: tuple[PolicyRules, int] | None = None
+        # Where a differing shadow decision goes (policy's service publishes it).
+        self.record_difference: Callable[[ShadowDifference], None] | None = None
+
+    def use(self, rules: PolicyRules, revision: int) -> None:
+        """Answer the next queries with these rules (no await between: no query sees a mix)."""
+        self._rules, self.revision = rules, revision
+        self.logins._rules = rules
+
+    def antispam(self, checks: AntispamChecks) -> None:
+        """A new revision's SPF and spamd settings, for the next queries."""
+        self._lookups.antispam = checks
 
     async def register(self, micro: MicroService) -> None:
         for stage in subjects.POLICY_STAGES:
@@ -108,10 +125,12 @@ class PolicyEndpoints:
         if query.stage == "auth":
             await request.respond_error("400", "no dry run of auth: give session.auth_user")
             return
+        rules, revision = self._rules, self.revision
         try:
-            decision = await self._decide_stage(query, None, count=False)
+            decision = await self._decide_stage(query, rules, None, count=False)
         except Unavailable as exc:
             decision = exc.decision
+        decision = decision.model_copy(update={"config_revision": revision})
         await request.respond(decision.model_dump_json().encode())
 
     def _handler(self, stage: str) -> Handler:
@@ -155,7 +174,10 @@ class PolicyEndpoints:
                 await request.respond_error("400", query)
                 return
             started = time.perf_counter()
-            decision = await self._decide(query, arrived or time.monotonic(), body)
+            # One revision per query, read once: a swap during its awaits does not mix rules.
+            rules, revision = self._rules, self.revision
+            decision = await self._decide(query, rules, arrived or time.monotonic(), body)
+            decision = decision.model_copy(update={"config_revision": revision})
             POLICY_DECISION_SECONDS.labels(stage).observe(time.perf_counter() - started)
             POLICY_DECISIONS.labels(stage, decision.action, decision.rule).inc()
             span.set_attribute("mailbus.policy.rule", decision.rule)
@@ -165,36 +187,74 @@ class PolicyEndpoints:
                 self._log_refusal(query, decision)
             await request.respond(decision.model_dump_json().encode())
 
-    async def _facts(self, query: PolicyQuery) -> Facts:
+    async def _facts(
+        self, query: PolicyQuery, rules: PolicyRules, shadow: PolicyRules | None = None
+    ) -> Facts:
         finder = self._lookups.facts
         if finder is None:
             return NO_FACTS
-        return await finder.gather(needs(query, self._rules), query)
+        wanted = needs(query, rules)
+        if shadow is not None:
+            wanted = union(wanted, needs(query, shadow))
+        return await finder.gather(wanted, query)
 
     async def _decide(
-        self, query: PolicyQuery, arrived: float, body: bytes | None = None
+        self, query: PolicyQuery, rules: PolicyRules, arrived: float, body: bytes | None = None
     ) -> PolicyDecision:
         """A fact that cannot be looked up now defers the query with its error's reply."""
         try:
             if query.stage == "auth":
-                return await self.logins.authenticate(query, await self._facts(query), arrived)
-            return await self._decide_stage(query, body)
+                facts = await self._facts(query, rules)
+                return await self.logins.authenticate(query, facts, arrived)
+            return await self._decide_stage(query, rules, body)
         except Unavailable as exc:
             return exc.decision
 
     async def _decide_stage(
-        self, query: PolicyQuery, body: bytes | None, count: bool = True
+        self, query: PolicyQuery, rules: PolicyRules, body: bytes | None, count: bool = True
     ) -> PolicyDecision:
-        facts = await self._facts(query)
-        decision = decide(query, self._rules, self._clock(), facts)
-        if self._lookups.grants is not None and wants_pop3_grant(decision, self._rules):
+        # A dry run (count False) records nothing, shadow differences included.
+        shadow = self.shadow if count and query.stage in SHADOW_STAGES else None
+        facts = await self._facts(query, rules, shadow[0] if shadow else None)
+        decision = decide(query, rules, self._clock(), facts)
+        if self._lookups.grants is not None and wants_pop3_grant(decision, rules):
             grant = await self._grant(self._lookups.grants, query)
-            decision = decide(query, self._rules, self._clock(), replace(facts, pop3_grant=grant))
+            facts = replace(facts, pop3_grant=grant)
+            decision = decide(query, rules, self._clock(), facts)
+        if shadow is not None:
+            # Before antispam and counting: the shadow differs in rules, not in scanners.
+            await self._compare_shadow(query, decision, facts, shadow)
         if self._lookups.antispam is not None:
             decision = await self._lookups.antispam.review(query, decision, self._clock(), body)
         if count and self._lookups.facts is not None:
             decision = await self._lookups.facts.record(query, decision, self._clock())
         return decision
+
+    async def _compare_shadow(
+        self,
+        query: PolicyQuery,
+        active: PolicyDecision,
+        facts: Facts,
+        shadow: tuple[PolicyRules, int],
+    ) -> None:
+        """Decide under the shadow rules too; nothing it decides is counted or enforced."""
+        rules, revision = shadow
+        try:
+            if facts.pop3_grant is None and self._lookups.grants is not None:
+                probe = decide(query, rules, self._clock(), facts)
+                if wants_pop3_grant(probe, rules):
+                    grant = await self._grant(self._lookups.grants, query)
+                    facts = replace(facts, pop3_grant=grant)
+            now = self._clock()
+            found = compare(
+                query, active, decide(query, rules, now, facts), (self.revision, revision), now
+            )
+        except Exception as exc:
+            # The shadow is an experiment: whatever goes wrong with it, the answer stands.
+            log.warning("shadow revision %d: %s: %s", revision, type(exc).__name__, exc)
+            return
+        if found is not None and self.record_difference is not None:
+            self.record_difference(found)
 
     @staticmethod
     async def _grant(grants: GrantStore, query: PolicyQuery) -> Pop3Grant | None:
@@ -236,5 +296,6 @@ class PolicyEndpoints:
                 session.helo,
                 decision.rule,
                 session.session_id,
+                decision.config_revision,
             )
         )

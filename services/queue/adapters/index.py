@@ -52,6 +52,10 @@ class QueueIndex:
         oldest = min((e.arrival for e in self._entries.values()), default=None)
         return dict(counts), oldest
 
+    def ages(self) -> list[tuple[str, datetime]]:
+        """Each message's state and arrival, for the age histogram at scrape time."""
+        return [(e.state, e.arrival) for e in self._entries.values()]
+
 
 async def read_all_states(js: JetStreamContext) -> dict[str, MessageState]:
     """Fold every message in MAILBUS_EVENTS up to its last event at call time.

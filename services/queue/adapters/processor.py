@@ -28,7 +28,10 @@ from pydantic import ValidationError
 from libs.common.contract import subjects
 from libs.common.contract.events import (
     AnyEvent,
+    DeliveryDeferred,
+    DeliveryFailed,
     DeliveryJob,
+    DeliverySucceeded,
     MessageReceived,
     event_type,
     parse_event,
@@ -39,7 +42,7 @@ from libs.common.mail.maillines import queue_lines
 from libs.common.runtime import bus, maillog
 from libs.common.runtime.fence import Fence, is_fenced
 from libs.common.runtime.locks import KeyedLocks
-from libs.common.runtime.metrics import QUEUE_EVENTS
+from libs.common.runtime.metrics import DELIVERY_DELAY, QUEUE_EVENTS
 from libs.common.runtime.telemetry import (
     context_from_headers,
     context_from_traceparent,
@@ -69,6 +72,14 @@ _tracer = tracer("mailbus.queue")
 
 # Redelivery delay after a failure (NATS down, publish timeout): soon, not in a hot loop.
 RETRY_DELAY_S = 2.0
+
+
+# The status words of the mail log and of postfix_exporter's delay histogram.
+_DELAY_STATUS = {
+    "DeliverySucceeded": "sent",
+    "DeliveryDeferred": "deferred",
+    "DeliveryFailed": "bounced",
+}
 
 
 class QueueProcessor:
@@ -251,6 +262,12 @@ class QueueProcessor:
         first = min((j.scheduled_at for j in after.jobs if j.scheduled_at), default=None)
         for line in queue_lines(trigger, outputs, after.received, first):
             maillog.emit(line)
+        received = after.received
+        if received is not None and isinstance(
+            trigger, DeliverySucceeded | DeliveryDeferred | DeliveryFailed
+        ):
+            delay = (trigger.occurred_at - received.occurred_at).total_seconds()
+            DELIVERY_DELAY.labels(_DELAY_STATUS[trigger.type]).observe(max(delay, 0.0))
 
     async def _carry_out(self, output: Output) -> None:
         if isinstance(output, DeliveryJob):
