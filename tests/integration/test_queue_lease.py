@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 
 from nats.js import JetStreamContext
 
@@ -82,3 +83,34 @@ async def test_a_second_queue_service_stands_by(nats_server: EmbeddedNats) -> No
     async with asyncio.timeout(10):
         running = await second
     await running.close()
+
+
+async def test_a_standby_outlives_nats_not_answering(nats_server: EmbeddedNats) -> None:
+    """Seen in the chaos run: a standby whose look at the lease timed out while a NATS node
+    was down died of it, and once the holder (cut off too) stepped down, no queue was left.
+    Here nats-server is paused (SIGSTOP): connected, but no request is answered."""
+    from libs.common.runtime import bus
+
+    nc = await bus.connect([nats_server.url], name="test")
+    proc = nats_server.proc
+    assert proc is not None
+    try:
+        js = nc.jetstream(timeout=0.5)
+        await bus.ensure_topology(js)
+        holder = Lease(js, BUCKET, KEY, "holder", ttl_s=3)
+        await holder.acquire()
+        standby = Lease(js, BUCKET, KEY, "standby", ttl_s=3)
+        waiting = asyncio.create_task(standby.acquire())
+        await asyncio.sleep(0.5)
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            await asyncio.sleep(2.5)  # the standby's looks at the lease time out
+        finally:
+            proc.send_signal(signal.SIGCONT)
+        assert not waiting.done(), waiting.exception()
+        async with asyncio.timeout(15):
+            await waiting  # the holder's key expires by its TTL
+        assert standby.held
+        await standby.release()
+    finally:
+        await nc.close()

@@ -75,12 +75,19 @@ class Lease:
     async def acquire(self) -> None:
         """Wait until this process holds the lease."""
         announced = False
-        while not await self._try_take():
-            if not announced:
-                entry = await self._bucket.get(self._key)
-                other = entry.value.decode(errors="replace") if entry and entry.value else "?"
-                log.warning("lease %s held by %s; standing by", self._key, other)
-                announced = True
+        while True:
+            try:
+                if await self._try_take():
+                    break
+                if not announced:
+                    entry = await self._bucket.get(self._key)
+                    other = entry.value.decode(errors="replace") if entry and entry.value else "?"
+                    log.warning("lease %s held by %s; standing by", self._key, other)
+                    announced = True
+            except Exception as exc:
+                # NATS away (a node killed, a leader election): a standby that died of it
+                # would leave no queue once the holder, cut off as well, steps down.
+                log.warning("lease %s: cannot look at it now: %s; standing by", self._key, exc)
             await asyncio.sleep(self.ttl_s / 3)
         log.info("lease %s taken by %s", self._key, self.holder)
 
