@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     from ops.configctl import add_parser as add_revision_parser
 
     add_revision_parser(cfg_sub)
+    from ops.configctl import add_status_parser
+
+    add_status_parser(sub)
 
     p_user = sub.add_parser("user", help="local account tools")
     user_sub = p_user.add_subparsers(dest="user_command", required=True)

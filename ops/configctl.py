@@ -72,6 +72,15 @@ def add_parser(cfg_sub: Any) -> None:
     p.set_defaults(func=config_command, config_op="promote")
 
 
+def add_status_parser(sub: Any) -> None:
+    """`mailbus status`: the same answer as `mailbus config status`, where operators look first."""
+    p = sub.add_parser(
+        "status", parents=[ctl.connection_options("every replica")], help="each replica's revision"
+    )
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=config_command, config_op="status")
+
+
 def config_command(args: argparse.Namespace) -> int:
     op = args.config_op
     if op == "apply":

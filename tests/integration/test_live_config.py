@@ -357,6 +357,12 @@ async def test_sighup_to_mailbus_up_applies_the_edited_file(tmp_path: Path) -> N
         assert await asyncio.to_thread(rcpt_code, addr, NEWCOMER) == 250
         rc, out, _ = await mailbus("config", "history", *data_dir)
         assert " reload " in out and "ip_groups.office" in out, out
+        # `mailbus status` is where an operator looks first: each replica and its revision.
+        rc, out, err = await mailbus("status", "--json", *data_dir)
+        assert rc == 0, err
+        replicas = json.loads(out)
+        assert {r["service"] for r in replicas} == set(subjects.SERVICES), replicas
+        assert all(r["revision"] >= 2 for r in replicas), replicas
         assert up.proc.returncode is None  # SIGHUP no longer stops anything
 
 

@@ -93,7 +93,7 @@ returns once every running replica reports the revision (or `--timeout`).
 - `mailbus config diff A B`: the keys that differ, over the effective
   configuration (defaults filled in, secrets masked).
 - `mailbus config rollback REV`: REV's text again, as a new revision.
-- `mailbus config status`: the revision (and shadow) each replica runs.
+- `mailbus status` (or `mailbus config status`): the revision (and shadow) each replica runs.
 - With `mailbus up`, the file given at start is the first revision (nothing is
   published when it equals the active one) and SIGHUP applies the edited file.
 - A service process starts with the active revision when the bucket has one
