@@ -35,6 +35,8 @@ def test_hash_is_argon2id_and_verifies() -> None:
         "plain-text-password",
         PasswordHasher(time_cost=1, memory_cost=8, parallelism=1, type=Type.I).hash("pw"),
     ],
+    # Named, not shown: the argon2i hash has a fresh salt at every collection.
+    ids=["none", "empty", "placeholder", "plain-text", "argon2i"],
 )
 def test_nothing_but_a_matching_argon2id_hash_verifies(encoded: str | None) -> None:
     assert not verify_password(encoded, "pw")
