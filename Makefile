@@ -6,6 +6,10 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CONFIG ?= config/demo.yaml
 DATA   ?= var
+# Most integration tests wait on sockets and timers, not the CPU: three workers, each
+# taking whole files (so a module's fixtures are set up once), cut the suite's time
+# by more than half even on two cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 3
 TYPED  := libs services ops tests bench deploy/nats
 
 .PHONY: up test lint typecheck pytest bench clean test-tools maillog-tools
@@ -40,7 +44,7 @@ test-tools:
 	@command -v spamd >/dev/null || { apt-get update -q && apt-get install -y -q spamd spamassassin; }
 
 pytest: $(STAMP) test-tools maillog-tools
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile
 
 # The mail log's real readers, run by the tests (never skipped): Debian's pflogsumm
 # and fail2ban-regex, installed with apt-get when missing (CI runs as root).
