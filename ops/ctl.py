@@ -66,12 +66,21 @@ def servers(args: argparse.Namespace) -> tuple[list[str], str | None]:
         raise CtlError(str(exc), 2) from exc
 
 
+def _tls_of(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """--config's nats.tls_*: e.g. a Kubernetes Job reaching the TLS cluster with the
+    config's CA, as the admin user of its --nats-url."""
+    if not args.config:
+        return None
+    from libs.common.config import load_config
+    from libs.common.runtime import nats_tls
+
+    return nats_tls.client_context(load_config(args.config).nats)
+
+
 @asynccontextmanager
-async def connection(
-    args: argparse.Namespace, name: str, tls: ssl.SSLContext | None = None
-) -> AsyncIterator[NATS]:
-    """Raises CtlError (2) when NATS cannot be reached. `tls`: a verified TLS connection
-    (runtime/nats_tls.py), e.g. with --config's nats.tls_ca_file."""
+async def connection(args: argparse.Namespace, name: str) -> AsyncIterator[NATS]:
+    """Raises CtlError (2) when NATS cannot be reached. With --config, its nats.tls_*
+    make the connection TLS (verified), as the services' own, for every command."""
     import nats
 
     from libs.common.contract import subjects
@@ -82,6 +91,7 @@ async def connection(
     options: dict[str, Any] = {"user_credentials": credentials} if credentials else {}
     if user is not None:
         options["user"], options["password"] = user, password
+    tls = _tls_of(args)
     if tls is not None:
         options["tls"] = tls
 

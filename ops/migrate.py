@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ssl
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -61,17 +60,6 @@ def replicas_of(args: argparse.Namespace) -> int:
     return 1
 
 
-def _tls_of(args: argparse.Namespace) -> ssl.SSLContext | None:
-    """--config's nats.tls_*: a Kubernetes Job reaches the TLS cluster with the config's
-    CA, as the admin user of its --nats-url."""
-    if not args.config:
-        return None
-    from libs.common.config import load_config
-    from libs.common.runtime import nats_tls
-
-    return nats_tls.client_context(load_config(args.config).nats)
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         return asyncio.run(_run(args))
@@ -86,7 +74,7 @@ async def _run(args: argparse.Namespace) -> int:
     from libs.common.runtime import topology, topology_bodies
 
     replicas = replicas_of(args)
-    async with ctl.connection(args, NAME, tls=_tls_of(args)) as nc:
+    async with ctl.connection(args, NAME) as nc:
         js = nc.jetstream()
         if args.check:
             found = await topology.inspect(js, replicas)

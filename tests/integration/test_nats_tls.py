@@ -117,3 +117,7 @@ async def test_migrate_reaches_nats_over_tls_with_the_configs_ca(
     rc, out, err = await mailbus("migrate", "--config", str(path), "--nats-url", url)
     assert rc == 0, err
     assert "topology up to date (1 replica)" in out
+    # Every operator command takes the TLS settings from --config the same way: this one
+    # reaches the server (no queue service runs here to answer it), never "cannot reach".
+    rc, out, err = await mailbus("queue", "list", "--config", str(path), "--nats-url", url)
+    assert rc == 2 and "the queue service does not answer" in err, err
