@@ -93,6 +93,8 @@ def test_only_successes_say_whether_the_server_offered_dsn(remote_dsn: bool | No
     succeeded, failed = events
     assert isinstance(succeeded, DeliverySucceeded) and succeeded.remote_dsn is remote_dsn
     assert "remote_dsn" not in failed.model_dump()
+    # Every result names its job's destination: the record of a first attempt.
+    assert succeeded.destination == failed.destination == the_job.destination
 
 
 # --- the queue: which successes it reports, and how -----------------------------------
@@ -109,8 +111,16 @@ def run(events: list[Event]) -> tuple[MessageState, list[Output]]:
     return state, produced
 
 
-def succeeded(job_id: str, recipient: str, remote_dsn: bool | None) -> DeliverySucceeded:
+def succeeded(
+    job_id: str,
+    recipient: str,
+    remote_dsn: bool | None,
+    destination: Destination | None = None,
+    remote_host: str = "",
+) -> DeliverySucceeded:
     return DeliverySucceeded(
+        destination=destination,
+        remote_host=remote_host,
         event_id=f"{job_id}.{recipient}",
         queue_id="Q1",
         occurred_at=NOW,
@@ -146,7 +156,9 @@ def test_success_reports(
     )
     _, scheduled = run([received])
     (the_job,) = [o for o in scheduled if isinstance(o, DeliveryJob)]
-    _, out = run([received, succeeded(the_job.job_id, address, remote_dsn)])
+    # The job's destination travels on its results, as the worker writes them.
+    done = succeeded(the_job.job_id, address, remote_dsn, the_job.destination)
+    _, out = run([received, done])
     reports = [o for o in out if isinstance(o, RecipientsDelivered)]
     if action is None:
         assert reports == []
@@ -155,3 +167,23 @@ def test_success_reports(
         (report,) = reports
         assert [(o.address, o.action) for o in report.outcomes] == [(address, action)]
         assert DeleteBody("Q1") not in out  # the notifier may attach the headers
+
+
+@pytest.mark.parametrize(
+    ("remote_host", "action"), [("mailbox", "delivered"), ("mx.test", "relayed")]
+)
+def test_success_of_a_worker_older_than_destination(remote_host: str, action: str) -> None:
+    """A first attempt's result without a destination (a worker from before the field, in
+    a rolling upgrade): a local delivery is told by the host its results name."""
+    received = MessageReceived(
+        event_id="Q1.received",
+        queue_id="Q1",
+        occurred_at=NOW,
+        mail_from="alice@example.test",
+        recipients=(Recipient(address="bob@example.test", notify=("SUCCESS",)),),
+        size=42,
+        client=Client(ip="127.0.0.1"),
+    )
+    _, out = run([received, succeeded("Q1.a1.d0", "bob@example.test", None, None, remote_host)])
+    (report,) = [o for o in out if isinstance(o, RecipientsDelivered)]
+    assert [o.action for o in report.outcomes] == [action]

@@ -167,3 +167,11 @@ def test_back_off_grows_then_gives_up_and_forgets_after_a_stable_run() -> None:
     assert [backoff.died() for _ in range(4)] == [1, 2, 4, None]
     stable = Backoff(pauses=(1, 2), stable_s=0)  # every run counts as stable
     assert [stable.died() for _ in range(4)] == [1, 1, 1, 1]
+
+
+def test_removed_follows_the_decision_that_completed_the_message() -> None:
+    """No event marks a completion, so the queue says which decision made it."""
+    fired = object()  # an input without a line of its own
+    lines = list(maillines.queue_lines(fired, [], None, completed="Q9"))
+    assert [(line.text, line.fields["event"]) for line in lines] == [("Q9: removed", "removed")]
+    assert list(maillines.queue_lines(fired, [], None)) == []

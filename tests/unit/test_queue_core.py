@@ -160,14 +160,67 @@ def test_routing_rejects_unknown_mode() -> None:
 # --- fold ------------------------------------------------------------------------------
 
 
-def test_fold_of_received_is_all_pending() -> None:
+def test_fold_of_received_is_all_on_the_first_attempt() -> None:
+    """MessageReceived is the record of attempt 1: its jobs go out in answer to it alone,
+    so each recipient is on one of them, which its first result names."""
     state = fold([received("a@r.test", "b@r.test", "a@r.test")])
     assert state.queue_id == QID
-    assert [(r.address, r.status) for r in state.recipients] == [
-        ("a@r.test", "pending"),
-        ("b@r.test", "pending"),
+    assert [(r.address, r.status, r.attempt, r.job_id) for r in state.recipients] == [
+        ("a@r.test", "scheduled", 1, None),
+        ("b@r.test", "scheduled", 1, None),
     ]
+    assert state.in_flight and state.max_attempt == 1 and state.jobs == ()
     assert not state.all_final and not state.completed
+
+
+def test_first_results_name_their_jobs() -> None:
+    relay, local = Destination(kind="relay"), Destination(kind="local", domain="example.test")
+    history = [
+        received("a@r.test", "b@r.test", "c@example.test"),
+        result("ok", "Q1.a1.d0", "a@r.test").model_copy(update={"destination": relay}),
+        result("ok", "Q1.a1.d1", "c@example.test").model_copy(update={"destination": local}),
+        result("defer", "Q1.a1.d0", "b@r.test", 451).model_copy(update={"destination": relay}),
+    ]
+    state = fold(history)
+    assert [(j.job_id, j.attempt, j.destination, j.recipients) for j in state.jobs] == [
+        ("Q1.a1.d0", 1, relay, ("a@r.test", "b@r.test")),
+        ("Q1.a1.d1", 1, local, ("c@example.test",)),
+    ]
+    assert [(r.status, r.job_id) for r in state.recipients] == [
+        ("delivered", "Q1.a1.d0"),
+        ("deferred", "Q1.a1.d0"),
+        ("delivered", "Q1.a1.d1"),
+    ]
+    # the same facts as with the DeliveryScheduled records an older queue wrote
+    scheduled = [
+        DeliveryScheduled(
+            event_id=f"{jid}.scheduled",
+            queue_id=QID,
+            occurred_at=NOW,
+            job_id=jid,
+            attempt=1,
+            destination=dest,
+            recipients=rcpts,
+        )
+        for jid, dest, rcpts in [
+            ("Q1.a1.d0", relay, ("a@r.test", "b@r.test")),
+            ("Q1.a1.d1", local, ("c@example.test",)),
+        ]
+    ]
+    old = fold([history[0], *scheduled, *history[1:]])
+    assert old.recipients == state.recipients and old.status == state.status
+    assert [(j.job_id, j.destination, j.recipients) for j in old.jobs] == [
+        (j.job_id, j.destination, j.recipients) for j in state.jobs
+    ]
+
+
+def test_an_old_history_with_its_completion_folds_the_same() -> None:
+    history: list[Event] = [received("a@r.test"), result("ok", "Q1.a1.d0", "a@r.test")]
+    old = [
+        *history,
+        MessageCompleted(event_id="Q1.completed", queue_id=QID, delivered=("a@r.test",)),
+    ]
+    assert fold(history).completed and fold(old) == fold(history)
 
 
 SCHED = DeliveryScheduled(
@@ -289,12 +342,9 @@ def test_received_schedules_one_job_per_destination(
     expected_jobs: list[tuple[str, Destination, tuple[str, ...]]],
 ) -> None:
     outputs = decide(MessageState(), received(*recipients), NOW, routing)
-    events = events_of(outputs)
     jobs = jobs_of(outputs)
-    # every DeliveryScheduled comes before any job; no timer until someone is deferred
-    assert outputs == [*events, *jobs]
-    assert [(e.job_id, e.destination, e.recipients) for e in events] == expected_jobs  # type: ignore[attr-defined]
-    assert [e.event_id for e in events] == [f"{j}.scheduled" for j, _, _ in expected_jobs]
+    # the jobs alone (MessageReceived is their record); no timer until someone is deferred
+    assert outputs == jobs
     assert [(j.job_id, j.destination, tuple(r.address for r in j.recipients)) for j in jobs] == (
         expected_jobs
     )
@@ -315,16 +365,16 @@ def test_redelivered_received_reemits_same_ids() -> None:
 
 def test_received_without_recipients_completes_at_once() -> None:
     outputs = decide(MessageState(), received(), NOW, RELAY)
-    assert outputs == [
-        MessageCompleted(event_id="Q1.completed", queue_id=QID, occurred_at=NOW),
-        DeleteBody(QID),
-    ]
+    assert outputs == [DeleteBody(QID)]
+    assert fold([received()]).completed
+    # rebuilt, it is completed already: the body still goes
+    assert decide(fold([received()]), received(), NOW, RELAY) == [DeleteBody(QID)]
 
 
-def test_received_after_completion_does_nothing() -> None:
+def test_received_after_completion_only_cleans_up() -> None:
     state, _ = run([received("a@r.test"), result("ok", "Q1.a1.d0", "a@r.test")])
     assert state.completed
-    assert decide(state, received("a@r.test"), NOW, RELAY) == []
+    assert decide(state, received("a@r.test"), NOW, RELAY) == [DeleteBody(QID)]
 
 
 @pytest.mark.parametrize(
@@ -357,17 +407,16 @@ def test_completion(
         result(kind, "Q1.a1.d0", rcpt, 250 if kind == "ok" else 550) for kind, rcpt in results
     ]
     state, outputs = run(inputs)
-    done = [o for o in outputs if isinstance(o, MessageCompleted)]
+    # completion is the fold's: no event records it
+    assert [o for o in outputs if isinstance(o, MessageCompleted)] == []
     assert state.completed is completed
     if completed:
-        assert len(done) == 1
-        assert done[0].event_id == "Q1.completed"
-        assert (done[0].delivered, done[0].failed) == (delivered, failed)
+        assert (state.addresses("delivered"), state.addresses("failed")) == (delivered, failed)
         assert ClearTimers(QID) not in outputs  # never deferred: it never had a timer
         # a failure report is due: the body stays until the notifier has answered
         assert (outputs[-1] == DeleteBody(QID)) is (not failed)
     else:
-        assert done == [] and DeleteBody(QID) not in outputs
+        assert DeleteBody(QID) not in outputs
 
 
 def test_completion_waits_for_every_destination() -> None:
@@ -379,7 +428,7 @@ def test_completion_waits_for_every_destination() -> None:
     assert not state.completed
     state, more = run([*inputs, result("ok", "Q1.a1.d1", "b@two.test")], MX)
     assert state.completed
-    assert sum(isinstance(o, MessageCompleted) for o in more) == 1
+    assert more.count(DeleteBody(QID)) == 1
 
 
 @pytest.mark.parametrize(
@@ -404,14 +453,23 @@ def test_result_before_completion_for_unknown_job_changes_nothing() -> None:
     assert apply(state, result("ok", "Q1.a5.d0", "a@r.test")) == state
 
 
-def test_state_rebuilt_from_stream_decides_the_same() -> None:
-    """A rebuilt state already contains the trigger; decide must not care."""
-    history: list[Event] = [received("a@r.test")]
-    _, outputs = run(history)
-    stream = history + events_of(outputs) + [result("ok", "Q1.a1.d0", "a@r.test")]
+@pytest.mark.parametrize("sender", ["", "alice@example.test"])
+def test_state_rebuilt_from_stream_decides_the_same(sender: str) -> None:
+    """A rebuilt state already contains the trigger (and so is completed); decide must
+    not care: the same reports, and the body goes once they are answered."""
+    stream: list[Event] = [
+        received("a@r.test", "b@r.test").model_copy(update={"mail_from": sender}),
+        result("ok", "Q1.a1.d0", "b@r.test"),
+        result("fail", "Q1.a1.d0", "a@r.test", 550),
+    ]
+    live, _ = run(stream[:-1])
+    cached = decide(live, stream[-1], NOW, RELAY)
     rebuilt = fold(stream)
-    outputs = decide(rebuilt, stream[-1], NOW, RELAY)
-    assert [o.event_id for o in events_of(outputs)] == ["Q1.completed"]
+    assert rebuilt.completed
+    assert decide(rebuilt, stream[-1], NOW, RELAY) == cached
+    # a null sender gets no report, so nothing holds the body back
+    expected = ["RecipientsFailed"] if sender else ["DeleteBody"]
+    assert [type(o).__name__ for o in cached] == expected
 
 
 def test_result_for_unknown_message_is_ignored() -> None:

@@ -90,7 +90,13 @@ class Destination(_Model):
 
 
 class DeliveryScheduled(Event):
-    """The queue handed these recipients to a delivery worker as one job."""
+    """The queue handed these recipients to a delivery worker as one job.
+
+    Written for retry rounds only: the first attempt of every recipient follows from
+    MessageReceived itself (the queue answers it with the jobs and nothing else), and
+    its results carry the job's destination. Histories from before that still hold
+    one for attempt 1, and fold the same.
+    """
 
     publishers = ("queue",)
     type: Literal["DeliveryScheduled"] = "DeliveryScheduled"
@@ -122,6 +128,9 @@ class _DeliveryResult(Event):
     worker: str = ""
     # None for results from before this field.
     timings: DeliveryTimings | None = None
+    # The job's destination: the record of a first attempt, which has no
+    # DeliveryScheduled. None for results from before this field.
+    destination: Destination | None = None
 
 
 class DeliverySucceeded(_DeliveryResult):
@@ -205,7 +214,13 @@ class ReportSent(Event):
 
 
 class MessageCompleted(Event):
-    """Every recipient is final; the body is deleted after this is durable."""
+    """Every recipient is final.
+
+    The fold knows that from the results alone, so the queue writes this only where
+    the log would not otherwise say it: a null-sender message that expired (no
+    MessageExpired, since no report is due) lists its expired recipients here.
+    Histories from before that hold one for every completed message.
+    """
 
     publishers = ("queue",)
     type: Literal["MessageCompleted"] = "MessageCompleted"

@@ -17,7 +17,16 @@ from nats.js.errors import NotFoundError
 from pydantic import ValidationError
 
 from libs.common.contract import subjects
-from libs.common.contract.events import AnyEvent, MessageReceived, parse_event
+from libs.common.contract.events import (
+    AnyEvent,
+    DeliveryFailed,
+    DeliverySucceeded,
+    MessageCompleted,
+    MessageDeleted,
+    MessageExpired,
+    MessageReceived,
+    parse_event,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,3 +76,21 @@ async def message_received(js: JetStreamContext, queue_id: str) -> MessageReceiv
         return None
     event = parse_event(first[0].data or b"")
     return event if isinstance(event, MessageReceived) else None
+
+
+def left_queue(events: list[AnyEvent]) -> bool:
+    """Whether these events say the message has left the queue: deleted, or every
+    recipient final. The queue writes no event for a completion (its fold sees it),
+    so this reads it the same way, from the results; older histories say it with a
+    MessageCompleted. For readers other than the queue, which folds it exactly."""
+    waiting: set[str] = set()
+    for event in events:
+        if isinstance(event, MessageDeleted | MessageCompleted):
+            return True
+        if isinstance(event, MessageReceived):
+            waiting = {r.address for r in event.recipients}
+        elif isinstance(event, DeliverySucceeded | DeliveryFailed):
+            waiting.discard(event.recipient)
+        elif isinstance(event, MessageExpired):
+            waiting -= set(event.recipients)
+    return any(isinstance(e, MessageReceived) for e in events) and not waiting

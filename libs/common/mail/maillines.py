@@ -20,7 +20,6 @@ from libs.common.contract.events import (
     DeliveryFailed,
     DeliverySucceeded,
     Event,
-    MessageCompleted,
     MessageDeleted,
     MessageExpired,
     MessageHeld,
@@ -312,8 +311,6 @@ def queue_event(
             f"{qid}: from=<{sender}>, status=expired, returned to sender",
             {"queue_id": qid, "event": "expired", "recipients": list(event.recipients)},
         )
-    if isinstance(event, MessageCompleted):
-        return MailLine("qmgr", f"{qid}: removed", {"queue_id": qid, "event": "removed"})
     operator_words = {
         MessageHeld: ("placed on hold", "hold"),
         MessageReleased: ("released from hold", "release"),
@@ -330,6 +327,11 @@ def queue_event(
     return None
 
 
+def removed(queue_id: str) -> MailLine:
+    """qmgr: every recipient is final, the message has left the queue."""
+    return MailLine("qmgr", f"{queue_id}: removed", {"queue_id": queue_id, "event": "removed"})
+
+
 def requeued(queue_id: str) -> MailLine:
     """postsuper -r: an operator's retry."""
     return MailLine("postsuper", f"{queue_id}: requeued", {"queue_id": queue_id, "event": "retry"})
@@ -340,8 +342,11 @@ def queue_lines(
     outputs: Iterable[object],
     received: MessageReceived | None,
     first_scheduled: datetime | None = None,
+    completed: str | None = None,
 ) -> Iterator[MailLine]:
-    """The lines of one queue decision: its input, then the events it published.
+    """The lines of one queue decision: its input, then the events it published, then
+    "removed" when the decision `completed` the message of that queue id (no event
+    says so: completion is every recipient being final).
 
     The input is an event or a fired timer; of timers only an operator's retry
     (`forced`) has a line.
@@ -353,3 +358,5 @@ def queue_lines(
             line = queue_event(item, received, first_scheduled)
             if line is not None:
                 yield line
+    if completed is not None:
+        yield removed(completed)

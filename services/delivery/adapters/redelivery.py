@@ -27,10 +27,8 @@ from collections.abc import AsyncIterator
 from nats.js import JetStreamContext
 
 from libs.common.contract.events import DeliveryJob
-from libs.common.mail.history import message_history
+from libs.common.mail.history import left_queue, message_history
 from services.delivery.core import result_event_id
-
-FINAL_TYPES = frozenset({"MessageCompleted", "MessageDeleted"})
 
 
 class RedeliveryGuard:
@@ -53,8 +51,7 @@ class RedeliveryGuard:
 
     async def finished(self, job: DeliveryJob) -> bool:
         """Whether the job's message has left the queue (completed or deleted)."""
-        types = {e.type for e in await message_history(self._js, job.queue_id)}
-        return bool(types & FINAL_TYPES)
+        return left_queue(await message_history(self._js, job.queue_id))
 
     async def recorded(self, job: DeliveryJob) -> bool:
         """Whether every recipient of the job has its result in the event log."""

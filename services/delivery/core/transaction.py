@@ -113,6 +113,7 @@ def result_events(
             tls_version=tls_version,
             worker=worker,
             timings=timings,
+            destination=job.destination,
         )
         if isinstance(event, DeliverySucceeded) and remote_dsn is not None:
             event = event.model_copy(update={"remote_dsn": remote_dsn})

@@ -258,9 +258,11 @@ class QueueProcessor:
             return
         for phase in _phases(outputs):
             await asyncio.gather(*(self._carry_out(output) for output in phase))
-        self._remember(qid, apply_outputs(after, outputs))
+        final = apply_outputs(after, outputs)
+        self._remember(qid, final)
         first = min((j.scheduled_at for j in after.jobs if j.scheduled_at), default=None)
-        for line in queue_lines(trigger, outputs, after.received, first):
+        completed = qid if final.completed and not state.completed else None
+        for line in queue_lines(trigger, outputs, after.received, first, completed):
             maillog.emit(line)
         received = after.received
         if received is not None and isinstance(

@@ -12,6 +12,13 @@ events and their answers, the operator commands already applied.
 
 The first result of a job for a recipient wins: it is also what JetStream keeps,
 because result event ids are derived from (job_id, recipient index).
+
+Two facts have no event of their own, to spare a stored write each per message:
+the first attempt, which MessageReceived implies (every recipient is on some job
+of attempt 1 from then on, and the results name the job and its destination),
+and completion, which is every recipient being final. Histories written before
+that hold a DeliveryScheduled for attempt 1 and a MessageCompleted; they fold to
+the same state.
 """
 
 from __future__ import annotations
@@ -48,6 +55,7 @@ from services.queue.core.transitions import (
     input_of,
     message_step,
     recipient_next,
+    settled,
 )
 
 DeliveryResult = DeliverySucceeded | DeliveryDeferred | DeliveryFailed
@@ -91,7 +99,8 @@ class RecipientState:
 class JobRecord:
     job_id: str
     attempt: int
-    destination: Destination
+    # None: a first-attempt job known only from results older than their `destination`.
+    destination: Destination | None
     recipients: tuple[str, ...]
     scheduled_at: datetime | None = None  # the mail log's delays= start from the first
 
@@ -163,7 +172,9 @@ class MessageState:
 
     @property
     def max_attempt(self) -> int:
-        return max((j.attempt for j in self.jobs), default=0)
+        # The first attempt has no job record until a result names its job.
+        on_jobs = max((j.attempt for j in self.jobs), default=0)
+        return max(on_jobs, max((r.attempt for r in self.recipients), default=0))
 
     def input_of(self, trigger: Event | TimerFired) -> Input:
         return input_of(trigger, self.commands)
@@ -184,6 +195,14 @@ def _replace_recipients(state: MessageState, updated: dict[str, RecipientState])
     return replace(state, recipients=tuple(updated.get(r.address, r) for r in state.recipients))
 
 
+def _first_attempt(address: str) -> RecipientState:
+    """On a job of attempt 1, not yet known which: the queue answers MessageReceived with
+    those jobs alone, and acks it only once they are in the job stream."""
+    status = recipient_next(RecipientStatus.PENDING, Input.SCHEDULED)
+    assert status is not None
+    return RecipientState(address=address, status=status, attempt=1)
+
+
 def _received(state: MessageState, event: MessageReceived) -> MessageState:
     if state.known:
         return state
@@ -191,8 +210,29 @@ def _received(state: MessageState, event: MessageReceived) -> MessageState:
     return replace(
         state,
         received=event,
-        recipients=tuple(RecipientState(address=a) for a in addresses),
+        recipients=tuple(_first_attempt(a) for a in addresses),
     )
+
+
+def job_prefix(queue_id: str, attempt: int) -> str:
+    """What the ids of one attempt's jobs start with (decide.job_id adds the index)."""
+    return f"{queue_id}.a{attempt}."
+
+
+def _unnamed(rcpt: RecipientState, attempt: int) -> bool:
+    """On some job of this attempt, not yet known which (the first attempt)."""
+    return (
+        rcpt.status is RecipientStatus.SCHEDULED and rcpt.job_id is None and rcpt.attempt == attempt
+    )
+
+
+def _answers(state: MessageState, rcpt: RecipientState, event: DeliveryResult) -> bool:
+    """Only the job a recipient is on may answer for it; a first-attempt recipient is on
+    one of its attempt's jobs, named by the first result."""
+    if rcpt.job_id is not None:
+        return rcpt.job_id == event.job_id
+    prefix = job_prefix(state.queue_id, event.attempt)
+    return _unnamed(rcpt, event.attempt) and event.job_id.startswith(prefix)
 
 
 def _scheduled(state: MessageState, event: DeliveryScheduled) -> MessageState:
@@ -202,24 +242,47 @@ def _scheduled(state: MessageState, event: DeliveryScheduled) -> MessageState:
         event.job_id, event.attempt, event.destination, tuple(event.recipients), event.occurred_at
     )
     targets = set(event.recipients)
-    updated = {
-        r.address: replace(r, status=status, job_id=event.job_id, attempt=event.attempt)
-        for r in state.recipients
-        if r.address in targets
-        and (status := recipient_next(r.status, Input.SCHEDULED)) is not None
-    }
+    updated: dict[str, RecipientState] = {}
+    for r in state.recipients:
+        if r.address not in targets:
+            continue
+        if (status := recipient_next(r.status, Input.SCHEDULED)) is not None:
+            updated[r.address] = replace(
+                r, status=status, job_id=event.job_id, attempt=event.attempt
+            )
+        elif _unnamed(r, event.attempt):  # an old history's record of attempt 1
+            updated[r.address] = replace(r, job_id=event.job_id)
     return replace(_replace_recipients(state, updated), jobs=(*state.jobs, record))
+
+
+def _named(state: MessageState, event: DeliveryResult) -> MessageState:
+    """The job a first-attempt result names, recorded (its only record)."""
+    record = state.job(event.job_id)
+    if record is not None:
+        if event.recipient in record.recipients:
+            return state
+        grown = replace(record, recipients=(*record.recipients, event.recipient))
+        return replace(state, jobs=tuple(grown if j is record else j for j in state.jobs))
+    timings = event.timings
+    at = timings.scheduled_at if timings is not None and timings.scheduled_at else None
+    record = JobRecord(
+        event.job_id, event.attempt, event.destination, (event.recipient,), at or event.occurred_at
+    )
+    return replace(state, jobs=(*state.jobs, record))
 
 
 def _result(state: MessageState, event: DeliveryResult) -> MessageState:
     current = state.recipient(event.recipient)
-    if current is None or current.job_id != event.job_id:
-        return state  # only the job a recipient is scheduled on may answer for it
+    if current is None or not _answers(state, current, event):
+        return state
     status = recipient_next(current.status, Input(event.type))
     if status is None:
         return state
+    if current.job_id is None:
+        state = _named(state, event)
     updated = replace(
         current,
+        job_id=event.job_id,
         status=status,
         reply_code=event.reply_code,
         reply_status=event.status,
@@ -346,7 +409,8 @@ def apply(state: MessageState, event: Event) -> MessageState:
     record = FOLDS.get(on)
     if record is not None:
         state = record(state, event)
-    return state if step.next is state.status else replace(state, status=step.next)
+    status = settled(step.next, state.all_final)
+    return state if status is state.status else replace(state, status=status)
 
 
 def fold(events: Iterable[Event], initial: MessageState = EMPTY) -> MessageState:

@@ -10,8 +10,9 @@ yields the same ids and JetStream's Nats-Msg-Id dedup drops the copies.
 
 Outputs, in the order the adapter must carry them out:
   1. events to publish and see acked, in order (reports before MessageCompleted),
-  2. `DeliveryJob` commands (after their DeliveryScheduled, so a result can never
-     reach the stream before the job it answers),
+  2. `DeliveryJob` commands (a retry's after its DeliveryScheduled, so a result can
+     never reach the stream before the record of the job it answers; a first
+     attempt's jobs have no such record, MessageReceived is theirs),
   3. `SetTimer` schedules, then `ClearTimers`,
   4. `DeleteBody`, once the message is done and every report it triggered has
      its ReportSent (a RET=FULL report needs the body).
@@ -43,7 +44,13 @@ from libs.common.contract.events import (
     RecipientsDelivered,
     RecipientsFailed,
 )
-from services.queue.core.aggregate import MessageState, RecipientState, apply, mark_expired
+from services.queue.core.aggregate import (
+    MessageState,
+    RecipientState,
+    apply,
+    job_prefix,
+    mark_expired,
+)
 from services.queue.core.reports import delay_warning, expiry, round_reports
 from services.queue.core.routing import Routing, group_by_destination
 from services.queue.core.timers import ClearTimers, SetTimer, TimerFired, Timing, is_due
@@ -74,7 +81,7 @@ DEFAULT_TIMING = Timing()
 
 
 def job_id(queue_id: str, attempt: int, index: int) -> str:
-    return f"{queue_id}.a{attempt}.d{index}"
+    return f"{job_prefix(queue_id, attempt)}d{index}"
 
 
 def scheduled_event_id(job: str) -> str:
@@ -137,7 +144,10 @@ def plan_round(
     now: datetime,
     routing: Routing,
 ) -> list[Output]:
-    """One job per destination for `addresses`, all with this attempt number."""
+    """One job per destination for `addresses`, all with this attempt number. A retry's
+    jobs are recorded by a DeliveryScheduled each; the first attempt's by MessageReceived
+    (every recipient is on one of them) and then by their results, which name the job
+    and its destination: one stored write less per message."""
     received = state.received
     if received is None or not addresses:
         return []
@@ -145,7 +155,8 @@ def plan_round(
     jobs: list[Output] = []
     for index, (dest, members) in enumerate(group_by_destination(addresses, routing)):
         event, job = _schedule(received, attempt, index, dest, members, now)
-        events.append(event)
+        if attempt > 1:
+            events.append(event)
         jobs.append(job)
     return events + jobs
 
@@ -184,18 +195,22 @@ def _cleanup(state: MessageState) -> list[Output]:
     return [DeleteBody(state.queue_id)] if state.reports_answered else []
 
 
-def _completion(state: MessageState, now: datetime) -> list[Output]:
-    """MessageCompleted once every recipient is final; the body waits for the reports."""
-    done: list[Output] = [
-        MessageCompleted(
-            event_id=completed_event_id(state.queue_id),
-            queue_id=state.queue_id,
-            occurred_at=now,
-            delivered=state.addresses(RecipientStatus.DELIVERED),
-            failed=state.addresses(RecipientStatus.FAILED),
-            expired=tuple(r.address for r in state.recipients if r.expired),
+def _completion(state: MessageState, now: datetime, unrecorded: bool = False) -> list[Output]:
+    """Every recipient is final: the fold says the message completed, so no event needs
+    to, unless some expired without a MessageExpired (`unrecorded`, a null sender):
+    then a MessageCompleted is what records it. The body waits for the reports."""
+    done: list[Output] = []
+    if unrecorded:
+        done.append(
+            MessageCompleted(
+                event_id=completed_event_id(state.queue_id),
+                queue_id=state.queue_id,
+                occurred_at=now,
+                delivered=state.addresses(RecipientStatus.DELIVERED),
+                failed=state.addresses(RecipientStatus.FAILED),
+                expired=tuple(r.address for r in state.recipients if r.expired),
+            )
         )
-    ]
     if state.ever_deferred:
         done.append(ClearTimers(state.queue_id))
     return done + _cleanup(state)
@@ -209,10 +224,11 @@ def _expire(state: MessageState, now: datetime) -> list[Output]:
     if expired is not None:
         out.append(expired)
         state = apply(state, expired)
-    else:
-        # No report for a null sender: the completion alone records who expired.
-        state = mark_expired(state, [r.address for r in state.recipients if not r.final])
-    return out + _completion(state, now)
+        return out + _completion(state, now)
+    # No report for a null sender: the completion alone records who expired.
+    waiting = [r.address for r in state.recipients if not r.final]
+    state = mark_expired(state, waiting)
+    return _completion(state, now, unrecorded=bool(waiting))
 
 
 def _retry_timer(state: MessageState, timing: Timing) -> list[Output]:
@@ -328,6 +344,15 @@ def _cleanup_action(state: MessageState, m: Moment) -> list[Output]:
     return _cleanup(state)
 
 
+def _finish(state: MessageState, m: Moment) -> list[Output]:
+    """A result already folded into a completed state (rebuilt from the stream after the
+    result was written): do again what completing did; each part derives nothing new
+    once done (reports by who is covered, timers purged, a missing body is fine)."""
+    out, state = _reported(state, m.now)
+    clear: list[Output] = [ClearTimers(state.queue_id)] if state.ever_deferred else []
+    return out + clear + _cleanup(state)
+
+
 def _leave(state: MessageState, m: Moment) -> list[Output]:
     clear: list[Output] = [ClearTimers(state.queue_id)] if state.ever_deferred else []
     return clear + _cleanup(state)
@@ -343,6 +368,7 @@ ACTIONS: dict[Action, Act] = {
     Action.WARN: _warn,
     Action.EXPIRE: _expire_due,
     Action.CLEANUP: _cleanup_action,
+    Action.FINISH: _finish,
     Action.LEAVE: _leave,
 }
 

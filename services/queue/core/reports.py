@@ -76,10 +76,18 @@ def _wants_success(state: MessageState, address: str) -> bool:
     )
 
 
+# The remote host a local delivery's results name (delivery's LocalDelivery).
+LOCAL_HOST = "mailbox"
+
+
 def _delivered_action(state: MessageState, rcpt: RecipientState) -> str:
     job = state.job(rcpt.job_id or "")
+    if job is not None and job.destination is not None:
+        local = job.destination.kind == "local"
+    else:  # a first attempt's result from a worker older than the result's destination
+        local = rcpt.remote_host == LOCAL_HOST
     # Handed to another MTA that was not asked for DSNs: RFC 3461 calls it "relayed".
-    return "delivered" if job is not None and job.destination.kind == "local" else "relayed"
+    return "delivered" if local else "relayed"
 
 
 def round_reports(state: MessageState, now: datetime) -> list[ReportEvent]:

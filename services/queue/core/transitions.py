@@ -42,7 +42,7 @@ class RecipientStatus(StrEnum):
 class MessageStatus(StrEnum):
     QUEUED = "queued"  # attempts, retries and expiry run
     HELD = "held"  # by the operator: no attempt and no expiry until released
-    COMPLETED = "completed"  # every recipient final, MessageCompleted in the log
+    COMPLETED = "completed"  # every recipient final (settled, below: no event says so)
     DELETED = "deleted"  # by the operator
 
 
@@ -84,6 +84,9 @@ class Action(StrEnum):
     WARN = "warn"  # the delay warning, once, when warn_after has passed
     EXPIRE = "expire"  # fail every recipient not final, once bounce_after has passed
     CLEANUP = "cleanup"  # done: the body goes once every report it triggered is answered
+    # A result on a state that already holds it (rebuilt from the stream), and so is
+    # completed already: what the completing result would have done, all idempotent.
+    FINISH = "finish"  # report finished rounds, clear the timers, then as for CLEANUP
     LEAVE = "leave"  # deleted: its timers go, and the body as for CLEANUP
 
 
@@ -134,11 +137,15 @@ _M = MessageStatus
 _A = Action
 
 
-def _left(status: MessageStatus) -> Row:
-    """A message that has left the queue: late inputs (results, answers) may only let its
-    body go; its timers are stale fires."""
+def _left(status: MessageStatus, results: Action) -> Row:
+    """A message that has left the queue: late inputs (answers) may only let its body go;
+    its timers are stale fires. A result does `results`."""
     cells = {
-        Input.RECEIVED: Step(status, _A.NOTHING),
+        # CLEANUP, not NOTHING: a message without recipients completes with its arrival.
+        Input.RECEIVED: Step(status, _A.CLEANUP),
+        Input.SUCCEEDED: Step(status, results),
+        Input.DEFERRED: Step(status, results),
+        Input.FAILED: Step(status, results),
         Input.DELETED: Step(status, _A.LEAVE),
         Input.RETRY_DUE: Step(status, _A.NOTHING),
         Input.RETRY_FORCED: Step(status, _A.NOTHING),
@@ -184,9 +191,10 @@ MESSAGE: Mapping[MessageStatus, Row] = {
         },
         otherwise=_A.NOTHING,
     ),
-    # The first of MessageCompleted and MessageDeleted ends the message for good.
-    _M.COMPLETED: _left(_M.COMPLETED),
-    _M.DELETED: _left(_M.DELETED),
+    # The first of completion and MessageDeleted ends the message for good. A completed
+    # message's results are also what completed it, seen again in a rebuilt state.
+    _M.COMPLETED: _left(_M.COMPLETED, _A.FINISH),
+    _M.DELETED: _left(_M.DELETED, _A.CLEANUP),
 }
 
 # A message is done (has left the queue) when nothing moves it any more.
@@ -200,6 +208,15 @@ DONE = frozenset(
 def message_step(status: MessageStatus, on: Input) -> Step:
     row = MESSAGE[status]
     return row.cells.get(on) or Step(status, row.otherwise)
+
+
+def settled(status: MessageStatus, all_final: bool) -> MessageStatus:
+    """The status once an input is recorded: a queued or held message whose recipients
+    are all final has completed. That is a fact of the fold, so no event says it (old
+    histories carry a MessageCompleted too, which moves the status the same way)."""
+    if all_final and status in (MessageStatus.QUEUED, MessageStatus.HELD):
+        return MessageStatus.COMPLETED
+    return status
 
 
 _TIMER_INPUTS = {"retry": Input.RETRY_DUE, "warn": Input.WARN_DUE, "expire": Input.EXPIRE_DUE}
