@@ -23,9 +23,9 @@ from libs.common.runtime.service import Running
 from libs.common.runtime.topology_bodies import OLD_BUCKET
 from tests.support import queue
 from tests.support.cli import mailbus
-from tests.support.queue import BODY, not_, positive, start_delivery, start_queue
+from tests.support.queue import BODY, not_, start_delivery, start_queue
 from tests.support.sink import Sink
-from tests.support.streams import body_exists, count_of, eventually
+from tests.support.streams import body_exists, completed, eventually
 
 services = queue.services  # a shared fixture
 
@@ -90,7 +90,7 @@ async def test_a_body_in_the_old_object_store_is_delivered_after_migrate(
     for qid in ("QOLD", "QBIG"):
 
         async def done(q: str = qid) -> bool:
-            return await positive(count_of(js, q, "MessageCompleted"))
+            return await completed(js, q)
 
         async def body_gone(q: str = qid) -> bool:
             return await not_(body_exists(js, q))

@@ -24,7 +24,7 @@ from tests.support.pop3 import USER, Pop3Server
 from tests.support.queue import BODY, equals, receive, start_delivery, start_queue
 from tests.support.sink import Sink, free_port, self_signed
 from tests.support.streams import (
-    count_of,
+    completed,
     eventually,
     history,
     jobs_waiting,
@@ -313,7 +313,7 @@ async def test_a_burst_to_one_destination_shares_sessions(
     services.append(await start_delivery(config, nats_server))  # they are due together
 
     async def all_completed() -> bool:
-        return all([await count_of(js, q, "MessageCompleted") == 1 for q in qids])
+        return all([await completed(js, q) for q in qids])
 
     await eventually(all_completed, "eight completed messages")
     assert len(sink.received) == 8 and sink.mail_from_seen == 8

@@ -27,7 +27,7 @@ from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running
 from tests.support.pipeline import pipeline, smtp_address
 from tests.support.sink import Sink
-from tests.support.streams import eventually, history
+from tests.support.streams import completed, eventually, history
 
 SENDER = "alice@sender.test"
 NULL_SENDER = "<>"  # as aiosmtpd records MAIL FROM:<>
@@ -113,7 +113,7 @@ def send(addr: tuple[str, int], mail_options: list[str], *rcpts: Rcpt) -> str:
 
 async def settled(js: JetStreamContext, qid: str) -> bool:
     """The message completed and every consumer has caught up with what followed."""
-    if not any(e.type == "MessageCompleted" for e in await history(js, qid)):
+    if not await completed(js, qid):
         return False
     for consumer in (subjects.QUEUE_CONSUMER, subjects.NOTIFIER_CONSUMER):
         info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)

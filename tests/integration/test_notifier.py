@@ -50,7 +50,7 @@ from services.notifier.core import trigger_of
 from services.notifier.service import NotifierService
 from services.queue.service import QueueService
 from tests.support.sink import Sink
-from tests.support.streams import eventually
+from tests.support.streams import completed, eventually
 
 HOST = "mx.example.test"
 POSTMASTER = "postmaster@mx.example.test"
@@ -482,8 +482,7 @@ async def test_end_to_end_a_bounced_report_reaches_the_postmaster_once(
         assert to_postmaster is not None
 
         async def settled() -> bool:
-            done = await message_history(js, to_postmaster)
-            if not any(e.type == "MessageCompleted" for e in done):
+            if not await completed(js, to_postmaster):
                 return False
             for consumer in (subjects.QUEUE_CONSUMER, subjects.NOTIFIER_CONSUMER):
                 info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)

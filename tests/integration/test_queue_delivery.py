@@ -20,15 +20,20 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from libs.common.config import Config, load_config_text
+from libs.common.contract import subjects
+from libs.common.contract.events import DeliveryJob, DeliveryScheduled, Destination
 from libs.common.mail.mailbox import MailboxStore
+from libs.common.runtime import bus, consumers
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running
 from libs.common.runtime.telemetry import setup_telemetry
+from services.queue.adapters import consumer as queue_consumer
 from tests.support import queue
 from tests.support.queue import ACK_WAIT_S, BODY, receive, start_delivery, start_queue
 from tests.support.sink import Sink, self_signed
 from tests.support.streams import (
     body_exists,
+    completed,
     count_of,
     eventually,
     history,
@@ -86,22 +91,20 @@ async def test_three_recipients_delivered_and_completed(
         await receive(js, "QOK", rcpts)
     trace_id = session.get_span_context().trace_id
 
-    await eventually(lambda: _positive(count_of(js, "QOK", "MessageCompleted")), "MessageCompleted")
+    await eventually(lambda: completed(js, "QOK"), "every recipient final")
     await eventually(lambda: _not(body_exists(js, "QOK")), "body deleted")
     await eventually(lambda: _zero(jobs_waiting(js)), "job acked")
 
     # one SMTP transaction with all three recipients, the body byte for byte
     assert sink.received == [("alice@example.test", rcpts, BODY)]
     events = await history(js, "QOK")
-    assert sorted(types(events)) == sorted(
-        ["MessageReceived", "DeliveryScheduled", *["DeliverySucceeded"] * 3, "MessageCompleted"]
-    )
-    assert types(events)[-1] == "MessageCompleted"
-    done = events[-1]
-    assert done.type == "MessageCompleted" and set(done.delivered) == set(rcpts)
+    # two stored events of the queue's own less than before: MessageReceived records the
+    # first attempt, and every recipient final is the completion
+    assert types(events) == ["MessageReceived", *["DeliverySucceeded"] * 3]
     for e in events:
         if e.type == "DeliverySucceeded":
             assert (e.reply_code, e.status, e.remote_host) == (250, "2.0.0", "127.0.0.1")
+            assert e.destination is not None and e.destination.key == "relay:"
             assert e.tls_version is None  # the sink offers no STARTTLS
 
     # one trace from the "SMTP session" through the queue to the SMTP client
@@ -134,7 +137,7 @@ async def test_failed_and_deferred_recipients_do_not_complete(
 
     await eventually(lambda: _equals(results_count(js, "QMIX"), 3), "three results")
     await eventually(lambda: _zero(jobs_waiting(js)), "job acked")
-    await asyncio.sleep(1.0)  # room for a wrong MessageCompleted to show up
+    await asyncio.sleep(1.0)  # room for a wrong completion (the body deleted) to show up
 
     events = await results_by_recipient(js, "QMIX")
     good, nobody, later = (
@@ -148,7 +151,7 @@ async def test_failed_and_deferred_recipients_do_not_complete(
     assert "no such user" in nobody.reply_text
     assert later.type == "DeliveryDeferred"
     assert (later.reply_code, later.status) == (451, "4.3.0")
-    assert await count_of(js, "QMIX", "MessageCompleted") == 0
+    assert not await completed(js, "QMIX")
     assert await body_exists(js, "QMIX")  # still needed for the retry
     assert [r for _, r, _ in sink.received] == [["good@remote.test"]]
 
@@ -176,8 +179,11 @@ async def test_local_recipients_go_to_their_mailbox(
     )
     (entry,) = await MailboxStore(js).entries("bob@example.test")
     assert (await MailboxStore(js).read("bob@example.test", entry)).endswith(BODY)
-    scheduled = [e for e in await history(js, "QLOC") if e.type == "DeliveryScheduled"]
-    assert sorted(s.destination.key for s in scheduled) == ["local:example.test", "relay:"]
+    # the first attempt's jobs are recorded by their results, destination included
+    assert sorted(e.destination.key for e in events.values() if e.destination) == [
+        "local:example.test",
+        "relay:",
+    ]
     assert [r for _, r, _ in sink.received] == [["far@remote.test"]]
 
 
@@ -236,17 +242,16 @@ async def test_queue_restart_rebuilds_state_from_the_stream(
     # results arrive while no queue runs
     services.append(await start_delivery(config, nats_server))
     await eventually(lambda: _equals(results_count(js, "QRST"), 2), "results")
-    assert await count_of(js, "QRST", "MessageCompleted") == 0
-
-    # a new queue (empty cache) folds the history and completes the message
-    services.append(await start_queue(config, nats_server))
-    await eventually(
-        lambda: _positive(count_of(js, "QRST", "MessageCompleted")), "MessageCompleted"
-    )
-    await eventually(lambda: _not(body_exists(js, "QRST")), "body deleted")
     await asyncio.sleep(0.5)
-    assert await count_of(js, "QRST", "MessageCompleted") == 1
-    assert await count_of(js, "QRST", "DeliveryScheduled") == 1
+    assert await body_exists(js, "QRST")  # no queue ran to see the completion
+
+    # a new queue (empty cache) folds the history, which says completed, and cleans up
+    services.append(await start_queue(config, nats_server))
+    await eventually(lambda: _not(body_exists(js, "QRST")), "body deleted")
+    assert await completed(js, "QRST")
+    # neither the first attempt nor the completion wrote an event of its own
+    assert await count_of(js, "QRST", "MessageCompleted") == 0
+    assert await count_of(js, "QRST", "DeliveryScheduled") == 0
     assert len(sink.received) == 1
 
 
@@ -310,12 +315,10 @@ async def test_worker_crash_before_ack_is_not_sent_again_and_completes_once(
     assert await results_count(js, "QCRASH") == 3
 
     services.append(await start_queue(config, nats_server))
-    await eventually(
-        lambda: _positive(count_of(js, "QCRASH", "MessageCompleted")), "MessageCompleted"
-    )
     await eventually(lambda: _not(body_exists(js, "QCRASH")), "body deleted")
+    assert await completed(js, "QCRASH")
     await asyncio.sleep(0.5)
-    assert await count_of(js, "QCRASH", "MessageCompleted") == 1
+    assert len(sink.received) == 1
 
 
 async def test_max_delivery_threads_caps_all_workers_together(
@@ -334,8 +337,7 @@ async def test_max_delivery_threads_caps_all_workers_together(
         await receive(js, qid, [f"{qid.lower()}@remote.test"])
 
     async def all_completed() -> bool:
-        counts = [await count_of(js, q, "MessageCompleted") for q in qids]
-        return all(c == 1 for c in counts)
+        return all([await completed(js, q) for q in qids])
 
     await eventually(all_completed, "nine completed messages", within=30)
     assert len(sink.received) == 9
@@ -388,3 +390,51 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
 
 def _finished(exporter: InMemorySpanExporter) -> list[ReadableSpan]:
     return list(exporter.get_finished_spans())
+
+
+async def test_a_message_the_previous_version_scheduled_is_delivered_and_completed(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: Callable[..., tuple[Sink, int]],
+    services: list[Running],
+) -> None:
+    """Upgrade: the previous queue took the message (its MessageReceived acked), wrote a
+    DeliveryScheduled for attempt 1 and the job. This version's worker delivers the job,
+    and this version's queue, folding that history, completes it and deletes the body."""
+    sink, port = sink_factory()
+    config = make_config(port)
+    event = await receive(js, "QPREV", ["a@remote.test", "b@remote.test"])
+    sub = await consumers.bind(js, queue_consumer.EVENTS_CONSUMER)
+    (msg,) = await sub.fetch(1, timeout=5)
+    await msg.ack_sync()  # what the previous queue did once its outputs were durable
+    await sub.unsubscribe()
+    jid = "QPREV.a1.d0"
+    destination = Destination(kind="relay")
+    await bus.publish_event(
+        js,
+        DeliveryScheduled(
+            event_id=f"{jid}.scheduled",
+            queue_id="QPREV",
+            job_id=jid,
+            attempt=1,
+            destination=destination,
+            recipients=("a@remote.test", "b@remote.test"),
+        ),
+    )
+    job = DeliveryJob(
+        job_id=jid,
+        queue_id="QPREV",
+        attempt=1,
+        destination=destination,
+        mail_from=event.mail_from,
+        recipients=event.recipients,
+        size=event.size,
+    )
+    await bus.publish_model(js, subjects.job_subject(destination.key), job, msg_id=jid)
+
+    services.append(await start_queue(config, nats_server))
+    services.append(await start_delivery(config, nats_server))
+    await eventually(lambda: _not(body_exists(js, "QPREV")), "body deleted")
+    assert await completed(js, "QPREV")
+    assert [r for _, r, _ in sink.received] == [["a@remote.test", "b@remote.test"]]
+    assert await jobs_waiting(js) == 0

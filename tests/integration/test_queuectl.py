@@ -17,7 +17,7 @@ from tests.support import queue
 from tests.support.cli import mailbus
 from tests.support.queue import positive, receive, start_delivery, start_queue
 from tests.support.sink import Sink
-from tests.support.streams import count_of, eventually
+from tests.support.streams import completed, count_of, eventually
 
 services = queue.services  # a shared fixture
 BUSY = "451 4.2.0 mailbox busy, try later"
@@ -110,5 +110,9 @@ async def test_queue_commands_as_postfix_operators_use_them(
     assert rc == 0 and "QA" in out, err
     rc, out, err = await _queue(nats_server, "delete", "QB")
     assert rc == 0, err
-    await eventually(lambda: positive(count_of(js, "QA", "MessageCompleted")), "QA delivered")
-    assert await _listed(nats_server) == {}
+    await eventually(lambda: completed(js, "QA"), "QA delivered")
+
+    async def none_listed() -> bool:
+        return await _listed(nats_server) == {}
+
+    await eventually(none_listed, "QA and QB out of the listing")

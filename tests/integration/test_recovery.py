@@ -16,6 +16,7 @@ from nats.js import JetStreamContext, api
 
 from libs.common.config import load_config_text
 from libs.common.contract import subjects
+from libs.common.contract.events import DeliveryFailed
 from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.embedded_nats import EmbeddedNats, free_port
@@ -26,7 +27,7 @@ from tests.support import queue
 from tests.support.procs import processes
 from tests.support.queue import receive, start_queue
 from tests.support.sink import Sink
-from tests.support.streams import body_exists, count_of, eventually, jobs_waiting
+from tests.support.streams import body_exists, completed, count_of, eventually, jobs_waiting
 
 services = queue.services  # a shared fixture
 
@@ -135,7 +136,7 @@ async def test_killed_workers_jobs_come_back_within_seconds(
         services.append(await start_service("delivery", DeliveryService, config, [nats_server.url]))
 
         async def all_completed() -> bool:
-            return all([await count_of(js, q, "MessageCompleted") == 1 for q in qids])
+            return all([await _completed(js, q) for q in qids])
 
         await eventually(all_completed, "every message completed", within=40)
         took = time.monotonic() - killed_at
@@ -169,7 +170,8 @@ async def test_a_slow_delivery_keeps_its_job(
 
 
 async def _completed(js: JetStreamContext, qid: str) -> bool:
-    return await count_of(js, qid, "MessageCompleted") == 1
+    """Every recipient final, and the queue has seen it (it deleted the body)."""
+    return await completed(js, qid) and not await body_exists(js, qid)
 
 
 # --- finding 3: a queue restarted in its slot takes its lease over at once ---------------------
@@ -253,7 +255,7 @@ async def test_results_wait_for_nats_instead_of_sending_again(
         await eventually(accepted, "the remote 250")
         await asyncio.sleep(7.0)  # longer than a JetStream publish waits (5 s): it fails
         await nats_server.astart()
-        await eventually(completed_with_a_queue, "MessageCompleted", within=40)
+        await eventually(completed_with_a_queue, "completion", within=40)
         await asyncio.sleep(DEFAULT_ACK_WAIT_S + 2)  # a nak'ed or unacked job is back by now
     assert len(sink.received) == 1
     assert await count_of(js, "QAWAY", "DeliverySucceeded") == 1
@@ -298,17 +300,32 @@ async def test_a_deposed_queue_cannot_write(
     nats_server: EmbeddedNats, js: JetStreamContext, tmp_path: Path
 ) -> None:
     """A successor's epoch marker lands while the old holder still runs (it has not yet
-    noticed that it lost the lease): the old holder's next decision is refused by the
-    server, nothing of it reaches the log, and it stops."""
+    noticed that it lost the lease): the old holder's next decision that writes an event
+    is refused by the server, nothing of it reaches the log, and it stops.
+
+    A new message's decision writes no event (its first attempt's jobs follow from
+    MessageReceived alone, and are the same jobs, by id, whoever decides them), so the
+    decision here is a failure's report."""
     async with processes(tmp_path, "server: {hostname: mx.example.test}\n", nats_server.url) as p:
         old = await p.start("queue")
         await old.ready()
         await js.publish(subjects.QUEUE_EPOCH_SUBJECT, b"successor")
         await receive(js, "QFENCE", ["fenced@remote.test"])
+        await eventually(lambda: _equals(jobs_waiting(js), 1), "the first attempt's job")
+        failed = DeliveryFailed(
+            event_id="QFENCE.a1.d0.r0",
+            queue_id="QFENCE",
+            job_id="QFENCE.a1.d0",
+            attempt=1,
+            recipient="fenced@remote.test",
+            reply_code=550,
+            status="5.1.1",
+        )
+        await bus.publish_event(js, failed)
         async with asyncio.timeout(15):
             await old.proc.wait()
         assert "write fenced off" in old.tail(), old.tail()
-    assert await count_of(js, "QFENCE", "DeliveryScheduled") == 0
+    assert await count_of(js, "QFENCE", "RecipientsFailed") == 0
 
 
 # --- a body not found (a replica still catching up) is looked for again --------------------------

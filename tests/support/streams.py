@@ -16,6 +16,7 @@ from libs.common.contract.events import (
 )
 from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history
+from services.queue.core import fold
 
 
 async def history(js: JetStreamContext, qid: str) -> list[AnyEvent]:
@@ -38,6 +39,12 @@ async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: fl
 
 async def count_of(js: JetStreamContext, qid: str, event_type: str) -> int:
     return types(await history(js, qid)).count(event_type)
+
+
+async def completed(js: JetStreamContext, qid: str) -> bool:
+    """Every recipient final, as the queue's fold of the log says (no event marks it).
+    The queue's own part, once it saw that, is deleting the body."""
+    return fold(await history(js, qid)).completed
 
 
 async def body_exists(js: JetStreamContext, qid: str) -> bool:
