@@ -1,6 +1,6 @@
 """End-to-end benchmark: `mailbus up` relaying to a local sink.
 
-    python bench/e2e.py [-n 10000] [-c 20] [--size 2048] [--reuse] [--rate R]
+    python bench/e2e.py [-n 10000] [-c 20] [--size 2048] [--reuse] [--rate R] [--rcpts 10]
 
 Prints accepted msgs/s (client side, until the last "250"), delivered msgs/s
 (first send to last arrival at the sink), p50/p99 latency from "250" to
@@ -12,7 +12,8 @@ NATS round trips per service and the stored writes per message.
 Like perf-compare's r1, each message comes on a new connection unless --reuse;
 the connection limit is on (--conn-limit, 50 like Postfix's anvil). --rate paces
 the clients to that many messages per second in total (for latency at a given
-load, e.g. half the peak rate of an unpaced run).
+load, e.g. half the peak rate of an unpaced run). --rcpts sends each message to
+that many recipients at the relay host (perf-compare's r10: --rcpts 10).
 """
 
 from __future__ import annotations
@@ -190,6 +191,7 @@ async def run(args: argparse.Namespace) -> None:
 
         accepted: dict[str, float] = {}
         refused = 0
+        rcpts = [f"sink{k}@remote.test" for k in range(args.rcpts)]
         queue: asyncio.Queue[int] = asyncio.Queue()
         for i in range(args.n):
             queue.put_nowait(i)
@@ -200,9 +202,7 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.sleep(max(0.0, start + i / args.rate - time.time()))
             ident = f"m{i}"
             try:
-                await smtp.sendmail(
-                    "bench@bench.test", ["sink@remote.test"], message(ident, args.size)
-                )
+                await smtp.sendmail("bench@bench.test", rcpts, message(ident, args.size))
                 accepted[ident] = time.time()
             except aiosmtplib.SMTPException:
                 refused += 1
@@ -246,7 +246,9 @@ async def run(args: argparse.Namespace) -> None:
                 cpu_svc += used
         latencies = sorted(arrivals[k] - accepted[k] for k in arrivals if k in accepted)
         n_ok = len(accepted)
-        print(f"messages            {args.n} x {args.size} B, {args.c} connections")
+        print(
+            f"messages            {args.n} x {args.size} B, {args.rcpts} rcpt, {args.c} connections"
+        )
         print(f"accepted            {n_ok} (refused {refused})")
         print(f"accepted msgs/s     {n_ok / (accept_end - start):.1f}")
         print(f"delivered           {len(arrivals)}")
@@ -283,6 +285,7 @@ def main() -> None:
     p.add_argument(
         "--rate", type=float, default=0.0, help="total messages/s (0: as fast as it goes)"
     )
+    p.add_argument("--rcpts", type=int, default=1, help="recipients per message")
     p.add_argument("--conn-limit", type=int, default=50, help="security.max_connections_per_ip")
     asyncio.run(run(p.parse_args()))
 
