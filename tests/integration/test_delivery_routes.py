@@ -320,3 +320,68 @@ async def test_a_burst_to_one_destination_shares_sessions(
     assert sink.sessions < 8  # several MAIL transactions per session
     for qid in qids:
         assert [e.type for e in await history(js, qid)].count("DeliverySucceeded") == 1
+
+
+# --- the connection cache ----------------------------------------------------------------------
+
+
+async def test_the_next_message_reuses_the_finished_session(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: SinkFactory,
+    services: list[Running],
+) -> None:
+    """One message after the other to the relay host: the second goes over the session
+    the first left in the cache (RSET, then MAIL), and shutting down closes it."""
+    sink, port = sink_factory()
+    await run(nats_server, relay_config(port), services)
+    for qid in ("QNEXT1", "QNEXT2"):
+        await receive(js, qid, [f"{qid.lower()}@remote.test"])
+
+        async def delivered(q: str = qid) -> bool:
+            return await results_count(js, q) == 1
+
+        await eventually(delivered, f"{qid} delivered")
+    assert len(sink.received) == 2 and sink.mail_from_seen == 2
+    assert sink.sessions == 1
+    delivery = services.pop()
+    await delivery.close()
+    assert sink.sessions_open == 0 or await _closed(sink)
+
+
+async def test_a_cached_session_closes_when_idle(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: SinkFactory,
+    services: list[Running],
+) -> None:
+    sink, port = sink_factory()
+    await run(nats_server, relay_config(port), services)
+    await receive(js, "QIDLE", ["idle@remote.test"])
+    await eventually(lambda: equals(results_count(js, "QIDLE"), 1), "delivered")
+    assert sink.sessions_open == 1  # kept for the next job
+    await eventually(lambda: _closed(sink), "the idle session closed", within=6)
+
+
+async def test_a_session_the_server_closed_while_idle_is_replaced(
+    nats_server: EmbeddedNats,
+    js: JetStreamContext,
+    sink_factory: SinkFactory,
+    services: list[Running],
+) -> None:
+    """The server ends a cached session (421, idle timeout) before the next job: that job
+    goes over a fresh session at once, and the stale one costs no deferral."""
+    sink, port = sink_factory(idle_timeout=0.5)
+    await run(nats_server, relay_config(port), services)
+    await receive(js, "QSTALE1", ["first@remote.test"])
+    await eventually(lambda: equals(results_count(js, "QSTALE1"), 1), "the first delivered")
+    await eventually(lambda: _closed(sink), "the sink closing the idle session", within=5)
+    await receive(js, "QSTALE2", ["second@remote.test"])
+    await eventually(lambda: equals(results_count(js, "QSTALE2"), 1), "the second delivered")
+    (result,) = (await results_by_recipient(js, "QSTALE2")).values()
+    assert result.type == "DeliverySucceeded"
+    assert len(sink.received) == 2 and sink.sessions == 2
+
+
+async def _closed(sink: Sink) -> bool:
+    return sink.sessions_open == 0

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import time
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -105,6 +106,7 @@ class SmtpSession:
         self.tls_version: str | None = None
         self.transactions = 0
         self.healthy = False
+        self.opened_at = time.monotonic()  # the connection cache retires old sessions
 
     @property
     def label(self) -> str:
