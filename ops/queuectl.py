@@ -265,6 +265,11 @@ def _event_details(e: dict[str, Any]) -> str:
             f"{e['reply_code']} {e['reply_text']}".strip() if e["reply_code"] else e["reply_text"]
         )
         return f"{e['recipient']} at {e['remote_host'] or '-'} [{e['status']}]{tls}: {reply}"
+    if kind == "DeliveryAttempted":  # a job's results together
+        each = ", ".join(
+            f"{r['recipient']} {r['outcome']} [{r['status']}]" for r in e.get("results", ())
+        )
+        return f"job {e['job_id']} at {e['remote_host'] or '-'}: {each}"
     if kind in ("RecipientsFailed", "RecipientsDelivered", "MessageDelayed", "MessageExpired"):
         return ", ".join(f"{o['address']} {o['status']}" for o in e.get("outcomes", ()))
     if kind == "ReportSent":

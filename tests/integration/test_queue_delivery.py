@@ -40,6 +40,7 @@ from tests.support.streams import (
     jobs_waiting,
     results_by_recipient,
     results_count,
+    stored,
     types,
 )
 
@@ -101,6 +102,8 @@ async def test_three_recipients_delivered_and_completed(
     # two stored events of the queue's own less than before: MessageReceived records the
     # first attempt, and every recipient final is the completion
     assert types(events) == ["MessageReceived", *["DeliverySucceeded"] * 3]
+    # as stored: the job's three results in one event
+    assert types(await stored(js, "QOK")) == ["MessageReceived", "DeliveryAttempted"]
     for e in events:
         if e.type == "DeliverySucceeded":
             assert (e.reply_code, e.status, e.remote_host) == (250, "2.0.0", "127.0.0.1")
@@ -109,7 +112,7 @@ async def test_three_recipients_delivered_and_completed(
 
     # one trace from the "SMTP session" through the queue to the SMTP client
     names = {s.name: s for s in _finished(spans) if s.context.trace_id == trace_id}
-    assert {"queue MessageReceived", "smtp deliver", "queue DeliverySucceeded"} <= set(names)
+    assert {"queue MessageReceived", "smtp deliver", "queue DeliveryAttempted"} <= set(names)
     client = names["smtp deliver"]
     assert client.kind == trace.SpanKind.CLIENT
     assert client.attributes is not None
@@ -438,3 +441,6 @@ async def test_a_message_the_previous_version_scheduled_is_delivered_and_complet
     assert await completed(js, "QPREV")
     assert [r for _, r, _ in sink.received] == [["a@remote.test", "b@remote.test"]]
     assert await jobs_waiting(js) == 0
+    # that queue's job asked for no DeliveryAttempted: one result per recipient, as it reads
+    kinds = types(await stored(js, "QPREV"))
+    assert kinds.count("DeliverySucceeded") == 2 and "DeliveryAttempted" not in kinds

@@ -133,7 +133,7 @@ async def test_three_recipients_reach_the_relay_byte_for_byte(
     assert len(session) == 1
     for prefix in ("policy rcpt", "policy data", "queue MessageReceived", "smtp deliver"):
         assert trace_ids(prefix) == session, prefix
-    assert trace_ids("queue DeliverySucceeded") == session
+    assert trace_ids("queue DeliveryAttempted") == session
 
 
 async def test_relay_refused_outside_the_group_local_domain_accepted(

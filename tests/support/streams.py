@@ -10,6 +10,7 @@ from nats.js import JetStreamContext
 from libs.common.contract import subjects
 from libs.common.contract.events import (
     AnyEvent,
+    DeliveryAttempted,
     DeliveryDeferred,
     DeliveryFailed,
     DeliverySucceeded,
@@ -20,6 +21,16 @@ from services.queue.core import fold
 
 
 async def history(js: JetStreamContext, qid: str) -> list[AnyEvent]:
+    """The message's events, a job's results (one DeliveryAttempted) read as the
+    per-recipient events they stand for, so tests look at recipients either way. The
+    stored form itself: `stored`."""
+    found: list[AnyEvent] = []
+    for event in await stored(js, qid):
+        found.extend(event.per_recipient() if isinstance(event, DeliveryAttempted) else [event])
+    return found
+
+
+async def stored(js: JetStreamContext, qid: str) -> list[AnyEvent]:
     return await message_history(js, qid)
 
 

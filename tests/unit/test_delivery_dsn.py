@@ -9,6 +9,7 @@ import pytest
 
 from libs.common.contract.events import (
     Client,
+    DeliveryAttempted,
     DeliveryJob,
     DeliverySucceeded,
     Destination,
@@ -187,3 +188,29 @@ def test_success_of_a_worker_older_than_destination(remote_host: str, action: st
     _, out = run([received, succeeded("Q1.a1.d0", "bob@example.test", None, None, remote_host)])
     (report,) = [o for o in out if isinstance(o, RecipientsDelivered)]
     assert [o.action for o in report.outcomes] == [action]
+
+
+@pytest.mark.parametrize("remote_dsn", [True, None])
+def test_a_job_that_asks_gets_one_event_with_the_same_facts(remote_dsn: bool | None) -> None:
+    """`one_result`: one DeliveryAttempted, which reads back as exactly the per-recipient
+    events a job without it gets (ids, replies, remote_dsn only on successes)."""
+    rcpts = (
+        Recipient(address="x@r.test"),
+        Recipient(address="y@r.test"),
+        Recipient(address="z@r.test"),
+    )
+    replies = [Reply(250, "2.0.0 ok"), Reply(550, "5.1.1 unknown"), Reply(451, "4.3.0 later")]
+    common = {
+        "remote_host": "relay.test",
+        "tls_version": "TLSv1.3",
+        "worker": "w1",
+        "now": NOW,
+        "remote_dsn": remote_dsn,
+    }
+    old = result_events(job(*rcpts), replies, **common)  # type: ignore[arg-type]
+    asked = job(*rcpts).model_copy(update={"one_result": True})
+    (attempted,) = result_events(asked, replies, **common)  # type: ignore[arg-type]
+    assert isinstance(attempted, DeliveryAttempted)
+    assert attempted.event_id == "Q1.a1.d0.results"
+    assert [r.outcome for r in attempted.results] == ["succeeded", "failed", "deferred"]
+    assert list(attempted.per_recipient()) == old

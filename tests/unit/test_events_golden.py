@@ -87,6 +87,35 @@ SAMPLES: list[ev.Event] = [
             (ev.DeliveryFailed, 550, "5.1.1 No such user", "5.1.1"),
         )
     ),
+    ev.DeliveryAttempted(
+        event_id="Q1.a1.d0.results",
+        queue_id="Q1",
+        occurred_at=AT,
+        job_id="Q1.a1.d0",
+        attempt=1,
+        results=(
+            ev.RecipientResult(
+                recipient="bob@remote.test",
+                outcome="succeeded",
+                reply_code=250,
+                reply_text="2.0.0 Ok",
+                status="2.0.0",
+            ),
+            ev.RecipientResult(
+                recipient="carol@remote.test",
+                outcome="failed",
+                reply_code=550,
+                reply_text="5.1.1 No such user",
+                status="5.1.1",
+            ),
+        ),
+        remote_host="relay.test[192.0.2.9]:25",
+        tls_version="TLSv1.3",
+        worker="w1",
+        timings=ev.DeliveryTimings(scheduled_at=AT, setup_s=0.25, transfer_s=0.5),
+        destination=ev.Destination(kind="relay"),
+        remote_dsn=True,
+    ),
     ev.MessageDelayed(
         event_id="Q1.delayed", queue_id="Q1", occurred_at=AT, recipients=("bob@remote.test",)
     ),

@@ -12,11 +12,13 @@ import pytest
 
 from libs.common.contract.events import (
     Client,
+    DeliveryAttempted,
     DeliveryDeferred,
     DeliverySucceeded,
     DeliveryTimings,
     MessageReceived,
     Recipient,
+    RecipientResult,
 )
 from libs.common.mail import maillines
 from libs.common.runtime import maillog
@@ -175,3 +177,22 @@ def test_removed_follows_the_decision_that_completed_the_message() -> None:
     lines = list(maillines.queue_lines(fired, [], None, completed="Q9"))
     assert [(line.text, line.fields["event"]) for line in lines] == [("Q9: removed", "removed")]
     assert list(maillines.queue_lines(fired, [], None)) == []
+
+
+def test_a_jobs_results_log_one_line_per_recipient() -> None:
+    attempted = DeliveryAttempted(
+        event_id="Q9.a1.d0.results",
+        queue_id="Q9",
+        job_id="Q9.a1.d0",
+        attempt=1,
+        remote_host="mx.remote.test",
+        results=(
+            RecipientResult(recipient="a@r.test", outcome="succeeded", reply_code=250),
+            RecipientResult(recipient="b@r.test", outcome="deferred", reply_code=451),
+        ),
+    )
+    lines = list(maillines.queue_lines(attempted, [], None))
+    assert [(line.fields["to"], line.fields["status"]) for line in lines] == [
+        ("a@r.test", "sent"),
+        ("b@r.test", "deferred"),
+    ]

@@ -8,6 +8,7 @@ import pytest
 
 from libs.common.contract.events import (
     Client,
+    DeliveryAttempted,
     DeliveryDeferred,
     DeliveryFailed,
     DeliveryJob,
@@ -19,6 +20,7 @@ from libs.common.contract.events import (
     MessageDelayed,
     MessageReceived,
     Recipient,
+    RecipientResult,
 )
 from services.queue.core import (
     ClearTimers,
@@ -486,8 +488,41 @@ def test_the_consumer_reads_every_input_but_the_queues_own_outputs() -> None:
         "DeliverySucceeded",
         "DeliveryDeferred",
         "DeliveryFailed",
+        "DeliveryAttempted",
         "ReportSent",
         "MessageHeld",
         "MessageReleased",
         "MessageDeleted",
     )
+
+
+def test_a_jobs_results_together_fold_and_decide_as_one_by_one() -> None:
+    """One DeliveryAttempted is its recipients' results in the job's order: the same
+    state, and the same outputs as the last of the per-recipient inputs gives."""
+    first = received("a@r.test", "b@r.test", "c@r.test")
+    (job,) = jobs_of(decide(MessageState(), first, NOW, RELAY))
+    assert job.one_result  # this queue reads one event per job
+    attempted = DeliveryAttempted(
+        event_id=f"{job.job_id}.results",
+        queue_id=QID,
+        occurred_at=NOW,
+        job_id=job.job_id,
+        attempt=1,
+        destination=job.destination,
+        results=(
+            RecipientResult(recipient="a@r.test", outcome="succeeded", reply_code=250),
+            RecipientResult(recipient="b@r.test", outcome="failed", reply_code=550),
+            RecipientResult(recipient="c@r.test", outcome="deferred", reply_code=451),
+        ),
+    )
+    each, each_out = run([first, *attempted.per_recipient()])
+    together, together_out = run([first, attempted])
+    assert together == each
+    assert together_out == each_out
+    kinds = [type(o).__name__ for o in together_out]
+    # the failure report, then the retry and (deferred once) the warning and expiry timers
+    assert kinds == ["DeliveryJob", "RecipientsFailed", "SetTimer", "SetTimer", "SetTimer"]
+    # rebuilt with it, and again: nothing new
+    rebuilt = fold([first, attempted])
+    assert decide(rebuilt, attempted, NOW, RELAY) == together_out[1:]
+    assert apply(rebuilt, attempted) == rebuilt

@@ -148,6 +148,78 @@ class DeliveryFailed(_DeliveryResult):
     type: Literal["DeliveryFailed"] = "DeliveryFailed"
 
 
+def recipient_result_id(job_id: str, index: int) -> str:
+    """The id of one recipient's result in a job: a re-attempted job gets the same ids,
+    so the first worker's results are the ones the stream keeps."""
+    return f"{job_id}.r{index}"
+
+
+def attempt_result_id(job_id: str) -> str:
+    """The id of a job's DeliveryAttempted (one per job, as above)."""
+    return f"{job_id}.results"
+
+
+class RecipientResult(_Model):
+    """One recipient's outcome in a DeliveryAttempted."""
+
+    recipient: str
+    outcome: Literal["succeeded", "deferred", "failed"]
+    reply_code: int = 0
+    reply_text: str = ""
+    status: str = ""  # RFC 3463 enhanced status code
+
+
+class DeliveryAttempted(Event):
+    """A worker's results for one job: every recipient's outcome, in the job's order.
+
+    One event per SMTP transaction instead of one per recipient (ten recipients: one
+    stored write and one queue input instead of ten). Written only for jobs whose
+    queue reads it (`DeliveryJob.one_result`); a job from an older queue is answered
+    with the per-recipient events, which `per_recipient` gives back exactly.
+    """
+
+    publishers = ("delivery",)
+    type: Literal["DeliveryAttempted"] = "DeliveryAttempted"
+    job_id: str
+    attempt: int
+    results: tuple[RecipientResult, ...]
+    remote_host: str = ""
+    tls_version: str | None = None
+    worker: str = ""
+    timings: DeliveryTimings | None = None
+    destination: Destination | None = None
+    # Whether the server offered DSN (RFC 3461); None when none was reached.
+    remote_dsn: bool | None = None
+
+    def per_recipient(self) -> tuple[DeliverySucceeded | DeliveryDeferred | DeliveryFailed, ...]:
+        """The same facts as the per-recipient events (their ids too), one by one."""
+        out: list[DeliverySucceeded | DeliveryDeferred | DeliveryFailed] = []
+        for index, result in enumerate(self.results):
+            fields: dict[str, Any] = {
+                "event_id": recipient_result_id(self.job_id, index),
+                "queue_id": self.queue_id,
+                "occurred_at": self.occurred_at,
+                "job_id": self.job_id,
+                "attempt": self.attempt,
+                "recipient": result.recipient,
+                "remote_host": self.remote_host,
+                "reply_code": result.reply_code,
+                "reply_text": result.reply_text,
+                "status": result.status,
+                "tls_version": self.tls_version,
+                "worker": self.worker,
+                "timings": self.timings,
+                "destination": self.destination,
+            }
+            if result.outcome == "succeeded":
+                out.append(DeliverySucceeded(**fields, remote_dsn=self.remote_dsn))
+            elif result.outcome == "deferred":
+                out.append(DeliveryDeferred(**fields))
+            else:
+                out.append(DeliveryFailed(**fields))
+        return tuple(out)
+
+
 class RecipientOutcome(_Model):
     """What became of one recipient, as much as a delivery report needs (RFC 3464)."""
 
@@ -276,6 +348,7 @@ AnyEvent = Annotated[
     | DeliverySucceeded
     | DeliveryDeferred
     | DeliveryFailed
+    | DeliveryAttempted
     | MessageDelayed
     | MessageExpired
     | RecipientsFailed
@@ -320,6 +393,9 @@ class DeliveryJob(_Model):
     envid: str | None = None
     ret: Literal["FULL", "HDRS"] | None = None
     trace_parent: str | None = None
+    # The queue that wrote this reads one DeliveryAttempted per job; a job without it
+    # (an older queue's, in a rolling upgrade) gets one result event per recipient.
+    one_result: bool = False
 
 
 # --- access events: facts about sessions and logins, not about one message -----------

@@ -9,7 +9,7 @@ message costs one round trip per event and never a consumer.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 
 from nats.js import JetStreamContext
 from nats.js.api import RawStreamMsg
@@ -19,8 +19,10 @@ from pydantic import ValidationError
 from libs.common.contract import subjects
 from libs.common.contract.events import (
     AnyEvent,
+    DeliveryAttempted,
     DeliveryFailed,
     DeliverySucceeded,
+    Event,
     MessageCompleted,
     MessageDeleted,
     MessageExpired,
@@ -78,13 +80,22 @@ async def message_received(js: JetStreamContext, queue_id: str) -> MessageReceiv
     return event if isinstance(event, MessageReceived) else None
 
 
+def _each_result(events: list[AnyEvent]) -> Iterator[Event]:
+    """The events with a job's results (DeliveryAttempted) as one event per recipient."""
+    for event in events:
+        if isinstance(event, DeliveryAttempted):
+            yield from event.per_recipient()
+        else:
+            yield event
+
+
 def left_queue(events: list[AnyEvent]) -> bool:
     """Whether these events say the message has left the queue: deleted, or every
     recipient final. The queue writes no event for a completion (its fold sees it),
     so this reads it the same way, from the results; older histories say it with a
     MessageCompleted. For readers other than the queue, which folds it exactly."""
     waiting: set[str] = set()
-    for event in events:
+    for event in _each_result(events):
         if isinstance(event, MessageDeleted | MessageCompleted):
             return True
         if isinstance(event, MessageReceived):

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from libs.common.contract.events import (
+    DeliveryAttempted,
     DeliveryDeferred,
     DeliveryFailed,
     DeliverySucceeded,
@@ -337,6 +338,15 @@ def requeued(queue_id: str) -> MailLine:
     return MailLine("postsuper", f"{queue_id}: requeued", {"queue_id": queue_id, "event": "retry"})
 
 
+def _per_recipient(items: Iterable[object]) -> Iterator[object]:
+    """A job's results (DeliveryAttempted) as one line each, as Postfix logs them."""
+    for item in items:
+        if isinstance(item, DeliveryAttempted):
+            yield from item.per_recipient()
+        else:
+            yield item
+
+
 def queue_lines(
     trigger: object,
     outputs: Iterable[object],
@@ -353,7 +363,7 @@ def queue_lines(
     """
     if getattr(trigger, "kind", None) == "retry" and getattr(trigger, "forced", False):
         yield requeued(str(getattr(trigger, "queue_id", "")))
-    for item in [trigger, *outputs]:
+    for item in _per_recipient([trigger, *outputs]):
         if isinstance(item, Event):
             line = queue_event(item, received, first_scheduled)
             if line is not None:

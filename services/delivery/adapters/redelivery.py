@@ -28,7 +28,7 @@ from nats.js import JetStreamContext
 
 from libs.common.contract.events import DeliveryJob
 from libs.common.mail.history import left_queue, message_history
-from services.delivery.core import result_event_id
+from services.delivery.core import results_recorded
 
 
 class RedeliveryGuard:
@@ -56,4 +56,4 @@ class RedeliveryGuard:
     async def recorded(self, job: DeliveryJob) -> bool:
         """Whether every recipient of the job has its result in the event log."""
         found = {e.event_id for e in await message_history(self._js, job.queue_id)}
-        return all(result_event_id(job.job_id, i) in found for i in range(len(job.recipients)))
+        return results_recorded(job, found)

@@ -32,7 +32,13 @@ from nats.js import JetStreamContext
 from opentelemetry import trace
 from pydantic import ValidationError
 
-from libs.common.contract.events import DeliveryJob, DeliveryTimings, Event, event_type
+from libs.common.contract.events import (
+    DeliveryAttempted,
+    DeliveryJob,
+    DeliveryTimings,
+    Event,
+    event_type,
+)
 from libs.common.mail.bodies import BodyStore
 from libs.common.runtime import bus
 from libs.common.runtime.metrics import DELIVERY_ATTEMPTS, DELIVERY_SECONDS
@@ -388,4 +394,8 @@ def _count(job: DeliveryJob, events: Sequence[Event], seconds: float) -> None:
     kind = job.destination.kind
     DELIVERY_SECONDS.labels(kind).observe(seconds)
     for event in events:
-        DELIVERY_ATTEMPTS.labels(kind, _RESULT_LABELS.get(event_type(event), "other")).inc()
+        # One count per recipient, whichever form the results took.
+        each = event.per_recipient() if isinstance(event, DeliveryAttempted) else (event,)
+        for result in each:
+            label = _RESULT_LABELS.get(event_type(result), "other")
+            DELIVERY_ATTEMPTS.labels(kind, label).inc()

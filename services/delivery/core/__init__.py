@@ -8,6 +8,7 @@ from services.delivery.core.transaction import (
     reply_for,
     result_event_id,
     result_events,
+    results_recorded,
 )
 
 __all__ = [
@@ -20,6 +21,7 @@ __all__ = [
     "reply_for",
     "result_event_id",
     "result_events",
+    "results_recorded",
     "retry_in_plain_text",
     "tls_step",
     "unsupported",

@@ -17,11 +17,15 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from libs.common.contract.events import (
+    DeliveryAttempted,
     DeliveryDeferred,
     DeliveryFailed,
     DeliveryJob,
     DeliverySucceeded,
     DeliveryTimings,
+    RecipientResult,
+    attempt_result_id,
+    recipient_result_id,
 )
 from services.delivery.core.replies import PROTOCOL_ERROR, Reply
 
@@ -29,7 +33,7 @@ from services.delivery.core.replies import PROTOCOL_ERROR, Reply
 # stands in: a bug must defer, never drop or bounce.
 _NO_REPLY = Reply(0, "no reply recorded for this recipient", PROTOCOL_ERROR)
 
-ResultEvent = DeliverySucceeded | DeliveryDeferred | DeliveryFailed
+ResultEvent = DeliverySucceeded | DeliveryDeferred | DeliveryFailed | DeliveryAttempted
 
 
 @dataclass(frozen=True)
@@ -73,10 +77,18 @@ def replies_for(transcript: Transcript, count: int) -> list[Reply]:
 def result_event_id(job_id: str, index: int) -> str:
     """One id per (job, recipient index): a re-attempted job re-publishes the same ids,
     so the first worker's results are the ones the stream keeps."""
-    return f"{job_id}.r{index}"
+    return recipient_result_id(job_id, index)
 
 
-_EVENT_TYPES: dict[str, type[ResultEvent]] = {
+def results_recorded(job: DeliveryJob, found: set[str]) -> bool:
+    """Whether these event ids hold the job's results, in either form: a worker of the
+    previous version may have answered a job that asks for one DeliveryAttempted."""
+    if attempt_result_id(job.job_id) in found:
+        return True
+    return all(result_event_id(job.job_id, i) in found for i in range(len(job.recipients)))
+
+
+_EVENT_TYPES: dict[str, type[DeliverySucceeded | DeliveryDeferred | DeliveryFailed]] = {
     "succeeded": DeliverySucceeded,
     "deferred": DeliveryDeferred,
     "failed": DeliveryFailed,
@@ -95,7 +107,34 @@ def result_events(
     timings: DeliveryTimings | None = None,
 ) -> list[ResultEvent]:
     """`remote_dsn`: whether the server offered DSN; the queue needs it for successes
-    (a requested success report says "relayed" when it did not)."""
+    (a requested success report says "relayed" when it did not). One DeliveryAttempted
+    for a job that asks for it (`one_result`), else one event per recipient."""
+    if job.one_result:
+        results = tuple(
+            RecipientResult(
+                recipient=recipient.address,
+                outcome=reply.outcome,
+                reply_code=reply.code,
+                reply_text=reply.text,
+                status=reply.enhanced_status,
+            )
+            for recipient, reply in zip(job.recipients, replies, strict=True)
+        )
+        attempted = DeliveryAttempted(
+            event_id=attempt_result_id(job.job_id),
+            queue_id=job.queue_id,
+            occurred_at=now,
+            job_id=job.job_id,
+            attempt=job.attempt,
+            results=results,
+            remote_host=remote_host,
+            tls_version=tls_version,
+            worker=worker,
+            timings=timings,
+            destination=job.destination,
+            remote_dsn=remote_dsn,
+        )
+        return [attempted]
     events: list[ResultEvent] = []
     for index, (recipient, reply) in enumerate(zip(job.recipients, replies, strict=True)):
         cls = _EVENT_TYPES[reply.outcome]

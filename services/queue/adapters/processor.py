@@ -28,6 +28,7 @@ from pydantic import ValidationError
 from libs.common.contract import subjects
 from libs.common.contract.events import (
     AnyEvent,
+    DeliveryAttempted,
     DeliveryDeferred,
     DeliveryFailed,
     DeliveryJob,
@@ -265,11 +266,13 @@ class QueueProcessor:
         for line in queue_lines(trigger, outputs, after.received, first, completed):
             maillog.emit(line)
         received = after.received
-        if received is not None and isinstance(
-            trigger, DeliverySucceeded | DeliveryDeferred | DeliveryFailed
-        ):
-            delay = (trigger.occurred_at - received.occurred_at).total_seconds()
-            DELIVERY_DELAY.labels(_DELAY_STATUS[trigger.type]).observe(max(delay, 0.0))
+        results = trigger.per_recipient() if isinstance(trigger, DeliveryAttempted) else (trigger,)
+        for result in results:
+            if received is not None and isinstance(
+                result, DeliverySucceeded | DeliveryDeferred | DeliveryFailed
+            ):
+                delay = (result.occurred_at - received.occurred_at).total_seconds()
+                DELIVERY_DELAY.labels(_DELAY_STATUS[result.type]).observe(max(delay, 0.0))
 
     async def _carry_out(self, output: Output) -> None:
         if isinstance(output, DeliveryJob):

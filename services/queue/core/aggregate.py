@@ -29,6 +29,7 @@ from datetime import datetime
 from typing import TypeVar
 
 from libs.common.contract.events import (
+    DeliveryAttempted,
     DeliveryDeferred,
     DeliveryFailed,
     DeliveryScheduled,
@@ -297,6 +298,13 @@ def _result(state: MessageState, event: DeliveryResult) -> MessageState:
     return state
 
 
+def _attempted(state: MessageState, event: DeliveryAttempted) -> MessageState:
+    """A job's results folded as its per-recipient events would be, in the job's order."""
+    for result in event.per_recipient():
+        state = _result(state, result)
+    return state
+
+
 def expiry_status(rcpt: RecipientState) -> str:
     """The status a recipient not final at bounce_after fails with. Only deferrals leave a
     recipient not final, so its reply_status is its last deferral's."""
@@ -388,6 +396,7 @@ FOLDS: dict[Input, Fold] = {
     Input.SUCCEEDED: _on(DeliverySucceeded, _result),
     Input.DEFERRED: _on(DeliveryDeferred, _result),
     Input.FAILED: _on(DeliveryFailed, _result),
+    Input.ATTEMPTED: _on(DeliveryAttempted, _attempted),
     Input.DELAYED: _on(MessageDelayed, _delayed),
     Input.EXPIRED: _on(MessageExpired, _expired),
     Input.ROUND_FAILED: _on(RecipientsFailed, _round_failed),

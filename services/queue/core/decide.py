@@ -32,6 +32,8 @@ from enum import Enum
 from typing import get_args
 
 from libs.common.contract.events import (
+    DeliveryAttempted,
+    DeliveryDeferred,
     DeliveryJob,
     DeliveryScheduled,
     Destination,
@@ -133,6 +135,7 @@ def _schedule(
         envid=received.envid,
         ret=received.ret,
         trace_parent=received.trace_parent,
+        one_result=True,  # this queue reads a DeliveryAttempted
     )
     return event, job
 
@@ -278,6 +281,7 @@ class Moment:
     now: datetime
     routing: Routing
     timing: Timing
+    deferred: bool = False  # the input deferred a recipient (a result, or a job's results)
 
 
 Act = Callable[[MessageState, Moment], list[Output]]
@@ -301,7 +305,7 @@ def _progress(state: MessageState, m: Moment) -> list[Output]:
         return out + _completion(state, m.now)
     if expiry_of(state, m.now, m.timing) is Expiry.DUE:
         return out + _expire(state, m.now)
-    deadlines = _deadlines(state, m.timing) if m.on is Input.DEFERRED else []
+    deadlines = _deadlines(state, m.timing) if m.deferred else []
     return out + _retry_timer(state, m.timing) + deadlines
 
 
@@ -389,7 +393,13 @@ def decide(
     after = apply(state, trigger) if isinstance(trigger, Event) else state
     if not after.known:
         return []
-    return ACTIONS[step.action](after, Moment(on, now, routing, timing))
+    return ACTIONS[step.action](after, Moment(on, now, routing, timing, _defers(trigger)))
+
+
+def _defers(trigger: Trigger) -> bool:
+    if isinstance(trigger, DeliveryAttempted):
+        return any(r.outcome == "deferred" for r in trigger.results)
+    return isinstance(trigger, DeliveryDeferred)
 
 
 def apply_outputs(state: MessageState, outputs: Sequence[Output]) -> MessageState:

@@ -54,6 +54,8 @@ class Input(StrEnum):
     SUCCEEDED = "DeliverySucceeded"
     DEFERRED = "DeliveryDeferred"
     FAILED = "DeliveryFailed"
+    # A job's results together (each recipient moves by its own outcome, as above).
+    ATTEMPTED = "DeliveryAttempted"
     DELAYED = "MessageDelayed"
     EXPIRED = "MessageExpired"  # also a recipient's input when bounce_after has passed
     ROUND_FAILED = "RecipientsFailed"
@@ -146,6 +148,7 @@ def _left(status: MessageStatus, results: Action) -> Row:
         Input.SUCCEEDED: Step(status, results),
         Input.DEFERRED: Step(status, results),
         Input.FAILED: Step(status, results),
+        Input.ATTEMPTED: Step(status, results),
         Input.DELETED: Step(status, _A.LEAVE),
         Input.RETRY_DUE: Step(status, _A.NOTHING),
         Input.RETRY_FORCED: Step(status, _A.NOTHING),
@@ -162,6 +165,7 @@ MESSAGE: Mapping[MessageStatus, Row] = {
             Input.SUCCEEDED: Step(_M.QUEUED, _A.PROGRESS),
             Input.DEFERRED: Step(_M.QUEUED, _A.PROGRESS),
             Input.FAILED: Step(_M.QUEUED, _A.PROGRESS),
+            Input.ATTEMPTED: Step(_M.QUEUED, _A.PROGRESS),
             Input.HELD: Step(_M.HELD, _A.NOTHING),
             Input.RELEASED: Step(_M.QUEUED, _A.RELEASE),
             # Rebuilt with its release in it: attempting again is harmless, forgetting
@@ -184,6 +188,7 @@ MESSAGE: Mapping[MessageStatus, Row] = {
             Input.SUCCEEDED: Step(_M.HELD, _A.PROGRESS_HELD),
             Input.DEFERRED: Step(_M.HELD, _A.PROGRESS_HELD),
             Input.FAILED: Step(_M.HELD, _A.PROGRESS_HELD),
+            Input.ATTEMPTED: Step(_M.HELD, _A.PROGRESS_HELD),
             Input.RELEASED: Step(_M.QUEUED, _A.RELEASE),
             Input.COMPLETED: Step(_M.COMPLETED, _A.CLEANUP),
             Input.DELETED: Step(_M.DELETED, _A.LEAVE),
