@@ -58,6 +58,7 @@ telemetry: {{metrics_address: null}}
 """
 
 CLK = os.sysconf("SC_CLK_TCK")
+SERVICES = ("ingress", "policy", "queue", "delivery", "notifier")
 
 
 def cpu_seconds(pid: int) -> float:
@@ -235,6 +236,7 @@ async def run(args: argparse.Namespace) -> None:
         bus_lines = await meter.report(len(arrivals))
 
         cpu_svc = cpu_nats = 0.0
+        by_service: dict[str, float] = {}
         for pid, cmd in procs.items():
             try:
                 used = cpu_seconds(pid) - cpu_before[pid]
@@ -244,6 +246,8 @@ async def run(args: argparse.Namespace) -> None:
                 cpu_nats += used
             else:
                 cpu_svc += used
+                name = next((w for w in SERVICES if f"services.{w}" in cmd), "up")
+                by_service[name] = by_service.get(name, 0.0) + used
         latencies = sorted(arrivals[k] - accepted[k] for k in arrivals if k in accepted)
         n_ok = len(accepted)
         print(
@@ -261,6 +265,8 @@ async def run(args: argparse.Namespace) -> None:
         per = max(1, len(arrivals))
         print(f"cpu/msg services    {cpu_svc / per * 1000:.2f} ms")
         print(f"cpu/msg nats-server {cpu_nats / per * 1000:.2f} ms")
+        shares = ", ".join(f"{k} {v / per * 1000:.2f}" for k, v in sorted(by_service.items()))
+        print(f"cpu/msg by service  {shares} ms")
         for svc, pid in watched.items():
             print(f"rss {svc:<16}{rss_before[svc] / 1024:.1f} -> {rss_kib(pid) / 1024:.1f} MiB")
         for line in bus_lines:
