@@ -42,7 +42,7 @@ class IngressHandler:
     async def on_connect(self, server: SmtpSession) -> str | None:
         """None to greet; otherwise the reply to send before closing."""
         with server.stage("connect") as span:
-            query = PolicyQuery(stage="connect", session=server.policy())
+            query = PolicyQuery(stage="connect", session=server.policy(), held=server.held)
             decision = await self._ask(query, span)
         if decision.accepted:
             server.apply_limits(decision.limits)

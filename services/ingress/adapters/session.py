@@ -16,7 +16,7 @@ from opentelemetry.trace import Span
 
 from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import TlsInfo
-from libs.common.contract.policy import PolicyDecision, SessionLimits
+from libs.common.contract.policy import HeldConnections, PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
 from services.ingress.adapters.spool import Spool
 from services.ingress.core import dsn
@@ -61,6 +61,11 @@ class SmtpSession(Protocol):
     @property
     def dsn_parameters(self) -> tuple[str, ...]:
         """The DSN parameters of the MAIL or RCPT being handled, as the client wrote them."""
+        ...
+
+    @property
+    def held(self) -> HeldConnections | None:
+        """This instance's open connections from the client (None: not counted)."""
         ...
 
     @property

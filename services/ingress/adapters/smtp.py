@@ -1,11 +1,11 @@
 """The SMTP protocol of one session: aiosmtpd's, with mailbus's greeting, replies and drain.
 
-Policy at connect runs before the greeting (the connection already holding its
-lease, so policy counts it); every reply gets an RFC 3463 enhanced status code
-and every refusal is counted by stage and rule, up to `max_failed_commands`;
-DATA is read in bounded memory; AUTH's SASL framing is spoken here, the
-credentials judged by the handler; each session is one SERVER span whose
-children are its stages. The listener's hooks (policy, acceptance) are in
+Policy at connect runs before the greeting (the connection already counted in
+the instance's table, its count sent along, so policy counts it); every reply
+gets an RFC 3463 enhanced status code and every refusal is counted by stage
+and rule, up to `max_failed_commands`; DATA is read in bounded memory; AUTH's
+SASL framing is spoken here, the credentials judged by the handler; each
+session is one SERVER span whose children are its stages. The listener's hooks (policy, acceptance) are in
 `handler.py`, which sees a session only as `SmtpSession` (session.py).
 
 The command loop is mailbus's own (`_serve`), not aiosmtpd's: aiosmtpd's
@@ -43,7 +43,7 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from libs.common.contract.events import TlsInfo
-from libs.common.contract.policy import PolicyDecision, SessionLimits
+from libs.common.contract.policy import HeldConnections, PolicyDecision, SessionLimits
 from libs.common.contract.policy import Session as PolicySession
 from libs.common.runtime.telemetry import tracer
 from services.ingress.adapters import librarylog, smtpsetup, spool
@@ -121,6 +121,8 @@ class IngressSMTP(SMTP):
         self._chunk_clock: TransferClock | None = None
         # The DSN parameters of the MAIL or RCPT being handled, as the client wrote them.
         self.dsn_parameters: tuple[str, ...] = ()
+        # This instance's open connections from the client, this one included (connect).
+        self.held: HeldConnections | None = None
         self.refusals = Refusals(self.session_id, s.max_failed_commands)
         # aiosmtpd private: its command table. Wrapping each entry runs the drain and
         # the refusal accounting around every command without copying its command loop.
@@ -195,7 +197,7 @@ class IngressSMTP(SMTP):
             return
         ip, port = self.peer
         self.refusals.client = ip
-        await self.listener.count(self.session_id, ip)
+        self.held = self.listener.count(self.session_id, ip)
         # Implicit TLS starts only now, once the connection is counted: a flood of
         # connections that never finish a handshake is held to max_connections_per_ip.
         if self.settings.tls == "implicit" and not await self._start_tls():
@@ -261,7 +263,7 @@ class IngressSMTP(SMTP):
             pass  # a reset is how many clients end a session: nothing to retrieve or report
         finally:
             # Every way out (QUIT, a hang-up, which cancels this task, a limit) ends with
-            # the connection closed, and so its lease released.
+            # the connection closed, and so uncounted.
             self._close()
 
     async def _one_command(self, line: bytes) -> None:
