@@ -11,9 +11,9 @@ next heartbeat.
 Upgrading from the leases: an ingress of the previous version writes one key per
 connection into CONNECTIONS_BUCKET and sends no count with its query. Such a
 query is counted as before (the keys under the address, one stream-info
-request) plus the copy; and for LEGACY_WINDOW_S after the last one, the new
-instances' queries add the bucket's keys too, so during a rolling upgrade the
-old and the new instances see each other's connections.
+request) plus the copy; and for LEGACY_WINDOW_S after the last one that found
+a key, the new instances' queries add the bucket's keys too, so during a
+rolling upgrade the old and the new instances see each other's connections.
 """
 
 from __future__ import annotations
@@ -93,9 +93,11 @@ class Connections:
         """The client's open connections everywhere, the asking one included."""
         now = self._clock()
         if held is None:
-            # An ingress of the previous version: its connection is a key in the bucket.
-            self._legacy_until = now + LEGACY_WINDOW_S
+            # An ingress of the previous version (its connection a key in the bucket), or
+            # a connection this version did not count (no address to key it by).
             leases = await self._legacy.count(client_ip) if self._legacy is not None else 0
+            if leases:
+                self._legacy_until = now + LEGACY_WINDOW_S
             return leases + self.copy.others(client_ip, None, now)
         total = held.count + self.copy.others(client_ip, held.instance, now)
         if self._legacy is not None and now < self._legacy_until:
