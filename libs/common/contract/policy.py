@@ -62,6 +62,9 @@ class PolicyQuery(_Model):
     # connect only; None from an ingress older than the connection reports, which
     # counts with leases in the connections bucket instead.
     held: HeldConnections | None = None
+    # mail only: the recipients of RCPT commands pipelined behind this MAIL (RFC 2920),
+    # to be decided in order after it, each as its own rcpt query would be.
+    rcpts: tuple[str, ...] = ()
 
 
 class ConnectionReport(_Model):
@@ -110,6 +113,9 @@ class PolicyDecision(_Model):
     # The configuration revision the decision was made under (0: the file the policy
     # replica started with, before any revision was applied; None: not from policy).
     config_revision: int | None = None
+    # Answering a mail query with `rcpts`: the decisions of those recipients, in order,
+    # up to the first that ends the session; none when MAIL was refused.
+    rcpts: tuple[PolicyDecision, ...] | None = None
 
     @property
     def accepted(self) -> bool:

@@ -16,7 +16,12 @@ from opentelemetry.trace import Span
 
 from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import TlsInfo
-from libs.common.contract.policy import HeldConnections, PolicyDecision, SessionLimits
+from libs.common.contract.policy import (
+    HeldConnections,
+    PolicyDecision,
+    PolicyQuery,
+    SessionLimits,
+)
 from libs.common.contract.policy import Session as PolicySession
 from services.ingress.adapters.spool import Spool
 from services.ingress.core import dsn
@@ -40,6 +45,9 @@ class IngressEnvelope(Envelope):
         self.scan: ContentScan | None = None
         # Policy's antispam answer to MAIL: the SPF result, or why the checks are skipped.
         self.antispam: AntispamResults | None = None
+        # Policy's decisions of the RCPTs pipelined behind MAIL, each with the query it
+        # answers: used when the RCPT's own query turns out the same, in order.
+        self.prefetched: list[tuple[PolicyQuery, PolicyDecision]] = []
 
 
 class SmtpSession(Protocol):
@@ -82,6 +90,10 @@ class SmtpSession(Protocol):
 
     def stage(self, name: str) -> AbstractContextManager[Span]:
         """A child span of the session; a session inside a stage is not idle."""
+        ...
+
+    def pipelined_rcpts(self) -> tuple[str, ...]:
+        """Recipients of RCPT commands buffered behind this MAIL, sure to reach policy."""
         ...
 
     def apply_limits(self, limits: SessionLimits | None) -> None: ...

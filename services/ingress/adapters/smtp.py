@@ -5,7 +5,8 @@ the instance's table, its count sent along, so policy counts it); every reply
 gets an RFC 3463 enhanced status code and every refusal is counted by stage
 and rule, up to `max_failed_commands`; DATA is read in bounded memory; AUTH's
 SASL framing is spoken here, the credentials judged by the handler; each
-session is one SERVER span whose children are its stages. The listener's hooks (policy, acceptance) are in
+session is one SERVER span whose children are its stages. The listener's
+hooks (policy, acceptance) are in
 `handler.py`, which sees a session only as `SmtpSession` (session.py).
 
 The command loop is mailbus's own (`_serve`), not aiosmtpd's: aiosmtpd's
@@ -74,6 +75,8 @@ smtpsetup.install()
 IDENT = "ESMTP mailbus"
 SESSION_TIMEOUT_S = 300.0  # aiosmtpd's own timer, which `_reset_timeout` keeps off
 PROXY_HEADER_TIMEOUT_S = 10.0
+# RCPTs decided with their MAIL in one policy request at most (the rest: one by one).
+MAX_PIPELINED_RCPTS = 100
 
 Command = Callable[[str | None], Awaitable[None]]
 
@@ -690,6 +693,49 @@ class IngressSMTP(SMTP):
                 yield span
         finally:
             self._busy -= 1
+
+    def pipelined_rcpts(self) -> tuple[str, ...]:
+        """The recipients of the RCPT commands already buffered behind the MAIL being
+        handled (RFC 2920), for policy to decide in the same request.
+
+        Only lines that will surely reach policy as they stand are taken, in order, up
+        to the first that might not: complete, `RCPT TO:<path>` with no parameters, a
+        well-formed ASCII path within the line limit. Fewer than the failed-command limit
+        allows even if every one is refused, as the session would close before asking
+        for the rest. Anything else is asked when its turn comes, as before.
+        """
+        if self.session is None or not self.session.extended_smtp:
+            return ()
+        room = MAX_PIPELINED_RCPTS
+        limit = self.refusals.max_failed_commands
+        if limit:
+            room = min(room, limit - self.refusals.failed - 2)
+        found: list[str] = []
+        # asyncio private (as `buffered`): the bytes the client sent that no read took yet.
+        pending = bytes(self._input._buffer)  # type: ignore[attr-defined]
+        for raw in pending.split(b"\n")[:-1]:  # the last piece has no line break yet
+            if len(found) >= room:
+                break
+            address = self._plain_rcpt(raw.rstrip(b"\r"))
+            if address is None:
+                break
+            found.append(address)
+        return tuple(found)
+
+    def _plain_rcpt(self, line: bytes) -> str | None:
+        if not line.isascii() or len(line) > self.command_size_limits["RCPT"]:
+            return None
+        command = commands.parse(line)
+        if isinstance(command, str) or command.verb != "RCPT" or command.arg is None:
+            return None
+        # aiosmtpd private: "TO:" taken off as its smtp_RCPT does.
+        rest = self._strip_command_keyword("TO:", command.arg)
+        if rest is None or not rest.strip().startswith("<"):
+            return None
+        address, params = split_path(rest)
+        if params or not address or address.startswith("<") or address == "<>":
+            return None
+        return address
 
     def apply_limits(self, limits: SessionLimits | None) -> None:
         """What policy set at connect for this session; None keeps the listener's defaults."""
