@@ -863,6 +863,8 @@ async def policy_requests(nc: NATS) -> AsyncIterator[dict[str, int]]:
         seen[stage] = seen.get(stage, 0) + 1
 
     sub = await nc.subscribe(f"{subjects.POLICY_PREFIX}.*", cb=count)
+    # Twice: nats-py may write the first PING ahead of the SUB still in its buffer.
+    await nc.flush()
     await nc.flush()
     try:
         yield seen

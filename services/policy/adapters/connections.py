@@ -70,7 +70,9 @@ class Connections:
         self._subscription = await self._nc.subscribe(
             subjects.CONNECTIONS_REPORT_SUBJECT, cb=self._on_report
         )
-        # The subscription is at the server before the hello asks for the tables.
+        # The subscription is at the server before the hello asks for the tables. Twice:
+        # nats-py writes flush()'s PING ahead of a SUB still in its buffer (as service.py).
+        await self._nc.flush()
         await self._nc.flush()
         await self._nc.publish(subjects.CONNECTIONS_HELLO_SUBJECT, b"")
 
