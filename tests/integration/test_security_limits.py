@@ -926,3 +926,35 @@ async def test_pipelined_rcpts_are_decided_with_mail(
         assert seen == {"mail": 1, **({"rcpt": rcpts} if rcpts else {})}, (pipelined, seen)
     assert results[True] == results[False]
     assert results[True][0] == expected
+
+
+async def test_pipelined_rcpts_stop_where_failed_commands_close_the_session(
+    cluster: Cluster,
+) -> None:
+    """max_failed_commands is 4: the fourth refused RCPT closes the session, so policy
+    decides no fifth one, pipelined or not (counted by its decisions metric)."""
+    lines = [f"MAIL FROM:<{SENDER}>", *(f"RCPT TO:<u{i}@remote.test>" for i in range(6))]
+    expected = ["250 2.1.0", *["554 5.7.1"] * 4, "421 4.7.0"]
+    for pipelined, ip in ((False, "127.0.2.52"), (True, "127.0.2.53")):
+        before = await cluster.policy_metric(
+            "mailbus_policy_decisions_total", stage="rcpt", action="reject", rule="relay_denied"
+        )
+        client = await Smtp.open(cluster.b, ip, ehlo=True)
+        try:
+            async with policy_requests(cluster.nc) as seen:
+                if pipelined:
+                    client.writer.write("".join(f"{line}\r\n" for line in lines).encode())
+                    await client.writer.drain()
+                    replies = [code(await client.reply()) for _ in expected]
+                else:
+                    replies = [code(await client.cmd(line)) for line in lines[:5]]
+                    replies.append(code(await client.reply()))  # the 421 after the fourth
+            assert await client.closed()
+        finally:
+            await client.close()
+        assert replies == expected, pipelined
+        assert seen == {"mail": 1, **({} if pipelined else {"rcpt": 4})}, (pipelined, seen)
+        after = await cluster.policy_metric(
+            "mailbus_policy_decisions_total", stage="rcpt", action="reject", rule="relay_denied"
+        )
+        assert after - before == 4, pipelined

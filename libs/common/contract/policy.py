@@ -65,6 +65,10 @@ class PolicyQuery(_Model):
     # mail only: the recipients of RCPT commands pipelined behind this MAIL (RFC 2920),
     # to be decided in order after it, each as its own rcpt query would be.
     rcpts: tuple[str, ...] = ()
+    # With `rcpts`: the refusals after which ingress closes the session (what is left of
+    # security.max_failed_commands), so policy decides no RCPT ingress would not ask;
+    # 0: no limit.
+    refusals_left: int = 0
 
 
 class ConnectionReport(_Model):

@@ -87,6 +87,7 @@ class IngressHandler:
             mail_from=_null_sender(address),
             size=_size_param(mail_options),
             rcpts=server.pipelined_rcpts(),
+            refusals_left=server.refusals_left,
         )
         with server.stage("mail") as span:
             decision = await self._ask(query, span)

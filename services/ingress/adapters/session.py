@@ -92,6 +92,11 @@ class SmtpSession(Protocol):
         """A child span of the session; a session inside a stage is not idle."""
         ...
 
+    @property
+    def refusals_left(self) -> int:
+        """Refused commands before the session closes (max_failed_commands); 0: no limit."""
+        ...
+
     def pipelined_rcpts(self) -> tuple[str, ...]:
         """Recipients of RCPT commands buffered behind this MAIL, sure to reach policy."""
         ...

@@ -700,16 +700,13 @@ class IngressSMTP(SMTP):
 
         Only lines that will surely reach policy as they stand are taken, in order, up
         to the first that might not: complete, `RCPT TO:<path>` with no parameters, a
-        well-formed ASCII path within the line limit. Fewer than the failed-command limit
-        allows even if every one is refused, as the session would close before asking
-        for the rest. Anything else is asked when its turn comes, as before.
+        well-formed ASCII path within the line limit. Anything else is asked when its turn
+        comes, as before. (Policy stops where the failed-command limit would close the
+        session: `refusals_left`.)
         """
         if self.session is None or not self.session.extended_smtp:
             return ()
         room = MAX_PIPELINED_RCPTS
-        limit = self.refusals.max_failed_commands
-        if limit:
-            room = min(room, limit - self.refusals.failed - 2)
         found: list[str] = []
         # asyncio private (as `buffered`): the bytes the client sent that no read took yet.
         pending = bytes(self._input._buffer)  # type: ignore[attr-defined]
@@ -721,6 +718,12 @@ class IngressSMTP(SMTP):
                 break
             found.append(address)
         return tuple(found)
+
+    @property
+    def refusals_left(self) -> int:
+        """Refused commands before the session closes; 0: no limit."""
+        limit = self.refusals.max_failed_commands
+        return max(1, limit - self.refusals.failed) if limit else 0
 
     def _plain_rcpt(self, line: bytes) -> str | None:
         if not line.isascii() or len(line) > self.command_size_limits["RCPT"]:

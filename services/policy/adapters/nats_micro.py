@@ -214,13 +214,13 @@ class PolicyEndpoints:
     ) -> tuple[PolicyDecision, ...]:
         """The RCPTs pipelined behind MAIL, decided in order as ingress would ask them one
         by one: with MAIL's canonical sender, the count of recipients accepted so far,
-        and nothing after a refused MAIL or a decision that ends the session (ingress
-        would not have asked for those)."""
+        and nothing after a refused MAIL, a decision that ends the session or the refusal
+        that uses up the session's failed commands (ingress would not ask for those)."""
         if not decision.accepted:
             return ()
         sender = decision.canonical if decision.canonical is not None else mail.mail_from
         found: list[PolicyDecision] = []
-        accepted = 0
+        accepted = refused = 0
         for rcpt in mail.rcpts:
             query = PolicyQuery(
                 stage="rcpt",
@@ -233,7 +233,9 @@ class PolicyEndpoints:
             found.append(answer)
             if answer.accepted:
                 accepted += 1
-            if answer.action == "disconnect":
+            else:
+                refused += 1
+            if answer.action == "disconnect" or refused == mail.refusals_left:
                 break
         return tuple(found)
 
