@@ -205,6 +205,37 @@ async def test_a_late_policy_replica_asks_for_the_tables(
             await nc.close()
 
 
+async def test_a_copy_that_lost_an_instance_asks_for_its_table(
+    nats_server: EmbeddedNats, js: JetStreamContext
+) -> None:
+    """Every report of an instance lost for longer than its TTL (the copy has forgotten
+    it): its next change brings a hello, and its whole table comes at once, not at its
+    next heartbeat (20 s here). The policy replica's clock is moved on by hand."""
+    ncs = [await bus.connect([nats_server.url], name=f"lost-{i}") for i in range(2)]
+    now = [1000.0]
+    try:
+        table = ConnectionTable(ncs[0], "ingress-lost", ttl=60)
+        policy = Connections(ncs[1], clock=lambda: now[0])
+        await policy.start()
+        await table.start()
+        table.acquire("l1", CLIENT)
+        table.acquire("l2", CLIENT)
+
+        async def counted(expected: int) -> bool:
+            return await policy.count(CLIENT, None) == expected
+
+        await eventually(lambda: counted(2), "both connections counted", within=5)
+        now[0] += 61  # as if no heartbeat had arrived for longer than the TTL
+        assert await policy.count(CLIENT, None) == 0
+        table.acquire("l3", "192.0.2.99")  # a change elsewhere in the table
+        await eventually(lambda: counted(2), "the whole table back", within=5)
+        await table.stop()
+        await policy.stop()
+    finally:
+        for nc in ncs:
+            await nc.close()
+
+
 async def test_an_old_ingress_lease_still_counts(
     nats_server: EmbeddedNats, js: JetStreamContext
 ) -> None:

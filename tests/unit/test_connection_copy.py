@@ -55,6 +55,16 @@ def test_a_silent_instance_stops_counting_after_its_ttl() -> None:
     assert copy.others(IP, None, now=114) == 0
 
 
+def test_a_change_from_an_unknown_instance_says_the_table_is_incomplete() -> None:
+    copy = ConnectionCopy()
+    assert copy.apply(report("a", 1, {IP: 1}), now=0)  # a delta before any heartbeat
+    assert not copy.apply(report("a", 2, {IP: 2}), now=1)
+    assert not copy.apply(report("b", 1, {IP: 1}, full=True), now=1)
+    # a's TTL ran out while its reports were lost: known no longer.
+    assert copy.apply(report("a", 9, {IP: 1}), now=40)
+    assert copy.others(IP, None, now=40) == 1  # b expired too; a's one address so far
+
+
 def test_a_stopping_instance_is_forgotten_at_once() -> None:
     copy = ConnectionCopy()
     copy.apply(report("a", 1, {IP: 2}, full=True), now=0)

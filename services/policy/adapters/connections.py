@@ -6,7 +6,9 @@ policy replica keeps a copy (core/connections.py), subscribed without a queue
 group. A connect query carries the asking instance's own count; the others come
 from the copy, so counting costs no round trip. On start, a replica says hello
 and every instance answers with its whole table at once, rather than at its
-next heartbeat.
+next heartbeat; so it does when a change comes from an instance its copy does
+not know (a new one, or one whose reports were lost for longer than their TTL,
+as in a long nats-server outage).
 
 Upgrading from the leases: an ingress of the previous version writes one key per
 connection into CONNECTIONS_BUCKET and sends no count with its query. Such a
@@ -36,6 +38,9 @@ log = logging.getLogger(__name__)
 
 # How long after an old ingress's last query the bucket is still counted for all.
 LEGACY_WINDOW_S = 120.0
+# At most one hello in this many seconds when changes arrive from instances the copy
+# does not know, however many there are.
+HELLO_EVERY_S = 1.0
 
 
 class ConnectionCounter:
@@ -64,6 +69,7 @@ class Connections:
         self._clock = clock
         self.copy = ConnectionCopy()
         self._legacy_until = float("-inf")
+        self._hello_at = float("-inf")
         self._subscription: Subscription | None = None
 
     async def start(self) -> None:
@@ -74,6 +80,11 @@ class Connections:
         # nats-py writes flush()'s PING ahead of a SUB still in its buffer (as service.py).
         await self._nc.flush()
         await self._nc.flush()
+        await self._hello(self._clock())
+
+    async def _hello(self, now: float) -> None:
+        """Every ingress instance: send your whole table now."""
+        self._hello_at = now
         await self._nc.publish(subjects.CONNECTIONS_HELLO_SUBJECT, b"")
 
     async def stop(self) -> None:
@@ -89,7 +100,12 @@ class Connections:
         except ValidationError as exc:
             log.warning("connection report unreadable: %s", exc.errors()[0]["msg"])
             return
-        self.copy.apply(report, self._clock())
+        now = self._clock()
+        if self.copy.apply(report, now) and now - self._hello_at >= HELLO_EVERY_S:
+            # A change from an instance unknown here: its table, and any other lost
+            # with it (reports missed during an outage longer than the TTL), comes now
+            # rather than at the next heartbeat.
+            await self._hello(now)
 
     async def count(self, client_ip: str, held: HeldConnections | None) -> int:
         """The client's open connections everywhere, the asking one included."""

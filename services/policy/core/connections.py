@@ -30,13 +30,20 @@ class ConnectionCopy:
     def __init__(self) -> None:
         self._instances: dict[str, _Instance] = {}
 
-    def apply(self, report: ConnectionReport, now: float) -> None:
+    def apply(self, report: ConnectionReport, now: float) -> bool:
+        """True when the report is a change from an instance the copy does not know (or
+        no longer: its TTL ran out while reports were lost, e.g. a long nats-server
+        outage): the copy lacks the rest of its table until its next heartbeat."""
         known = self._instances.get(report.instance)
+        if known is not None and known.expires <= now:
+            del self._instances[report.instance]
+            known = None
         if known is not None and report.seq <= known.seq:
-            return  # an older report, or the same one twice
+            return False  # an older report, or the same one twice
         if report.ttl <= 0:
             self._instances.pop(report.instance, None)  # the instance is stopping
-            return
+            return False
+        incomplete = known is None and not report.full
         if known is None:
             # A first delta before the first heartbeat is still a true count for its
             # addresses; the rest of the table arrives with the heartbeat.
@@ -50,6 +57,7 @@ class ConnectionCopy:
                 known.counts.pop(ip, None)
         known.seq = report.seq
         known.expires = now + report.ttl
+        return incomplete
 
     def others(self, ip: str, instance: str | None, now: float) -> int:
         """Open connections from `ip` on every live instance but `instance`."""
