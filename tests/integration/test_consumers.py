@@ -135,9 +135,11 @@ async def test_continuous_pull_hands_over_what_arrives_while_it_waits(
     stopping = asyncio.Event()
     arrived: list[float] = []
     loop = asyncio.get_running_loop()
+    one_more = asyncio.Event()
 
     async def handle(msg: Msg) -> None:
         arrived.append(loop.time())
+        one_more.set()
         await msg.ack()
         if len(arrived) == 5:
             stopping.set()
@@ -146,10 +148,10 @@ async def test_continuous_pull_hands_over_what_arrives_while_it_waits(
     task = asyncio.create_task(fetch_loop(sub, handle, stopping, settings, "test"))
     await asyncio.sleep(0.2)
     for i in range(5):
+        one_more.clear()
         sent = loop.time()
         await js.publish(subjects.job_subject("late"), f"late {i}".encode())
-        while len(arrived) <= i:
-            await asyncio.sleep(0.005)
+        await asyncio.wait_for(one_more.wait(), timeout=5)
         assert arrived[i] - sent < 1.0
     await asyncio.wait_for(task, timeout=10)
     await sub.unsubscribe()
