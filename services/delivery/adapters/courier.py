@@ -94,14 +94,9 @@ class Courier:
     def session_key(self, destination: Destination) -> SessionKey | None:
         """What a cached session must have been opened for to serve `destination` now;
         None for destinations that need no SMTP session of ours."""
-        relay = self.settings.relay
-        if destination.kind == "relay" and relay is not None:
-            target = f"{relay.host}:{relay.port} {relay.auth_method or 'no login'}"
-        elif destination.kind == "mx":
-            target = f"mx port {self.settings.mx_port}"
-        else:
+        if destination.kind not in ("relay", "mx"):
             return None
-        return SessionKey(destination.key, target, self._session_settings(destination))
+        return SessionKey(destination.key, self._session_settings(destination))
 
     def _session_settings(self, destination: Destination, plain: bool = False) -> SessionSettings:
         relay = self.settings.relay

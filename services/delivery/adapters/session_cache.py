@@ -3,11 +3,10 @@
 Postfix's connection cache: a session whose transaction went well stays open for
 a short while (IDLE_S, Postfix's smtp_connection_cache_time_limit), so the next
 job to the same destination skips the connect, greeting, EHLO, STARTTLS and AUTH.
-A session is reused only under the key it was opened for: the destination, where
-it goes for it (the relay host's address and port, or the MX port), and every
-setting the session was set up with (TLS policy, credentials, HELO name, CA file),
-so a changed configuration never reuses a session opened under the old one.
-Each session serves at most MAX_TRANSACTIONS transactions and lives at most
+A session is reused only under the key it was opened for: the destination and
+every setting the session was set up with (TLS policy, credentials, HELO name,
+CA file), so a changed configuration never reuses a session opened under the old
+one. Each session serves at most MAX_TRANSACTIONS transactions and lives at most
 MAX_AGE_S (Postfix's smtp_connection_reuse_count_limit and _time_limit), so one
 long-lived connection does not pin a destination to one of its addresses.
 
@@ -36,7 +35,6 @@ MAX_IDLE = 32
 @dataclass(frozen=True)
 class SessionKey:
     destination: str  # Destination.key: "relay:", "mx:example.com"
-    target: str  # the relay host "host:port", or the MX port ("mx port 25")
     settings: SessionSettings
 
 
