@@ -18,7 +18,6 @@ from nats.js import JetStreamContext
 from libs.common.config import Config, load_config_text
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running
-from services.delivery.service import DeliveryService
 from tests.support import pop3, queue
 from tests.support.dns import DnsServer
 from tests.support.pop3 import USER, Pop3Server
@@ -386,36 +385,3 @@ async def test_a_session_the_server_closed_while_idle_is_replaced(
 
 async def _closed(sink: Sink) -> bool:
     return sink.sessions_open == 0
-
-
-async def test_a_cached_session_renews_the_pop3_login_it_relays_under(
-    nats_server: EmbeddedNats,
-    js: JetStreamContext,
-    sink_factory: SinkFactory,
-    services: list[Running],
-    pop3_server: Pop3Server,
-) -> None:
-    """A session kept in the cache outlives the relay host's POP3 grant: before it
-    carries the next job, the login is renewed (else that RCPT gets 554 and bounces)."""
-    pop3_server.grant_s = 1.0
-    sink, port = sink_factory(relay_gate=pop3_server)
-    auth = f"""    auth:
-      enabled: true
-      method: pop3_before_smtp
-      username: {USER}
-      password: s3cret
-      pop3_port: {pop3_server.port}
-      pop3_grant: 1s
-      allow_plaintext: true"""
-    await run(nats_server, relay_config(port, auth), services)
-    delivery = services[-1].service
-    assert isinstance(delivery, DeliveryService) and delivery._worker is not None
-    delivery._worker.sessions.idle_s = 30.0  # kept well past the grant
-    await receive(js, "QKEPT1", ["first@remote.test"])
-    await eventually(lambda: equals(results_count(js, "QKEPT1"), 1), "the first result")
-    await asyncio.sleep(1.5)  # past the grant, not past the cache
-    await receive(js, "QKEPT2", ["second@remote.test"])
-    await eventually(lambda: equals(results_count(js, "QKEPT2"), 1), "the second result")
-    (result,) = (await results_by_recipient(js, "QKEPT2")).values()
-    assert result.type == "DeliverySucceeded", result
-    assert sink.sessions == 1 and len(pop3_server.logins) == 2  # one session, two logins

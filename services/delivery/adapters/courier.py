@@ -165,12 +165,6 @@ class Courier:
             return Attempt(Transcript(broken=route.reply)), reuse
         clock = asyncio.get_running_loop().time
         began = clock()
-        if reuse is not None and reuse.healthy and destination.kind == "relay":
-            # The relay host checks a POP3 grant at each RCPT: a session kept (in the
-            # cache, up to its age limit) outlives a grant unless the login is renewed.
-            if await self._pop3_before_smtp() is not None:
-                await reuse.close()  # refused: the path below says why
-                reuse = None
         if reuse is not None and reuse.healthy:
             transcript = await reuse.transact(job, body)
             if not (try_next_address(transcript) and transcript.mail is None):
