@@ -185,18 +185,13 @@ def sink_factory() -> Iterator[Callable[..., tuple[Sink, int]]]:
         relay_gate: RelayGate | None = None,
         broken_tls: bool = False,
         dsn: bool = False,
-        idle_timeout: float | None = None,
     ) -> tuple[Sink, int]:
         """`users`: AUTH required with one of these (user -> password), over plain text too.
         `broken_tls` (with `tls`): STARTTLS is offered but every handshake fails.
-        `dsn`: the sink offers DSN and takes its parameters (recorded in mail/rcpt_args).
-        `idle_timeout`: seconds a session may sit idle before the sink says 421 and
-        closes it (aiosmtpd's default is 300)."""
+        `dsn`: the sink offers DSN and takes its parameters (recorded in mail/rcpt_args)."""
         sink = Sink(replies or {}, data_delay=data_delay, relay_gate=relay_gate, dsn=dsn)
         port = port or free_port(host)
         extra: dict[str, Any] = {"tls_context": tls, "require_starttls": False} if tls else {}
-        if idle_timeout is not None:
-            extra["timeout"] = idle_timeout
         if users is not None:
             extra |= {
                 "authenticator": password_checker(users, sink),

@@ -7,10 +7,7 @@
   `delivery.mx_port`, each address in turn while `try_next_address` says so;
 - opportunistic TLS whose handshake fails is retried once in plain text;
 - a session that is still healthy after a transaction is handed back, so the
-  next job to the same destination can reuse it (several MAIL transactions),
-  also from the worker's connection cache (`session_key` names what it may
-  serve); one that went stale while idle is replaced by a fresh one for the same
-  job, which costs no attempt.
+  next job to the same destination can reuse it (several MAIL transactions).
 """
 
 from __future__ import annotations
@@ -23,7 +20,6 @@ from typing import Literal
 from libs.common.contract.events import DeliveryJob, Destination
 from services.delivery.adapters.dns import MxResolver
 from services.delivery.adapters.pop3 import pop3_login
-from services.delivery.adapters.session_cache import SessionKey
 from services.delivery.adapters.smtp_client import SessionSettings, SmtpSession
 from services.delivery.core.errors import LoginRefusedError
 from services.delivery.core.mx import Endpoint, NoRoute, Route, try_next_address
@@ -90,13 +86,6 @@ class Courier:
         if destination.kind == "mx" and self._resolver is not None:
             return await self._resolver.route(destination.domain, self.settings.mx_port)
         return NoRoute(Reply(0, f"no route to {destination.kind} destinations", "4.3.0"))
-
-    def session_key(self, destination: Destination) -> SessionKey | None:
-        """What a cached session must have been opened for to serve `destination` now;
-        None for destinations that need no SMTP session of ours."""
-        if destination.kind not in ("relay", "mx"):
-            return None
-        return SessionKey(destination.key, self._session_settings(destination))
 
     def _session_settings(self, destination: Destination, plain: bool = False) -> SessionSettings:
         relay = self.settings.relay

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import time
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -106,7 +105,6 @@ class SmtpSession:
         self.tls_version: str | None = None
         self.transactions = 0
         self.healthy = False
-        self.opened_at = time.monotonic()  # the connection cache retires old sessions
 
     @property
     def label(self) -> str:

@@ -2,9 +2,7 @@
 
 Jobs fetched together that go to the same destination are delivered one after
 the other over one SMTP session (several MAIL transactions), so a burst to one
-domain or to the relay host does not open a connection per message; a session
-left over after its group waits a moment in the connection cache
-(session_cache.py) for the next group to the same place. Each job
+domain or to the relay host does not open a connection per message. Each job
 holds one of the worker's slots until it is acked, and the shared consumer's
 max_ack_pending caps unacked jobs over all workers; since a session only ever
 serves jobs that are unacked, sessions never outnumber max_delivery_threads.
@@ -47,7 +45,6 @@ from services.delivery.adapters.claims import Claim, JobClaims
 from services.delivery.adapters.courier import Attempt, Courier
 from services.delivery.adapters.local_store import LocalDelivery
 from services.delivery.adapters.redelivery import RedeliveryGuard
-from services.delivery.adapters.session_cache import SessionCache
 from services.delivery.adapters.smtp_client import SmtpSession
 from services.delivery.core import Transcript, replies_for, result_events, unsupported
 from services.delivery.core.mx import NoRoute, Route
@@ -109,7 +106,6 @@ class DeliveryWorker:
         self._in_flight: set[asyncio.Task[None]] = set()
         self._guard = RedeliveryGuard(js)
         self._claims = JobClaims(js, settings.ack_wait, settings.instance)
-        self.sessions = SessionCache()
 
     async def run(self, sub: JetStreamContext.PullSubscription, stopping: asyncio.Event) -> None:
         """Fetch only as many jobs as there are free slots: never sit on jobs we cannot start."""
@@ -144,21 +140,14 @@ class DeliveryWorker:
             self._slots.release()
 
     async def drain(self) -> None:
-        """Wait for the jobs already started, then close the cached sessions; called once
-        fetching has stopped."""
+        """Wait for the jobs already started; called once fetching has stopped."""
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
-        await self.sessions.close()
 
     async def _group(self, msgs: list[tuple[Msg, DeliveryJob | None]]) -> None:
         """Jobs for one destination, in order, over one session where possible."""
         heartbeats = [asyncio.create_task(self._keep_alive(m)) for m, _ in msgs]
-        # One courier for the group (a configuration change applies from the next), and
-        # the session it may reuse: one this group opens, or one the cache kept for it.
-        courier = self._courier
-        first = next((job for _, job in msgs if job is not None), None)
-        key = courier.session_key(first.destination) if first is not None else None
-        session: SmtpSession | None = self.sessions.take(key) if key is not None else None
+        session: SmtpSession | None = None
         route: Route | NoRoute | None = None
         try:
             for (msg, job), heartbeat in zip(msgs, heartbeats, strict=True):
@@ -175,8 +164,8 @@ class DeliveryWorker:
                                 await self._held_elsewhere(msg, job)
                                 continue
                             if route is None and unsupported(job.destination) is None:
-                                route = await courier.route(job.destination)
-                            session = await self._job(msg, job, courier, route, session, claim)
+                                route = await self._courier.route(job.destination)
+                            session = await self._job(msg, job, route, session, claim)
                 except Exception:
                     log.exception("delivery: job on %s failed; retrying", msg.subject)
                     # If even the nak cannot reach NATS, ack_wait brings the job back anyway.
@@ -188,9 +177,7 @@ class DeliveryWorker:
         finally:
             for heartbeat in heartbeats:
                 heartbeat.cancel()
-            if session is not None and key is not None:
-                self.sessions.give(key, session)
-            elif session is not None:
+            if session is not None:
                 await session.close()
 
     async def _sent_before(self, msg: Msg, job: DeliveryJob) -> bool:
@@ -247,7 +234,6 @@ class DeliveryWorker:
         self,
         msg: Msg,
         job: DeliveryJob,
-        courier: Courier,
         route: Route | NoRoute | None,
         session: SmtpSession | None,
         claim: Claim,
@@ -289,7 +275,7 @@ class DeliveryWorker:
                 else:
                     assert route is not None
                     reused = session is not None
-                    attempt, session = await courier.deliver(job, route, body, session)
+                    attempt, session = await self._courier.deliver(job, route, body, session)
                     span.set_attribute("smtp.session_reused", reused)
             replies = local_replies or replies_for(attempt.transcript, len(job.recipients))
             events = result_events(
