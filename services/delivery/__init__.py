@@ -5,9 +5,8 @@ Reads: bodies from the `MAILBUS_BODIES` stream (direct get); MX and address reco
 (dnspython, `dns.servers`).
 Delivers: to the MX hosts of each domain (`delivery.mode: mx`) or the relay host
 (SMTP AUTH or POP3-before-SMTP), with STARTTLS per `delivery.tls`; jobs to one
-destination fetched together share an SMTP session, which then waits 2 s in the
-connection cache for the next; local recipients go to their mailbox (JetStream
-store or LMTP).
+destination fetched together share an SMTP session; local recipients go to their
+mailbox (JetStream store or LMTP).
 Publishes: one DeliveryAttempted per job (each recipient's outcome), or for a job
 from an older queue one DeliverySucceeded / DeliveryDeferred / DeliveryFailed per
 recipient, and acks the job only after those are acknowledged.
