@@ -18,15 +18,32 @@ INPUT_TYPES = tuple(
 )
 
 QUEUE_ACK_WAIT_S = 8.0
+_DESCRIPTION = "queue: new messages, delivery results, report answers, operator commands"
 
-EVENTS_CONSUMER = DurableConsumer(
+
+def events_consumer(partition: int) -> DurableConsumer:
+    """The inputs of one partition: read only by the replica holding its lease."""
+    return DurableConsumer(
+        stream=subjects.EVENTS_STREAM,
+        name=subjects.queue_consumer(partition),
+        description=f"{_DESCRIPTION} (partition {partition})",
+        filters=tuple(subjects.events_of_type(t, partition) for t in INPUT_TYPES),
+        # What a killed queue had fetched comes back this soon to its successor (which
+        # takes the lease at once); an input handled twice decides the same, so a slow
+        # one costs only work.
+        ack_wait=QUEUE_ACK_WAIT_S,
+        max_ack_pending=1_000,
+    )
+
+
+# The single consumer of the versions before partitions, on the old subject shape (no
+# partition token): kept so that inputs written before the upgrade are still processed.
+# Every replica reads it and handles what falls in its own partitions.
+LEGACY_EVENTS_CONSUMER = DurableConsumer(
     stream=subjects.EVENTS_STREAM,
     name=subjects.QUEUE_CONSUMER,
-    description="queue: new messages, delivery results, report answers, operator commands",
-    filters=tuple(subjects.events_of_type(t) for t in INPUT_TYPES),
-    # What a killed queue had fetched comes back this soon to its successor (which takes
-    # the lease at once); an input handled twice decides the same, so a slow one costs
-    # only work.
+    description=f"{_DESCRIPTION} (written before partitions)",
+    filters=tuple(subjects.legacy_events_of_type(t) for t in INPUT_TYPES),
     ack_wait=QUEUE_ACK_WAIT_S,
     max_ack_pending=1_000,
 )

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
@@ -72,6 +72,8 @@ _tracer = tracer("mailbus.queue")
 
 # Redelivery delay after a failure (NATS down, publish timeout): soon, not in a hot loop.
 RETRY_DELAY_S = 2.0
+# An input of a partition another replica owns: back to the consumer for the owner.
+NOT_OURS_DELAY_S = 0.5
 
 
 # The status words of the mail log and of postfix_exporter's delay histogram.
@@ -91,14 +93,20 @@ class QueueProcessor:
         timing: Timing,
         index: QueueIndex | None = None,
         max_cached: int = 10_000,
-        fence: Fence | None = None,
-        on_fenced: Callable[[], Awaitable[None]] | None = None,
+        fence: Callable[[str], Fence | None] | None = None,
+        on_fenced: Callable[[str], Awaitable[None]] | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._js = js
-        # With a fence, every event carries the holder's epoch: once a successor opened
-        # its own, these publishes fail and `on_fenced` stops this process.
+        # With fences, every event carries the epoch of its message's partition, as this
+        # replica opened it on taking the partition: once a successor opened its own,
+        # these publishes fail and `on_fenced` (given the queue id) gives the partition up.
         self._fence = fence
         self._on_fenced = on_fenced
+        # Whether this replica owns a message's partition now: an input of another's (from
+        # the consumer of the versions before partitions, or one fetched just before its
+        # partition was given back) goes back to be handled by the owner.
+        self._owns = owns
         self._bodies = bodies
         self._routing = routing
         self._timing = timing
@@ -112,12 +120,29 @@ class QueueProcessor:
         # Operator requests waiting for their input to be processed, by input id.
         self._waiters: dict[str, asyncio.Future[None]] = {}
 
+    def own_through(
+        self,
+        owns: Callable[[str], bool],
+        fence: Callable[[str], Fence | None],
+        on_fenced: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """Who owns which partitions, once that is known (it needs this processor)."""
+        self._owns, self._fence, self._on_fenced = owns, fence, on_fenced
+
     def forget(self, queue_id: str) -> None:
         self._cache.pop(queue_id, None)
 
+    def forget_partitions(self, partitions: Collection[int]) -> None:
+        """Partitions given back: their messages' states are their new owner's now."""
+        for queue_id in [q for q in self._cache if subjects.partition_of(q) in partitions]:
+            del self._cache[queue_id]
+        self.index.drop_partitions(partitions)
+
     def seen_up_to(self, stream_seq: int) -> None:
-        """Every event up to this sequence was read at start-up (call before seed)."""
-        self._high_seq = stream_seq
+        """Every event up to this sequence of the partitions about to be taken was read
+        (call before seed). Only ever raised: a lower mark would skip history reads a
+        partition taken earlier still needs."""
+        self._high_seq = max(self._high_seq or 0, stream_seq)
 
     def seed(self, states: Iterable[MessageState]) -> None:
         """Start with a warm cache (the states read at start-up for the index)."""
@@ -185,6 +210,9 @@ class QueueProcessor:
         input_id: str,
         known: MessageState | None = None,
     ) -> None:
+        if self._owns is not None and not self._owns(qid):
+            await msg.nak(delay=NOT_OURS_DELAY_S)
+            return
         async with self._locks.hold(qid):
             state: MessageState | None = None
             try:
@@ -206,7 +234,7 @@ class QueueProcessor:
                         )
                         await msg.nak()  # for the holder, at once
                         if self._on_fenced is not None:
-                            await self._on_fenced()
+                            await self._on_fenced(qid)
                         return
                     log.exception("queue %s: %s failed; retrying", qid, _describe(trigger))
                     await msg.nak(delay=RETRY_DELAY_S)
@@ -280,8 +308,9 @@ class QueueProcessor:
         elif isinstance(output, DeleteBody):
             await self._delete_body(output.queue_id)
         else:
-            if self._fence is not None:
-                ack = await self._fence.publish_event(output)
+            fence = self._fence(output.queue_id) if self._fence is not None else None
+            if fence is not None:
+                ack = await fence.publish_event(output)
             else:
                 ack = await bus.publish_event(self._js, output)
             log.debug(
