@@ -310,6 +310,7 @@ class Kill:
     accept_pause: float = 0.0
     delivery_pause: float = 0.0
     takeover: float | None = None  # a queue kill: until no partition is the victim's
+    owners: dict[str, int] = field(default_factory=dict)  # a queue kill: partitions by slot
 
 
 @dataclass
@@ -403,6 +404,7 @@ async def run(
                 await proc.start()
                 procs.append(proc)
         await _wait_listening(ingress_ports, 90.0)
+        await _wait_shared(urls, queue_replicas or replicas, 90.0)
         started = time.monotonic()
         report = await _load_and_kill(
             n, procs, nodes, ingress_ports, sink, concurrency, kinds, kill_every_s, drain_s, restart
@@ -434,6 +436,22 @@ async def _wait_listening(ports: Sequence[int], limit_s: float) -> None:
                 if time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(0.3)
+
+
+async def _wait_shared(urls: Sequence[str], replicas: int, limit_s: float) -> None:
+    """Until the queue replicas have shared the partitions out (a third each for three),
+    so that a queue kill takes a replica's fair share, not whatever it held at start."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        holders = await _queue_holders(urls)
+        counts: dict[str | None, int] = defaultdict(int)
+        for value in holders.values():
+            counts[_slot(value)] += 1
+        full = len(holders) == subjects.QUEUE_PARTITIONS and len(counts) == replicas
+        if full and max(counts.values()) - min(counts.values()) <= 1:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the queue's partitions not shared out in {limit_s:.0f} s")
 
 
 async def _load_and_kill(
@@ -484,6 +502,9 @@ async def _load_and_kill(
                 holders = await _queue_holders(urls)
                 victim = next((p for p in victims if p.slot == _slot(holders.get(0))), victim)
                 held = {v for v in holders.values() if _slot(v) == victim.slot}
+                for value in holders.values():
+                    slot = _slot(value) or "?"
+                    kills[-1].owners[slot] = kills[-1].owners.get(slot, 0) + 1
             await victim.kill()
             if held:
                 takeovers.append(asyncio.create_task(_takeover(urls, held, kills[-1])))

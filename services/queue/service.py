@@ -85,7 +85,7 @@ class QueueService:
             self._stats = metrics.register_queue_stats(index.stats, index.ages)
         except ValueError:  # a second replica in one process (tests): the first reports
             self._stats = None
-        await QueueApi(js, processor, partitions).register(self.ctx.micro, self.ctx.instance)
+        await QueueApi(js, processor, partitions).register(self.ctx.micro)
         self._tasks = [asyncio.create_task(partitions.run(self._stopping), name="queue-partitions")]
 
     async def stop(self) -> None:

@@ -60,13 +60,15 @@ class QueueApi:
             "delete": self._delete,
         }
 
-    async def register(self, micro: MicroService, instance: str) -> None:
+    async def register(self, micro: MicroService) -> None:
+        # A group of this replica's own: named after its member key, unique per replica.
+        group = f"queue-{subjects.token(self._partitions.member)}"
         for op in subjects.QUEUE_API_OPS:
             await micro.add_endpoint(
                 name=f"queue-{op}",
                 subject=subjects.queue_api_subject(op),
                 handler=self._handler(op),
-                queue_group=f"queue-{subjects.token(instance)}",
+                queue_group=group,
             )
 
     def _handler(self, op: str) -> Callable[[Request], Awaitable[None]]:

@@ -123,8 +123,7 @@ class Partitions:
             self._instance.encode(),
             msg_ttl=self._ttl_s,
         )
-        prefix = subjects.QUEUE_MEMBER_PREFIX
-        self.members = [k for k in await self._bucket.keys() if k.startswith(prefix)]
+        self.members = await self._live_members()
         want = shares.target(self.members, self.member, PARTITIONS)
         have = self.owned()
         self._rounds_above = self._rounds_above + 1 if len(have) > want else 0
@@ -136,6 +135,14 @@ class Partitions:
                 "queue partitions %s: handed back (%d members)", step.release, len(self.members)
             )
             await asyncio.gather(*(self._drop(p, lost=False) for p in step.release))
+
+    async def _live_members(self) -> list[str]:
+        """The member keys with a live value: a replica that left purged its key, and the
+        purge marker, listed until it expires, must not count as a member."""
+        prefix = subjects.QUEUE_MEMBER_PREFIX
+        others = [k for k in await self._bucket.keys() if k.startswith(prefix) and k != self.member]
+        looks = await asyncio.gather(*(self._bucket.last_value_revision(k) for k in others))
+        return [self.member] + [k for k, (_, live) in zip(others, looks, strict=True) if live]
 
     async def _take(self, room: int) -> None:
         """Try leases in order of preference until `room` more are held, then open them.
