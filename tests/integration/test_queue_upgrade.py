@@ -8,6 +8,7 @@ definitions, and its decisions taken by the same pure core (services/queue/core)
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -30,6 +31,7 @@ from libs.common.mail.bodies import BodyStore
 from libs.common.mail.history import message_history
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.fence import is_fenced
+from libs.common.runtime.lease import Lease
 from libs.common.runtime.service import Running
 from services.queue.adapters.consumer import INPUT_TYPES
 from services.queue.adapters.timers import rfc3339
@@ -207,6 +209,13 @@ async def test_a_new_queue_fences_off_an_old_one_still_running(
         except Exception as exc:
             refused = exc
         assert refused is not None and is_fenced(refused), refused
+        # And an old queue started again stands by: the owner of partition 0 holds the
+        # old version's single lease.
+        # (Taken in the round before the replica reported ready.)
+        standby = Lease(js, subjects.QUEUE_LEADER_BUCKET, subjects.QUEUE_LEADER_KEY, "old")
+        assert not await standby.try_acquire()
+        await asyncio.sleep(2.5)  # renewed meanwhile, not left to expire
+        assert not await standby.try_acquire()
 
 
 async def _received_old(js: JetStreamContext, qid: str, rcpt: str) -> MessageReceived:

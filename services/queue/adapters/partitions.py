@@ -86,6 +86,10 @@ class Partitions:
         self._legacy_stopping = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
         self.members: list[str] = []
+        # The single lease of the versions before partitions, held by the owner of
+        # partition 0: an old queue restarted during a rolling upgrade stands by on it
+        # instead of deciding beside the new replicas.
+        self._old_lease: Lease | None = None
 
     # --- what the processor and the operator API ask ----------------------------------
 
@@ -130,11 +134,33 @@ class Partitions:
         step = shares.plan(have, want, self._rounds_above)
         if step.take:
             await self._take(step.take)
+        await self._hold_old_lease()
         if step.release:
             log.info(
                 "queue partitions %s: handed back (%d members)", step.release, len(self.members)
             )
             await asyncio.gather(*(self._drop(p, lost=False) for p in step.release))
+
+    async def _hold_old_lease(self) -> None:
+        if 0 not in self._owned or 0 in self._leaving:
+            return
+        if self._old_lease is not None and self._old_lease.held:
+            return
+        lease = Lease(
+            self._js,
+            subjects.QUEUE_LEADER_BUCKET,
+            subjects.QUEUE_LEADER_KEY,
+            self._instance,
+            ttl_s=self._ttl_s,
+            slot=self._slot,
+        )
+        if await lease.try_acquire():
+
+            async def lost() -> None:  # taken again next round if it can be
+                return None
+
+            lease.keep(lost)
+            self._old_lease = lease
 
     async def _live_members(self) -> list[str]:
         """The member keys with a live value: a replica that left purged its key, and the
@@ -286,6 +312,9 @@ class Partitions:
             self._task_0 = None
             stop.set()
             await asyncio.gather(task, return_exceptions=True)
+        if partition == 0 and self._old_lease is not None:
+            old, self._old_lease = self._old_lease, None
+            await old.release()
         if lost:
             await owned.lease.abandon()
         else:
