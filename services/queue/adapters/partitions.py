@@ -211,7 +211,7 @@ class Partitions:
             await asyncio.gather(*(f.open_epoch(self._instance) for f in fences.values()))
             last = (await self._js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
             # Before the consumers start, so every later input lands on a complete index.
-            self._processor.seen_up_to(last)
+            self._processor.seen_up_to(last, leases)
             states = await read_states(self._js, set(leases), last)
         except Exception:
             for lease in leases.values():

@@ -113,9 +113,11 @@ class QueueProcessor:
         self.index = index if index is not None else QueueIndex(timing)
         self._max_cached = max_cached
         self._cache: OrderedDict[str, MessageState] = OrderedDict()
-        # The highest MAILBUS_EVENTS sequence read at start-up or handled since; None
-        # until the service says, and then every uncached message reads its history.
-        self._high_seq: int | None = None
+        # Per partition, the highest MAILBUS_EVENTS sequence read when it was taken or
+        # handled since; absent until the service says, and then every uncached message
+        # reads its history. Per partition, since each partition's consumer delivers in
+        # stream order but the partitions' consumers run side by side.
+        self._high_seq: dict[int, int] = {}
         self._locks = KeyedLocks()
         # Operator requests waiting for their input to be processed, by input id.
         self._waiters: dict[str, asyncio.Future[None]] = {}
@@ -137,12 +139,14 @@ class QueueProcessor:
         for queue_id in [q for q in self._cache if subjects.partition_of(q) in partitions]:
             del self._cache[queue_id]
         self.index.drop_partitions(partitions)
+        for partition in partitions:
+            self._high_seq.pop(partition, None)
 
-    def seen_up_to(self, stream_seq: int) -> None:
-        """Every event up to this sequence of the partitions about to be taken was read
-        (call before seed). Only ever raised: a lower mark would skip history reads a
-        partition taken earlier still needs."""
-        self._high_seq = max(self._high_seq or 0, stream_seq)
+    def seen_up_to(self, stream_seq: int, partitions: Iterable[int] | None = None) -> None:
+        """Every event up to this sequence of these partitions (all, by default) was
+        read when they were taken (call before seed)."""
+        for p in range(subjects.QUEUE_PARTITIONS) if partitions is None else partitions:
+            self._high_seq[p] = stream_seq
 
     def seed(self, states: Iterable[MessageState]) -> None:
         """Start with a warm cache (the states read at start-up for the index)."""
@@ -181,15 +185,17 @@ class QueueProcessor:
         (two round trips per message): delivered for the first time, and later in
         the stream than anything read at start-up or handled since. Only the queue
         writes a message's later events, in answer to this one; a redelivery, a
-        replay by a new consumer or an out-of-order arrival reads the history."""
-        if self._high_seq is None:
+        replay by a new consumer or an out-of-order arrival reads the history, and so
+        does one written before partitions (the old consumer's order is not its
+        partition's)."""
+        partition = subjects.partition_of(event.queue_id)
+        high = self._high_seq.get(partition)
+        if high is None or msg.subject != subjects.event_subject(event.queue_id, event.type):
             return False
         meta = msg.metadata
         seq = meta.sequence.stream
-        fresh = (
-            isinstance(event, MessageReceived) and meta.num_delivered == 1 and seq > self._high_seq
-        )
-        self._high_seq = max(self._high_seq, seq)
+        fresh = isinstance(event, MessageReceived) and meta.num_delivered == 1 and seq > high
+        self._high_seq[partition] = max(high, seq)
         return fresh
 
     async def handle_timer(self, msg: Msg) -> None:
