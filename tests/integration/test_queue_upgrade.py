@@ -25,6 +25,8 @@ from libs.common.contract.events import (
     Event,
     MessageReceived,
     Recipient,
+    RecipientOutcome,
+    RecipientsFailed,
     event_type,
 )
 from libs.common.mail.bodies import BodyStore
@@ -32,7 +34,8 @@ from libs.common.mail.history import message_history
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.fence import is_fenced
 from libs.common.runtime.lease import Lease
-from libs.common.runtime.service import Running
+from libs.common.runtime.service import Running, start_service
+from services.notifier.service import NotifierService
 from services.queue.adapters.consumer import INPUT_TYPES
 from services.queue.adapters.timers import rfc3339
 from services.queue.core import MessageState, Routing, SetTimer, Timing, apply, decide, fold
@@ -240,3 +243,38 @@ async def _pending(js: JetStreamContext, stream: str, subject: str) -> int:
 
 async def _completed(js: JetStreamContext, qid: str) -> bool:
     return await count_of(js, qid, "MessageCompleted") == 1
+
+
+async def test_a_report_due_for_an_old_event_still_goes_out(
+    nats_server: EmbeddedNats, js: JetStreamContext
+) -> None:
+    """The old queue wrote RecipientsFailed on the old shape and the notifier had not
+    read it yet: the new notifier's consumer reads both shapes, so the sender still
+    gets the report (its ReportSent is on the new shape, in the same history)."""
+    qid = "QOLDFAIL"
+    await _received_old(js, qid, "bob@remote.test")
+    failed = RecipientsFailed(
+        event_id=f"{qid}.a1.failed",
+        queue_id=qid,
+        attempt=1,
+        outcomes=(
+            RecipientOutcome(
+                address="bob@remote.test",
+                action="failed",
+                status="5.1.1",
+                diagnostic="550 5.1.1 No such user",
+                last_attempt_at=datetime.now(UTC),
+            ),
+        ),
+    )
+    await _publish_old(js, failed)
+    config = load_config_text("server: {hostname: mx.example.test}\n")
+    notifier = await start_service("notifier", NotifierService, config, [nats_server.url])
+    try:
+
+        async def answered() -> bool:
+            return any(e.type == "ReportSent" for e in await message_history(js, qid))
+
+        await eventually(answered, "the report of the old failure", within=30)
+    finally:
+        await notifier.close()
