@@ -342,6 +342,8 @@ class Report:
         ]
         for kill in self.kills:
             moved = f", partitions moved in {kill.takeover:4.1f} s" if kill.takeover else ""
+            if kill.owners:
+                moved += f" (owned {'/'.join(map(str, sorted(kill.owners.values())))} before)"
             out.append(
                 f"  kill {kill.kind:<9} longest pause: 250s {kill.accept_pause:5.1f} s, "
                 f"arrivals {kill.delivery_pause:5.1f} s{moved}"
