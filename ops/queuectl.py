@@ -152,6 +152,10 @@ async def gather_list(nc: NATS, wait_s: float) -> tuple[list[dict[str, Any]], li
                 msg = await sub.next_msg(timeout=max(0.01, deadline - loop.time()))
             except Exception:  # nats' TimeoutError: the rest did not answer
                 break
+            if not msg.data:  # a status, not an answer: 503, no queue replica listens
+                if (msg.headers or {}).get("Status") == "503":
+                    break
+                continue
             reply: dict[str, Any] = json.loads(msg.data)
             if "error" in reply:
                 raise ctl.CtlError(str(reply["error"]), 1)
