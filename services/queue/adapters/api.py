@@ -90,8 +90,9 @@ class QueueApi:
         return handle
 
     def _ours(self, body: dict[str, Any]) -> bool:
-        """Whether this replica answers: it owns the message's partition (a request for
-        every message, retry with `all`, is answered by the owner of partition 0)."""
+        """Whether this replica answers: it owns the message's partition. A request naming
+        no message (retry with `all`) is answered by the owner of partition 0 alone, for
+        the messages it holds; `mailbus queue retry ALL` lists first and names each."""
         if "queue_id" in body:
             return self._partitions.owns(str(body["queue_id"]))
         return 0 in self._partitions.owned()
