@@ -75,7 +75,10 @@ class QueueService:
         self.partitions = partitions
         # The first round before the service counts as started: a lone replica (or the
         # first of several) owns its share, read into the index, when start returns.
-        await partitions.round()
+        try:
+            await partitions.round()
+        except Exception as exc:  # NATS slow just now: the rounds that follow try again
+            log.warning("queue: first round failed: %s: %s", type(exc).__name__, exc)
         log.info(
             "queue: %d messages in the queue at start; partitions %s",
             len(index),
