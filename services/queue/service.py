@@ -22,6 +22,9 @@ from services.queue.core import Routing, Timing
 
 log = logging.getLogger(__name__)
 
+# How long a stop waits for a round in progress (taking partitions over) to finish.
+ROUND_WAIT_S = 10.0
+
 
 def timing_of(config: Config) -> Timing:
     queue = config.queue
@@ -96,6 +99,10 @@ class QueueService:
             metrics.unregister(self._stats)
         self._stopping.set()
         if self._tasks:
-            await asyncio.gather(*self._tasks)
+            # A round stuck on NATS not answering is cut short: what it took expires.
+            _, late = await asyncio.wait(self._tasks, timeout=ROUND_WAIT_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
         if self.partitions is not None:
             await self.partitions.stop()  # the others take them over at once

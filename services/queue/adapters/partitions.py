@@ -40,6 +40,8 @@ from services.queue.adapters.processor import QueueProcessor
 log = logging.getLogger(__name__)
 
 TICK_S = 1.0
+# How long a stop may take to give partitions back (within Kubernetes' 30 s grace).
+STOP_LIMIT_S = 10.0
 PARTITIONS = subjects.QUEUE_PARTITIONS
 
 # Started with partition 0 and stopped with it (the orphan sweep: one replica runs it).
@@ -214,8 +216,7 @@ class Partitions:
             self._processor.seen_up_to(last, leases)
             states = await read_states(self._js, set(leases), last)
         except Exception:
-            for lease in leases.values():
-                await lease.release()
+            await asyncio.gather(*(lease.release() for lease in leases.values()))
             raise
         for state in states.values():
             self._processor.index.update(state)
@@ -321,8 +322,16 @@ class Partitions:
             await owned.lease.release()  # the next replica takes it at once
         self._leaving.discard(partition)
 
-    async def stop(self) -> None:
-        """Give every partition back (a standby or a peer takes them at once), leave."""
+    async def stop(self, limit_s: float = STOP_LIMIT_S) -> None:
+        """Give every partition back (a peer takes them at once), leave. Bounded: with
+        NATS not answering, what is not given back by then expires by its TTL."""
+        try:
+            async with asyncio.timeout(limit_s):
+                await self._give_everything_back()
+        except TimeoutError:
+            log.warning("queue partitions: not all given back in %.0f s; left to expire", limit_s)
+
+    async def _give_everything_back(self) -> None:
         await asyncio.gather(
             *(self._drop(p, lost=False) for p in list(self._owned)), return_exceptions=True
         )
