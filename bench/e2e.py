@@ -1,6 +1,7 @@
 """End-to-end benchmark: `mailbus up` relaying to a local sink.
 
     python bench/e2e.py [-n 10000] [-c 20] [--size 2048] [--reuse] [--rate R]
+                        [--rcpts 1] [--pipeline]
 
 Prints accepted msgs/s (client side, until the last "250"), delivered msgs/s
 (first send to last arrival at the sink), p50/p99 latency from "250" to
@@ -12,13 +13,17 @@ NATS round trips per service and the stored writes per message.
 Like perf-compare's r1, each message comes on a new connection unless --reuse;
 the connection limit is on (--conn-limit, 50 like Postfix's anvil). --rate paces
 the clients to that many messages per second in total (for latency at a given
-load, e.g. half the peak rate of an unpaced run).
+load, e.g. half the peak rate of an unpaced run). --rcpts gives each message that
+many recipients (perf-compare's r10: 10); --pipeline sends MAIL, the RCPTs and DATA
+in one write, as smtp-source and Postfix do (RFC 2920), instead of aiosmtplib's
+one command per round trip.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import statistics
@@ -127,6 +132,48 @@ async def read_ready(proc: asyncio.subprocess.Process, limit_s: float) -> None:
     raise TimeoutError("mailbus up not ready")
 
 
+class PipelinedClient:
+    """smtp-source's way: EHLO, then MAIL, every RCPT and DATA in one write (RFC 2920)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def reply(self) -> str:
+        assert self.reader is not None
+        while True:
+            line = (await asyncio.wait_for(self.reader.readline(), 60)).decode()
+            if not line:
+                raise ConnectionError("closed")
+            if line[3:4] != "-":
+                return line
+
+    async def connect(self) -> None:
+        self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        await self.reply()
+        self.writer.write(b"EHLO client.bench.test\r\n")
+        await self.reply()
+
+    async def sendmail(self, rcpts: list[str], data: bytes) -> bool:
+        assert self.writer is not None
+        commands = [b"MAIL FROM:<bench@bench.test>"]
+        commands += [f"RCPT TO:<{r}>".encode() for r in rcpts] + [b"DATA"]
+        self.writer.write(b"".join(c + b"\r\n" for c in commands))
+        answers = [await self.reply() for _ in commands]
+        if not answers[-1].startswith("354"):
+            return False
+        self.writer.write(data.replace(b"\r\n.", b"\r\n..") + b"\r\n.\r\n")
+        return (await self.reply()).startswith("250")
+
+    async def quit(self) -> None:
+        assert self.writer is not None
+        self.writer.write(b"QUIT\r\n")
+        with contextlib.suppress(Exception):
+            await self.reply()
+        self.writer.close()
+
+
 async def drain(stream: asyncio.StreamReader | None) -> None:
     while stream is not None and await stream.readline():
         pass
@@ -200,14 +247,37 @@ async def run(args: argparse.Namespace) -> None:
                 await asyncio.sleep(max(0.0, start + i / args.rate - time.time()))
             ident = f"m{i}"
             try:
-                await smtp.sendmail(
-                    "bench@bench.test", ["sink@remote.test"], message(ident, args.size)
-                )
+                await smtp.sendmail("bench@bench.test", rcpts, message(ident, args.size))
                 accepted[ident] = time.time()
             except aiosmtplib.SMTPException:
                 refused += 1
 
+        rcpts = [f"sink{j}@remote.test" for j in range(args.rcpts)]
+
+        async def pipelined() -> None:
+            nonlocal refused
+            smtp = PipelinedClient(smtp_port)
+            if args.reuse:
+                await smtp.connect()
+            while not queue.empty():
+                i = queue.get_nowait()
+                if not args.reuse:
+                    await smtp.connect()
+                if args.rate:
+                    await asyncio.sleep(max(0.0, start + i / args.rate - time.time()))
+                if await smtp.sendmail(rcpts, message(f"m{i}", args.size)):
+                    accepted[f"m{i}"] = time.time()
+                else:
+                    refused += 1
+                if not args.reuse:
+                    await smtp.quit()
+            if args.reuse:
+                await smtp.quit()
+
         async def client() -> None:
+            if args.pipeline:
+                await pipelined()
+                return
             smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=smtp_port, timeout=60)
             if args.reuse:
                 await smtp.connect()
@@ -283,6 +353,8 @@ def main() -> None:
     p.add_argument(
         "--rate", type=float, default=0.0, help="total messages/s (0: as fast as it goes)"
     )
+    p.add_argument("--rcpts", type=int, default=1, help="recipients per message")
+    p.add_argument("--pipeline", action="store_true", help="MAIL, RCPTs, DATA in one write")
     p.add_argument("--conn-limit", type=int, default=50, help="security.max_connections_per_ip")
     asyncio.run(run(p.parse_args()))
 

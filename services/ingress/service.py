@@ -16,8 +16,8 @@ from libs.common.mail.tlsutil import server_context
 from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.policy_client import PolicyClient
 from libs.common.runtime.service import Context
+from services.ingress.adapters.connections import ConnectionTable, lease_ttl
 from services.ingress.adapters.handler import IngressHandler
-from services.ingress.adapters.leases import ConnectionLeases, lease_ttl
 from services.ingress.adapters.listener import Listener, ListenerSettings, Sessions
 from services.ingress.adapters.pop3 import Pop3Server, Pop3Settings
 from services.ingress.adapters.smtp import IngressSMTP
@@ -41,7 +41,8 @@ class IngressService:
         self._servers: list[asyncio.Server] = []
         self._pop3: list[Pop3Server] = []
         # Counted connections, when security.max_connections_per_ip is set.
-        self.leases: ConnectionLeases | None = None
+        self.connections: ConnectionTable | None = None
+        self._starting: set[asyncio.Task[None]] = set()
         # Where each listener is bound, by name: with port 0 the system chose it.
         self.addresses: dict[str, tuple[str, int]] = {}
         # What a new SMTP connection of each listener gets, swapped whole by a new
@@ -63,8 +64,8 @@ class IngressService:
         policy = PolicyClient(self.ctx.nc, timeout=config.policy.timeout.total_seconds())
         store = MessageStore(self.ctx.js)
         if config.security.max_connections_per_ip:
-            self.leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
-            self.leases.start()
+            self.connections = ConnectionTable(self.ctx.nc, self.ctx.instance, lease_ttl())
+            await self.connections.start()
         security = config.security
         try:
             for entry in listeners:
@@ -74,7 +75,7 @@ class IngressService:
                     store,
                     self.sessions,
                     tls_context=tls_context,
-                    leases=self.leases,
+                    connections=self.connections,
                 )
                 self._bound[entry.name] = entry
                 await self._listen(listener, entry.host, entry.port)
@@ -89,7 +90,7 @@ class IngressService:
                     policy,
                     self.ctx.js,
                     tls_context,
-                    leases=self.leases,
+                    connections=self.connections,
                 )
                 self._pop3.append(pop3)
                 try:
@@ -118,10 +119,10 @@ class IngressService:
         """
         tls_context = _tls_context(config)  # a bad certificate fails here, before any swap
         entries = {entry.name: entry for entry in config.smtp_listeners}
-        leases = self.leases
-        if leases is None and config.security.max_connections_per_ip:
+        table = self.connections
+        if table is None and config.security.max_connections_per_ip:
             # Connections were not counted so far: from now on policy can count them.
-            leases = ConnectionLeases(self.ctx.js, self.ctx.instance, lease_ttl())
+            table = ConnectionTable(self.ctx.nc, self.ctx.instance, lease_ttl())
         current: dict[str, tuple[Listener, IngressHandler]] = {}
         for name, (listener, _) in self._current.items():
             bound, entry = self._bound[name], entries.get(name)
@@ -129,13 +130,16 @@ class IngressService:
                 log.warning("listener %s: its new address or tls waits for a restart", name)
                 entry = bound
             settings = _settings(entry, config, tls=bound.tls)
-            fresh = replace(listener, settings=settings, tls_context=tls_context, leases=leases)
+            fresh = replace(listener, settings=settings, tls_context=tls_context, connections=table)
             current[name] = (fresh, IngressHandler(fresh))
 
         def commit() -> None:
-            if leases is not None and self.leases is None:
-                self.leases = leases
-                leases.start()
+            if table is not None and self.connections is None:
+                self.connections = table
+                # Its subscription and first report: a commit itself cannot await.
+                task = asyncio.get_running_loop().create_task(table.start())
+                self._starting.add(task)
+                task.add_done_callback(self._starting.discard)
             self._current.update(current)
             for pop3 in self._pop3:
                 pop3.tls_context = tls_context
@@ -176,8 +180,10 @@ class IngressService:
             await self.sessions.wait_empty(DRAIN_TIMEOUT_S)
         await asyncio.gather(*(pop3.stop(DRAIN_TIMEOUT_S) for pop3 in self._pop3))
         await self._close_servers()
-        if self.leases is not None:
-            await self.leases.stop()
+        if self._starting:
+            await asyncio.gather(*self._starting, return_exceptions=True)
+        if self.connections is not None:
+            await self.connections.stop()
 
     async def _close_servers(self) -> None:
         for server in self._servers:

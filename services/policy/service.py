@@ -16,7 +16,7 @@ from libs.common.runtime.service import Context
 from services.policy.adapters.admin import BlocksEndpoints
 from services.policy.adapters.antispam import AntispamChecks
 from services.policy.adapters.blocks import BlockStore
-from services.policy.adapters.connections import ConnectionCounter
+from services.policy.adapters.connections import ConnectionCounter, Connections
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.adapters.dns import SenderDomainResolver, sender_domain_resolver
 from services.policy.adapters.facts import FactFinder
@@ -152,11 +152,12 @@ class PolicyService:
         failures = FailedLoginCounter(ctx.js)
         counters = SlidingCounters(ctx.js, HOUR)
         blocks = BlockStore(ctx.js)
+        self.connections = Connections(ctx.nc, ConnectionCounter(ctx.js))
         self.facts = FactFinder(
             self.rules,
             counters=counters,
             blocks=blocks,
-            connections=ConnectionCounter(ctx.js),
+            connections=self.connections,
             dns=_resolver(ctx.config, self.rules),
             failures=failures,
         )
@@ -232,6 +233,8 @@ class PolicyService:
         _warn_about_accounts(self.ctx.config)
         if self.pop3_logins is not None:
             await self.pop3_logins.start()
+        # Before the endpoints: the first connect query already sees the other instances.
+        await self.connections.start()
         await self.endpoints.register(self.ctx.micro)
         await self.blocks_api.register(self.ctx.micro)
         # "Started" must mean "answering", or the first requests get "no responders".
@@ -281,6 +284,7 @@ class PolicyService:
         if self.pop3_logins is not None:
             await self.pop3_logins.stop()
         await self.endpoints.drain()
+        await self.connections.stop()
         if self._recording:
             await asyncio.gather(*self._recording, return_exceptions=True)
         await self._blocks.close()

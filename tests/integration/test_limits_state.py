@@ -16,14 +16,16 @@ from nats.js import JetStreamContext
 
 from libs.common.contract import subjects
 from libs.common.contract.events import ClientBlocked, parse_access_event
+from libs.common.contract.policy import HeldConnections
 from libs.common.runtime import bus
 from libs.common.runtime.embedded_nats import EmbeddedNats
-from services.ingress.adapters.leases import ConnectionLeases
+from services.ingress.adapters.connections import ConnectionTable
 from services.policy.adapters.blocks import BlockStore
-from services.policy.adapters.connections import ConnectionCounter
+from services.policy.adapters.connections import ConnectionCounter, Connections
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.adapters.stores import FailedLoginCounter
 from services.policy.core import HOUR, Block
+from tests.support.streams import eventually
 
 CLIENT = "192.0.2.44"
 
@@ -136,18 +138,121 @@ async def _watching(store: BlockStore) -> bool:
     return store.from_copy
 
 
-async def test_leases_are_counted_per_address_and_released(
-    replicas: tuple[JetStreamContext, JetStreamContext],
+async def test_connections_are_counted_per_address_across_instances(
+    nats_server: EmbeddedNats, js: JetStreamContext
 ) -> None:
-    leases = [ConnectionLeases(js, f"ingress-{i}", ttl=30) for i, js in enumerate(replicas)]
-    counter = ConnectionCounter(replicas[0])
-    for i in range(5):
-        await leases[i % 2].acquire(f"s{i}", "::ffff:192.0.2.44", "smtp")
-    await leases[0].acquire("other", "192.0.2.45", "smtp")
-    assert await counter.count(CLIENT) == 5  # the mapped address is the same client
-    assert await counter.count("192.0.2.45") == 1
-    leases[1].release("s1")
-    await leases[1].stop()  # every lease of a stopping instance goes
-    assert await counter.count(CLIENT) == 3
-    await leases[0].stop()
-    assert await counter.count(CLIENT) == 0
+    """Two ingress tables and two policy copies, each on its own connection: every copy
+    sees the other instance's connections, and a stopping instance's go at once."""
+    ncs = [await bus.connect([nats_server.url], name=f"replica-{i}") for i in range(4)]
+    try:
+        ingress = [ConnectionTable(nc, f"ingress-{i}", ttl=30) for i, nc in enumerate(ncs[:2])]
+        policies = [Connections(nc) for nc in ncs[2:]]
+        for policy in policies:
+            await policy.start()
+        for table in ingress:
+            await table.start()
+        held = [ingress[i % 2].acquire(f"s{i}", "::ffff:192.0.2.44") for i in range(5)]
+        ingress[0].acquire("other", "192.0.2.45")
+        assert held[4] == HeldConnections(instance=ingress[0].instance, count=3)
+
+        async def counted(expected: int, ip: str = CLIENT) -> bool:
+            # What a query from instance 1 with no connection of its own is told: what
+            # instance 0 holds, learnt from its reports only.
+            asking = HeldConnections(instance=ingress[1].instance, count=0)
+            return [await p.count(ip, asking) for p in policies] == [expected] * 2
+
+        # The mapped address is the same client: instance 0 holds s0, s2 and s4.
+        await eventually(lambda: counted(3), "both copies count instance 0's three")
+        await eventually(lambda: counted(1, "192.0.2.45"), "and one from 192.0.2.45")
+        mine = HeldConnections(instance=ingress[0].instance, count=3)
+        assert await policies[0].count(CLIENT, mine) == 5  # its own three, and s1 and s3
+        ingress[0].release("s0")
+        await eventually(lambda: counted(2), "a closed connection no longer counts")
+        await ingress[0].stop()  # every connection of a stopping instance goes
+        await eventually(lambda: counted(0), "nothing of instance 0 counts")
+        await eventually(lambda: counted(0, "192.0.2.45"), "nothing from 192.0.2.45")
+        await ingress[1].stop()
+        for policy in policies:
+            await policy.stop()
+    finally:
+        for nc in ncs:
+            await nc.close()
+
+
+async def test_a_late_policy_replica_asks_for_the_tables(
+    nats_server: EmbeddedNats, js: JetStreamContext
+) -> None:
+    """Started after the connections were opened, a policy replica's hello brings every
+    instance's table at once, not at its next heartbeat (30 s here)."""
+    ncs = [await bus.connect([nats_server.url], name=f"late-{i}") for i in range(2)]
+    try:
+        table = ConnectionTable(ncs[0], "ingress-late", ttl=30)
+        await table.start()
+        for i in range(3):
+            table.acquire(f"late{i}", CLIENT)
+        await asyncio.sleep(0.2)  # reports sent before the policy replica exists
+        policy = Connections(ncs[1])
+        await policy.start()
+
+        async def counted() -> bool:
+            return await policy.count(CLIENT, None) == 3
+
+        await eventually(counted, "the late replica counts the three", within=5)
+        await table.stop()
+        await policy.stop()
+    finally:
+        for nc in ncs:
+            await nc.close()
+
+
+async def test_a_copy_that_lost_an_instance_asks_for_its_table(
+    nats_server: EmbeddedNats, js: JetStreamContext
+) -> None:
+    """Every report of an instance lost for longer than its TTL (the copy has forgotten
+    it): its next change brings a hello, and its whole table comes at once, not at its
+    next heartbeat (20 s here). The policy replica's clock is moved on by hand."""
+    ncs = [await bus.connect([nats_server.url], name=f"lost-{i}") for i in range(2)]
+    now = [1000.0]
+    try:
+        table = ConnectionTable(ncs[0], "ingress-lost", ttl=60)
+        policy = Connections(ncs[1], clock=lambda: now[0])
+        await policy.start()
+        await table.start()
+        table.acquire("l1", CLIENT)
+        table.acquire("l2", CLIENT)
+
+        async def counted(expected: int) -> bool:
+            return await policy.count(CLIENT, None) == expected
+
+        await eventually(lambda: counted(2), "both connections counted", within=5)
+        now[0] += 61  # as if no heartbeat had arrived for longer than the TTL
+        assert await policy.count(CLIENT, None) == 0
+        table.acquire("l3", "192.0.2.99")  # a change elsewhere in the table
+        await eventually(lambda: counted(2), "the whole table back", within=5)
+        await table.stop()
+        await policy.stop()
+    finally:
+        for nc in ncs:
+            await nc.close()
+
+
+async def test_an_old_ingress_lease_still_counts(
+    nats_server: EmbeddedNats, js: JetStreamContext
+) -> None:
+    """Rolling upgrade: an ingress of the previous version writes a lease into the bucket
+    and sends no count. Its query is counted from the bucket; after it, the new
+    instances' queries count the bucket's leases too."""
+    nc = await bus.connect([nats_server.url], name="policy-upgrade")
+    try:
+        await bus.ensure_topology(js)
+        policy = Connections(nc, ConnectionCounter(nc.jetstream()))
+        await policy.start()
+        key = subjects.connection_lease_key(CLIENT, "old-ingress", "s1")
+        await js.publish(subjects.kv_subject(subjects.CONNECTIONS_BUCKET, key), b"{}")
+        new = HeldConnections(instance="new-ingress.1", count=1)
+        assert await policy.count(CLIENT, new) == 1  # no old ingress seen yet: not read
+        assert await policy.count(CLIENT, None) == 1  # the old ingress's own connection
+        assert await policy.count(CLIENT, new) == 2  # from now on both are counted
+        await policy.stop()
+    finally:
+        await nc.close()

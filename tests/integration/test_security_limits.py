@@ -31,18 +31,22 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from argon2 import PasswordHasher, Type
 from nats.aio.client import Client as NATS
+from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 
 from libs.common.contract import subjects
 from libs.common.mail.history import by_subject
 from libs.common.runtime import bus
 from libs.common.runtime.embedded_nats import EmbeddedNats, free_port
+from services.policy.adapters.counters import SlidingCounters
+from services.policy.core import HOUR
 from tests.support.cli import mailbus
 from tests.support.dns import DnsServer
 
@@ -844,3 +848,113 @@ async def test_connections_of_a_killed_ingress_expire(cluster: Cluster) -> None:
     await client.close()
     print(f"slots of the killed ingress freed after {freed_after:.1f} s (TTL {LEASE_TTL_S} s)")
     assert freed_after < LEASE_TTL_S + 3
+
+
+# --- RFC 2920: the RCPTs pipelined behind MAIL are decided in MAIL's request -----------------
+
+
+@contextlib.asynccontextmanager
+async def policy_requests(nc: NATS) -> AsyncIterator[dict[str, int]]:
+    """Requests to policy per stage while the block runs, counted on the bus."""
+    seen: dict[str, int] = {}
+
+    async def count(msg: Msg) -> None:
+        stage = msg.subject.rsplit(".", 1)[1]
+        seen[stage] = seen.get(stage, 0) + 1
+
+    sub = await nc.subscribe(f"{subjects.POLICY_PREFIX}.*", cb=count)
+    # Twice: nats-py may write the first PING ahead of the SUB still in its buffer.
+    await nc.flush()
+    await nc.flush()
+    try:
+        yield seen
+    finally:
+        await nc.flush()
+        await asyncio.sleep(0.2)
+        await sub.unsubscribe()
+
+
+async def unknown_count(js: JetStreamContext, ip: str) -> int:
+    found = await SlidingCounters(js, HOUR).get(subjects.unknown_recipients_key(ip))
+    return 0 if found is None else found.total(HOUR, datetime.now(UTC))
+
+
+async def replies_of(client: Smtp, lines: list[str], pipelined: bool) -> list[str]:
+    if not pipelined:
+        return [code(await client.cmd(line)) for line in lines]
+    client.writer.write("".join(f"{line}\r\n" for line in lines).encode())
+    await client.writer.drain()
+    return [code(await client.reply()) for _ in lines]
+
+
+@pytest.mark.parametrize(
+    ("lines", "expected"),
+    [
+        (
+            [f"MAIL FROM:<{SENDER}>", "RCPT TO:<alice@example.test>", "RCPT TO:<no1@example.test>"],
+            ["250 2.1.0", "250 2.1.5", "550 5.1.1"],
+        ),
+        (
+            ["MAIL FROM:<x@nowhere.test>", "RCPT TO:<alice@example.test>"],
+            ["550 5.1.8", "503 5.5.1"],
+        ),
+        (
+            [f"MAIL FROM:<{SENDER}>", "RCPT TO:<no2@example.test>", "RCPT TO:<bob@example.test>"],
+            ["250 2.1.0", "550 5.1.1", "250 2.1.5"],
+        ),
+    ],
+)
+async def test_pipelined_rcpts_are_decided_with_mail(
+    cluster: Cluster, lines: list[str], expected: list[str]
+) -> None:
+    """The same replies and the same counts (unknown recipients, towards a harvest block)
+    as one by one, refusals in the middle included; the RCPTs cost no request of their
+    own, and after a refused MAIL none is decided at all."""
+    results = {}
+    counters = await cluster.js.key_value(subjects.POLICY_COUNTERS_BUCKET)
+    for pipelined, ip in ((False, "127.0.2.50"), (True, "127.0.2.51")):
+        # Each case starts from nothing (no unknown recipients counted, so no block).
+        await counters.purge(subjects.unknown_recipients_key(ip))
+        client = await Smtp.open(cluster.a, ip, ehlo=True)
+        try:
+            async with policy_requests(cluster.nc) as seen:
+                replies = await replies_of(client, lines, pipelined)
+        finally:
+            await client.close()
+        results[pipelined] = (replies, await unknown_count(cluster.js, ip))
+        rcpts = 0 if pipelined else sum(1 for r in replies[1:] if r[:3] != "503")
+        assert seen == {"mail": 1, **({"rcpt": rcpts} if rcpts else {})}, (pipelined, seen)
+    assert results[True] == results[False]
+    assert results[True][0] == expected
+
+
+async def test_pipelined_rcpts_stop_where_failed_commands_close_the_session(
+    cluster: Cluster,
+) -> None:
+    """max_failed_commands is 4: the fourth refused RCPT closes the session, so policy
+    decides no fifth one, pipelined or not (counted by its decisions metric)."""
+    lines = [f"MAIL FROM:<{SENDER}>", *(f"RCPT TO:<u{i}@remote.test>" for i in range(6))]
+    expected = ["250 2.1.0", *["554 5.7.1"] * 4, "421 4.7.0"]
+    for pipelined, ip in ((False, "127.0.2.52"), (True, "127.0.2.53")):
+        before = await cluster.policy_metric(
+            "mailbus_policy_decisions_total", stage="rcpt", action="reject", rule="relay_denied"
+        )
+        client = await Smtp.open(cluster.b, ip, ehlo=True)
+        try:
+            async with policy_requests(cluster.nc) as seen:
+                if pipelined:
+                    client.writer.write("".join(f"{line}\r\n" for line in lines).encode())
+                    await client.writer.drain()
+                    replies = [code(await client.reply()) for _ in expected]
+                else:
+                    replies = [code(await client.cmd(line)) for line in lines[:5]]
+                    replies.append(code(await client.reply()))  # the 421 after the fourth
+            assert await client.closed()
+        finally:
+            await client.close()
+        assert replies == expected, pipelined
+        assert seen == {"mail": 1, **({} if pipelined else {"rcpt": 4})}, (pipelined, seen)
+        after = await cluster.policy_metric(
+            "mailbus_policy_decisions_total", stage="rcpt", action="reject", rule="relay_denied"
+        )
+        assert after - before == 4, pipelined

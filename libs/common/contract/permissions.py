@@ -10,7 +10,7 @@ forbidden publish or subscribe is refused.
 What a service can never do, by construction: ingress cannot publish delivery
 results or jobs; delivery cannot publish MessageReceived or touch the queue's
 timers; only the queue writes jobs and schedules; only policy writes counters,
-grants and blocks (ingress writes its own connection leases). No service may
+grants and blocks (ingress reports its own open connections). No service may
 create, update or delete a stream: it only verifies them at start; `mailbus migrate`,
 as the admin user, owns the topology (libs/common/runtime/topology.py).
 """
@@ -174,6 +174,9 @@ def service_permissions() -> dict[str, Permissions]:
                 *_events("ingress"),
                 *_bodies(read=False, write=True),
                 *_access_events("ingress"),
+                # Its connection table for every policy replica (and, for the ingress
+                # instances of the previous version during an upgrade, their leases).
+                s.CONNECTIONS_REPORT_SUBJECT,
                 *_kv(s.CONNECTIONS_BUCKET, write=True),
                 # POP3 reads and deletes mailbox entries and takes the mailbox lock.
                 *_read_stream(s.MAILBOXES_STREAM),
@@ -183,7 +186,7 @@ def service_permissions() -> dict[str, Permissions]:
                 *_read_stream(s.MAILBOX_LOCKS_STREAM),
                 f"$JS.API.STREAM.MSG.DELETE.{s.MAILBOX_LOCKS_STREAM}",
             ],
-            subscribe=[],
+            subscribe=[s.CONNECTIONS_HELLO_SUBJECT],
         ),
         "policy": _service(
             "policy",
@@ -196,10 +199,15 @@ def service_permissions() -> dict[str, Permissions]:
                 *_kv(s.AUTH_FAILURES_BUCKET, write=True),
                 *_kv(s.BLOCKS_BUCKET, write=True),
                 *_kv(s.CONNECTIONS_BUCKET, write=False),
+                s.CONNECTIONS_HELLO_SUBJECT,
                 # Decisions on which the shadow configuration differs (config shadow-report).
                 s.SHADOW_SUBJECTS,
             ],
-            subscribe=[f"{s.POLICY_PREFIX}.*", f"{s.BLOCKS_API_PREFIX}.*"],
+            subscribe=[
+                f"{s.POLICY_PREFIX}.*",
+                f"{s.BLOCKS_API_PREFIX}.*",
+                s.CONNECTIONS_REPORT_SUBJECT,
+            ],
         ),
         "queue": _service(
             "queue",

@@ -38,6 +38,16 @@ class Session(_Model):
     auth_user: str | None = None
 
 
+class HeldConnections(_Model):
+    """Sent at connect: the asking ingress instance's own open connections from the
+    client's address, this one included. Policy adds the other instances' counts from
+    its copy (ConnectionReport); an instance's own count travels with the query, so two
+    connections racing on one instance never both take the last slot."""
+
+    instance: str
+    count: int
+
+
 class PolicyQuery(_Model):
     stage: Stage
     session: Session
@@ -49,6 +59,34 @@ class PolicyQuery(_Model):
     mechanism: str | None = None
     username: str | None = None
     password: str | None = None
+    # connect only; None from an ingress older than the connection reports, which
+    # counts with leases in the connections bucket instead.
+    held: HeldConnections | None = None
+    # mail only: the recipients of RCPT commands pipelined behind this MAIL (RFC 2920),
+    # to be decided in order after it, each as its own rcpt query would be.
+    rcpts: tuple[str, ...] = ()
+    # With `rcpts`: the refusals after which ingress closes the session (what is left of
+    # security.max_failed_commands), so policy decides no RCPT ingress would not ask;
+    # 0: no limit.
+    refusals_left: int = 0
+
+
+class ConnectionReport(_Model):
+    """What one ingress instance tells every policy replica of its open connections.
+
+    `full`: the instance's whole table (a heartbeat, every `ttl` / 3 seconds, and on a
+    policy replica's hello); otherwise only the addresses listed changed (an open or a
+    close, sent at once). Counts are absolute, never deltas: a report lost or repeated
+    costs nothing but a moment's staleness, repaired by the next one. An instance not
+    heard from for `ttl` seconds counts nothing (it crashed or was cut off); a `ttl` of 0
+    says it is stopping.
+    """
+
+    instance: str
+    seq: int
+    ttl: float
+    full: bool
+    counts: dict[str, int]
 
 
 class SessionLimits(_Model):
@@ -79,6 +117,9 @@ class PolicyDecision(_Model):
     # The configuration revision the decision was made under (0: the file the policy
     # replica started with, before any revision was applied; None: not from policy).
     config_revision: int | None = None
+    # Answering a mail query with `rcpts`: the decisions of those recipients, in order,
+    # up to the first that ends the session; none when MAIL was refused.
+    rcpts: tuple[PolicyDecision, ...] | None = None
 
     @property
     def accepted(self) -> bool:

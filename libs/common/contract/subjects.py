@@ -185,11 +185,16 @@ POP3_GRANTS_BUCKET = "mailbus-pop3-grants"
 # Failed SMTP AUTH logins per client address, keyed by token(client address); a key
 # expires one window after the last failure (per-key TTL), so no count lingers forever.
 AUTH_FAILURES_BUCKET = "mailbus-auth-failures"
-# Open SMTP connections: one key per connection, `<token(ip)>.<token(instance)>.<session>`,
-# written by the ingress instance holding it with a short per-key TTL and refreshed
-# while it lasts, so a crashed instance's connections vanish by themselves. Policy
-# counts the keys under one address (`connection_leases_filter`).
+# Open SMTP and POP3 connections, as ingress versions before the connection reports
+# counted them: one key per connection, `<token(ip)>.<token(instance)>.<session>`, with
+# a short per-key TTL. Kept for a rolling upgrade (old ingress instances still write
+# it, policy still counts it for them); nothing new writes it.
 CONNECTIONS_BUCKET = "mailbus-connections"
+# Open connections now: each ingress instance publishes its table on core NATS
+# (contract.policy.ConnectionReport, nothing stored) and every policy replica keeps a
+# copy; a new policy replica says hello and every instance answers with its table.
+CONNECTIONS_REPORT_SUBJECT = f"{PREFIX}.connections.v1.report"
+CONNECTIONS_HELLO_SUBJECT = f"{PREFIX}.connections.v1.hello"
 # Clients blocked by a limit (directory harvest), keyed by token(client address);
 # a key expires a little after its block ends.
 BLOCKS_BUCKET = "mailbus-blocks"

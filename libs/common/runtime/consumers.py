@@ -18,6 +18,8 @@ from dataclasses import dataclass
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext, api
 
+from libs.common.runtime import pull
+
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
@@ -70,6 +72,9 @@ class FetchSettings:
     # Cancel a fetch that is only waiting when the stop comes, instead of letting it run
     # out. A message that arrives just then stays unacked until ack_wait brings it back.
     cancel_idle_fetch: bool = False
+    # With `concurrent`: keep a window of `batch` messages asked for and hand each one
+    # over as it arrives (pull.py), rather than fetch, handle the batch, fetch again.
+    continuous: bool = True
 
 
 async def fetch_loop(
@@ -83,7 +88,12 @@ async def fetch_loop(
 
     A batch is finished before the loop looks at `stopping` again, so a stop never
     abandons work in hand; an idle fetch makes a stop wait at most `settings.timeout`.
+    Concurrent handlers get the continuous pull instead (same promise: the handlers
+    in hand finish before it returns).
     """
+    if settings.concurrent and settings.continuous:
+        await pull.pull_loop(sub, handle, stopping, settings.batch, settings.timeout, what)
+        return
     while not stopping.is_set():
         try:
             msgs = await _fetch(sub, stopping, settings)

@@ -42,7 +42,7 @@ class IngressHandler:
     async def on_connect(self, server: SmtpSession) -> str | None:
         """None to greet; otherwise the reply to send before closing."""
         with server.stage("connect") as span:
-            query = PolicyQuery(stage="connect", session=server.policy())
+            query = PolicyQuery(stage="connect", session=server.policy(), held=server.held)
             decision = await self._ask(query, span)
         if decision.accepted:
             server.apply_limits(decision.limits)
@@ -86,6 +86,8 @@ class IngressHandler:
             session=server.policy(),
             mail_from=_null_sender(address),
             size=_size_param(mail_options),
+            rcpts=server.pipelined_rcpts(),
+            refusals_left=server.refusals_left,
         )
         with server.stage("mail") as span:
             decision = await self._ask(query, span)
@@ -98,6 +100,7 @@ class IngressHandler:
         envelope.policy_rules = [decision.rule]
         envelope.dsn = params
         envelope.antispam = decision.antispam
+        envelope.prefetched = _prefetched(query, decision, envelope)
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(
@@ -120,7 +123,9 @@ class IngressHandler:
             rcpt_count=envelope.rcpt_commands,
         )
         with server.stage("rcpt") as span:
-            decision = await self._ask(query, span)
+            decision = self._take_prefetched(envelope, query, span)
+            if decision is None:
+                decision = await self._ask(query, span)
         if not decision.accepted:
             return server.refuse(decision)
         # Where the mail goes is policy's canonical address (an alias resolved to its
@@ -224,6 +229,23 @@ class IngressHandler:
             return None
         return received + content
 
+    @staticmethod
+    def _take_prefetched(
+        envelope: IngressEnvelope, query: PolicyQuery, span: Span
+    ) -> PolicyDecision | None:
+        """Policy's answer to exactly this query, if it came with MAIL's; anything else
+        drops the rest of them (they were decided for queries this session no longer asks)."""
+        if not envelope.prefetched:
+            return None
+        expected, decision = envelope.prefetched.pop(0)
+        if expected != query:
+            envelope.prefetched.clear()
+            return None
+        span.set_attribute("mailbus.policy_rule", decision.rule)
+        if not decision.accepted:
+            span.set_attribute("mailbus.reply", decision.smtp_reply)
+        return decision
+
     async def _ask(
         self, query: PolicyQuery, span: Span, message: bytes | None = None
     ) -> PolicyDecision:
@@ -315,6 +337,26 @@ def _header_section(content: spool.Spool) -> tuple[bytes, int]:
         head = content.head(content.size)
         end = antispam.header_end(head)
     return head[:end], end
+
+
+def _prefetched(
+    mail: PolicyQuery, decision: PolicyDecision, envelope: IngressEnvelope
+) -> list[tuple[PolicyQuery, PolicyDecision]]:
+    """Each pipelined RCPT's decision beside the query ingress would send for it, made
+    as handle_RCPT makes it (the canonical sender; the recipients accepted so far)."""
+    found: list[tuple[PolicyQuery, PolicyDecision]] = []
+    accepted = 0
+    for rcpt, answer in zip(mail.rcpts, decision.rcpts or (), strict=False):
+        query = PolicyQuery(
+            stage="rcpt",
+            session=mail.session,
+            mail_from=_null_sender(envelope.mail_from or ""),
+            rcpt=rcpt,
+            rcpt_count=envelope.rcpt_commands + accepted,
+        )
+        found.append((query, answer))
+        accepted += answer.accepted
+    return found
 
 
 def _dsn_refusal(server: SmtpSession, error: DsnSyntaxError) -> str:

@@ -2,7 +2,7 @@
 
 The service makes a `Listener` for each `protocol: smtp` entry; the SMTP class
 (smtp.py) and the handler (handler.py) both receive it, so neither reaches into
-the other for the policy client, the store, the leases or the metrics.
+the other for the policy client, the store, the connection table or the metrics.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from functools import cached_property
 from typing import Protocol
 
+from libs.common.contract.policy import HeldConnections
 from libs.common.mail.submission import MessageStore
 from libs.common.runtime.metrics import (
     SMTPD_CONNECTIONS,
@@ -23,7 +24,7 @@ from libs.common.runtime.metrics import (
     SMTPD_SESSIONS_ACTIVE,
 )
 from libs.common.runtime.policy_client import PolicyClient
-from services.ingress.adapters.leases import ConnectionLeases
+from services.ingress.adapters.connections import ConnectionTable
 from services.ingress.core.deadlines import Deadlines
 
 
@@ -139,19 +140,20 @@ class Listener:
     # The service's one server context (STARTTLS and implicit TLS alike), if any listener has TLS.
     tls_context: ssl.SSLContext | None = None
     # Counted connections, when security.max_connections_per_ip is set.
-    leases: ConnectionLeases | None = None
+    connections: ConnectionTable | None = None
     clock: Callable[[], datetime] = lambda: datetime.now(UTC)
 
     @cached_property
     def metrics(self) -> ListenerMetrics:
         return ListenerMetrics(self.settings.name)
 
-    async def count(self, session_id: str, client_ip: str) -> None:
-        """Hold a connection lease for the session, when connections are counted."""
-        if self.leases is not None:
-            await self.leases.acquire(session_id, client_ip, self.settings.name)
+    def count(self, session_id: str, client_ip: str) -> HeldConnections | None:
+        """Count the session, when connections are counted: what its connect query carries."""
+        if self.connections is None:
+            return None
+        return self.connections.acquire(session_id, client_ip)
 
     def uncount(self, session_id: str) -> None:
         """The session no longer counts: it ended, or its client is exempt from the limit."""
-        if self.leases is not None:
-            self.leases.release(session_id)
+        if self.connections is not None:
+            self.connections.release(session_id)

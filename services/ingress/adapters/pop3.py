@@ -11,9 +11,9 @@ login the mailbox is locked for this session, and a `Pop3LoginSucceeded`
 access event is published before the `+OK`: that is what makes
 POP3-before-SMTP grants on every ingress replica.
 
-With `security.max_connections_per_ip` set, each session holds a connection
-lease like an SMTP session, taken before policy is asked at connect: POP3 and
-SMTP connections of an address count against the same limit.
+With `security.max_connections_per_ip` set, each session is counted in the
+instance's connection table like an SMTP session, before policy is asked at
+connect: POP3 and SMTP connections of an address count against the same limit.
 """
 
 from __future__ import annotations
@@ -32,14 +32,14 @@ from opentelemetry import trace
 from opentelemetry.trace import SpanKind
 
 from libs.common.contract.events import Pop3LoginSucceeded
-from libs.common.contract.policy import PolicyQuery
+from libs.common.contract.policy import HeldConnections, PolicyQuery
 from libs.common.contract.policy import Session as PolicySession
 from libs.common.mail import maillines
 from libs.common.mail.mailbox import MailboxEntry, MailboxLock, MailboxStore
 from libs.common.runtime import maillog
 from libs.common.runtime.policy_client import PolicyClient, publish_pop3_login
 from libs.common.runtime.telemetry import tracer
-from services.ingress.adapters.leases import ConnectionLeases
+from services.ingress.adapters.connections import ConnectionTable
 from services.ingress.core import pop3
 from services.ingress.core.pop3 import DropMessage, Pop3Session, Step, TlsMode
 
@@ -80,10 +80,10 @@ class Pop3Server:
         js: JetStreamContext,
         tls_context: ssl.SSLContext | None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
-        leases: ConnectionLeases | None = None,
+        connections: ConnectionTable | None = None,
     ) -> None:
         self.settings = settings
-        self.leases = leases
+        self.connections = connections
         self.policy = policy
         self.js = js
         self.mailboxes = MailboxStore(js)
@@ -183,13 +183,12 @@ class Pop3Connection:
             await asyncio.shield(self._finish())
 
     async def _converse(self) -> None:
-        leases = self.server.leases
-        if leases is not None:
-            await leases.acquire(self.session_id, self.peer[0], self.server.settings.name)
+        table = self.server.connections
+        held = None if table is None else table.acquire(self.session_id, self.peer[0])
         if self.server.settings.tls == "implicit":
             if not await self._handshake():
                 return
-        refusal = await self._connect_refusal()
+        refusal = await self._connect_refusal(held)
         if refusal is not None:
             await self._send(pop3.err(refusal))
             return
@@ -392,23 +391,23 @@ class Pop3Connection:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._keeper
         await self._unlock()
-        if self.server.leases is not None:
-            self.server.leases.release(self.session_id)
+        if self.server.connections is not None:
+            self.server.connections.release(self.session_id)
         self.writer.close()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(self.writer.wait_closed(), CLOSE_WAIT_S)
 
     # --- policy --------------------------------------------------------------------------
 
-    async def _connect_refusal(self) -> str | None:
-        query = PolicyQuery(stage="connect", session=self._policy_session())
+    async def _connect_refusal(self, held: HeldConnections | None) -> str | None:
+        query = PolicyQuery(stage="connect", session=self._policy_session(), held=held)
         with _tracer.start_as_current_span("pop3 connect"):
             decision = await self.server.policy.ask(query)
         if decision.accepted:
-            leases, limits = self.server.leases, decision.limits
-            if leases is not None and limits is not None and limits.exempt:
+            table, limits = self.server.connections, decision.limits
+            if table is not None and limits is not None and limits.exempt:
                 # The exempt group is never limited: its sessions need not be counted.
-                leases.release(self.session_id)
+                table.release(self.session_id)
             return None
         return f"[SYS/{'TEMP' if decision.code < 500 else 'PERM'}] {decision.message}"
 

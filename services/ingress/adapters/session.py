@@ -16,7 +16,12 @@ from opentelemetry.trace import Span
 
 from libs.common.contract.antispam import AntispamResults
 from libs.common.contract.events import TlsInfo
-from libs.common.contract.policy import PolicyDecision, SessionLimits
+from libs.common.contract.policy import (
+    HeldConnections,
+    PolicyDecision,
+    PolicyQuery,
+    SessionLimits,
+)
 from libs.common.contract.policy import Session as PolicySession
 from services.ingress.adapters.spool import Spool
 from services.ingress.core import dsn
@@ -40,6 +45,9 @@ class IngressEnvelope(Envelope):
         self.scan: ContentScan | None = None
         # Policy's antispam answer to MAIL: the SPF result, or why the checks are skipped.
         self.antispam: AntispamResults | None = None
+        # Policy's decisions of the RCPTs pipelined behind MAIL, each with the query it
+        # answers: used when the RCPT's own query turns out the same, in order.
+        self.prefetched: list[tuple[PolicyQuery, PolicyDecision]] = []
 
 
 class SmtpSession(Protocol):
@@ -64,6 +72,11 @@ class SmtpSession(Protocol):
         ...
 
     @property
+    def held(self) -> HeldConnections | None:
+        """This instance's open connections from the client (None: not counted)."""
+        ...
+
+    @property
     def tls_info(self) -> TlsInfo | None:
         """None when the session is not encrypted."""
         ...
@@ -77,6 +90,15 @@ class SmtpSession(Protocol):
 
     def stage(self, name: str) -> AbstractContextManager[Span]:
         """A child span of the session; a session inside a stage is not idle."""
+        ...
+
+    @property
+    def refusals_left(self) -> int:
+        """Refused commands before the session closes (max_failed_commands); 0: no limit."""
+        ...
+
+    def pipelined_rcpts(self) -> tuple[str, ...]:
+        """Recipients of RCPT commands buffered behind this MAIL, sure to reach policy."""
         ...
 
     def apply_limits(self, limits: SessionLimits | None) -> None: ...

@@ -16,7 +16,7 @@ from typing import Any
 from libs.common.contract import subjects
 from libs.common.contract.policy import PolicyDecision, PolicyQuery
 from services.policy.adapters.blocks import BlockStore
-from services.policy.adapters.connections import ConnectionCounter
+from services.policy.adapters.connections import Connections
 from services.policy.adapters.counters import SlidingCounters
 from services.policy.adapters.dns import SenderDomainResolver
 from services.policy.adapters.stores import FailedLoginCounter
@@ -43,7 +43,7 @@ class FactFinder:
         rules: PolicyRules,
         counters: SlidingCounters | None = None,
         blocks: BlockStore | None = None,
-        connections: ConnectionCounter | None = None,
+        connections: Connections | None = None,
         dns: SenderDomainResolver | None = None,
         failures: FailedLoginCounter | None = None,
     ) -> None:
@@ -66,7 +66,7 @@ class FactFinder:
         if needs.block and self._blocks is not None:
             lookups["block"] = self._blocks.get(ip)
         if needs.connections and self._connections is not None:
-            lookups["connections"] = self._connections.count(ip)
+            lookups["connections"] = self._connections.count(ip, query.held)
         if needs.messages and self._counters is not None:
             lookups["messages"] = self._counters.get(subjects.message_count_key(ip))
         if needs.failed_logins and self._failures is not None:

@@ -173,19 +173,71 @@ class PolicyEndpoints:
                 log.warning("policy %s: malformed request: %s", stage, query)
                 await request.respond_error("400", query)
                 return
-            started = time.perf_counter()
             # One revision per query, read once: a swap during its awaits does not mix rules.
             rules, revision = self._rules, self.revision
-            decision = await self._decide(query, rules, arrived or time.monotonic(), body)
-            decision = decision.model_copy(update={"config_revision": revision})
-            POLICY_DECISION_SECONDS.labels(stage).observe(time.perf_counter() - started)
-            POLICY_DECISIONS.labels(stage, decision.action, decision.rule).inc()
+            arrived = arrived or time.monotonic()
+            decision = await self._decide_counted(query, rules, revision, arrived, body)
             span.set_attribute("mailbus.policy.rule", decision.rule)
             span.set_attribute("mailbus.policy.code", decision.code)
             span.set_attribute("mailbus.session.id", query.session.session_id)
-            if not decision.accepted:
-                self._log_refusal(query, decision)
+            if query.stage == "mail" and query.rcpts:
+                span.set_attribute("mailbus.policy.rcpts", len(query.rcpts))
+                rcpts = await self._pipelined_rcpts(query, decision, rules, revision, arrived)
+                decision = decision.model_copy(update={"rcpts": rcpts})
             await request.respond(decision.model_dump_json().encode())
+
+    async def _decide_counted(
+        self,
+        query: PolicyQuery,
+        rules: PolicyRules,
+        revision: int,
+        arrived: float,
+        body: bytes | None = None,
+    ) -> PolicyDecision:
+        """One decision with its metrics and its refusal's mail-log line."""
+        started = time.perf_counter()
+        decision = await self._decide(query, rules, arrived, body)
+        decision = decision.model_copy(update={"config_revision": revision})
+        POLICY_DECISION_SECONDS.labels(query.stage).observe(time.perf_counter() - started)
+        POLICY_DECISIONS.labels(query.stage, decision.action, decision.rule).inc()
+        if not decision.accepted:
+            self._log_refusal(query, decision)
+        return decision
+
+    async def _pipelined_rcpts(
+        self,
+        mail: PolicyQuery,
+        decision: PolicyDecision,
+        rules: PolicyRules,
+        revision: int,
+        arrived: float,
+    ) -> tuple[PolicyDecision, ...]:
+        """The RCPTs pipelined behind MAIL, decided in order as ingress would ask them one
+        by one: with MAIL's canonical sender, the count of recipients accepted so far,
+        and nothing after a refused MAIL, a decision that ends the session or the refusal
+        that uses up the session's failed commands (ingress would not ask for those)."""
+        if not decision.accepted:
+            return ()
+        sender = decision.canonical if decision.canonical is not None else mail.mail_from
+        found: list[PolicyDecision] = []
+        accepted = refused = 0
+        for rcpt in mail.rcpts:
+            query = PolicyQuery(
+                stage="rcpt",
+                session=mail.session,
+                mail_from=sender or "",
+                rcpt=rcpt,
+                rcpt_count=accepted,
+            )
+            answer = await self._decide_counted(query, rules, revision, arrived)
+            found.append(answer)
+            if answer.accepted:
+                accepted += 1
+            else:
+                refused += 1
+            if answer.action == "disconnect" or refused == mail.refusals_left:
+                break
+        return tuple(found)
 
     async def _facts(
         self, query: PolicyQuery, rules: PolicyRules, shadow: PolicyRules | None = None

@@ -48,11 +48,11 @@ LEGACY_EVENTS_CONSUMER = DurableConsumer(
     max_ack_pending=1_000,
 )
 
-# Handlers serialize per queue id, so a whole batch is handled at once; the fired
-# timers' consumers are fetched the same way. A replica owning every partition runs 34
-# fetch loops (two per partition, two of the old shape): each waits up to 5 s on the
-# server, so an idle queue costs a few pull requests a second, not dozens; a waiting
-# fetch does not delay a message (the server answers it as soon as one comes). A stop or
-# a partition handed back cancels the waiting fetch at once; a message the server sent
-# into it just then comes back after ack_wait.
+# Handlers serialize per queue id, so inputs are handled as they come (the continuous
+# pull of runtime/pull.py, a window of 64); the fired timers' consumers the same way. A
+# replica owning every partition reads 34 consumers (two per partition, two of the old
+# shape): each request waits up to 5 s on the server, so an idle queue costs a few pull
+# requests a second, not dozens, and a waiting request delays no message (the server
+# answers as soon as one comes). A stop, or a partition handed back, ends the pull at
+# once and gives back what arrived too late to start.
 FETCH = FetchSettings(batch=64, timeout=5.0, cancel_idle_fetch=True)
