@@ -1,14 +1,17 @@
 """Chaos benchmark: SIGKILL every kind of mailbus process, and a NATS node, under load.
 
-    python bench/chaos.py [-n 3000] [--replicas 2] [--concurrency 8] [--kinds ...]
+    python bench/chaos.py [-n 3000] [--replicas 2] [--queue-replicas 3] [--concurrency 8]
+                          [--kinds ...] [--no-restart]
 
 A 3-node JetStream cluster (R3 streams, `sync_interval: always`) on loopback,
 `--replicas` processes of each service, and a counting sink (one fsynced line per
 arrival) as the relay host. A client sends N messages over the ingress replicas,
 retrying like any MTA after a 4xx or a broken connection. Meanwhile one process of
 each kind in `--kinds` (and one NATS node for `nats`) is SIGKILLed in turn and
-started again a second later, as a supervisor would. Then it waits for the queue to
-drain and prints:
+started again a second later, as a supervisor would (with `--no-restart` a killed
+service stays dead: its peers must take its work over). The queue runs
+`--queue-replicas` processes sharing its partitions; the one killed is the owner of
+partition 0. Then it waits for the queue to drain and prints:
 
 - accepted (a "250" reached the client), delivered (distinct messages at the sink),
   lost (accepted, not delivered, not in the queue), stuck (accepted, still queued at
@@ -17,7 +20,8 @@ drain and prints:
   between our accept and its "250" (two queue ids: the SMTP minimum), or mailbus sent
   one queue id twice, redelivered after a kill (copies apart) or at the same time
   (copies less than a second apart);
-- per kill: the longest pause in "250"s and in arrivals from the kill to 20 s after.
+- per kill: the longest pause in "250"s and in arrivals from the kill to 20 s after,
+  and for a queue kill how long until every partition had a live owner again.
 
 Everything listens on 127.0.0.1; every loop is bounded in count and time.
 """
@@ -305,6 +309,8 @@ class Kill:
     at: float
     accept_pause: float = 0.0
     delivery_pause: float = 0.0
+    takeover: float | None = None  # a queue kill: until no partition is the victim's
+    owners: dict[str, int] = field(default_factory=dict)  # a queue kill: partitions by slot
 
 
 @dataclass
@@ -335,9 +341,12 @@ class Report:
             f"= mailbus {share:.2f} % of accepted",
         ]
         for kill in self.kills:
+            moved = f", partitions moved in {kill.takeover:4.1f} s" if kill.takeover else ""
+            if kill.owners:
+                moved += f" (owned {'/'.join(map(str, sorted(kill.owners.values())))} before)"
             out.append(
                 f"  kill {kill.kind:<9} longest pause: 250s {kill.accept_pause:5.1f} s, "
-                f"arrivals {kill.delivery_pause:5.1f} s"
+                f"arrivals {kill.delivery_pause:5.1f} s{moved}"
             )
         return out
 
@@ -362,7 +371,12 @@ async def run(
     kill_every_s: float = 6.0,
     drain_s: float = 120.0,
     threads: int = 16,
+    queue_replicas: int | None = None,
+    restart: bool = True,
+    on_loaded: Any = None,
 ) -> Report:
+    """`on_loaded(urls)`, if given, is awaited once the load is over and the queue
+    drained, before the processes stop (a test looks at the queue through it)."""
     nodes = cluster_of(tmp, nats_nodes)
     for node in nodes:
         node.start()
@@ -377,7 +391,8 @@ async def run(
     try:
         await wait_for_jetstream(urls, stream_replicas)
         for kind in SERVICES:
-            for index in range(replicas):
+            count = queue_replicas if kind == "queue" and queue_replicas else replicas
+            for index in range(count):
                 smtp = free_port()
                 cfg = tmp / f"{kind}-{index}.yaml"
                 cfg.write_text(
@@ -391,12 +406,15 @@ async def run(
                 await proc.start()
                 procs.append(proc)
         await _wait_listening(ingress_ports, 90.0)
+        await _wait_shared(urls, queue_replicas or replicas, 90.0)
         started = time.monotonic()
         report = await _load_and_kill(
-            n, procs, nodes, ingress_ports, sink, concurrency, kinds, kill_every_s, drain_s
+            n, procs, nodes, ingress_ports, sink, concurrency, kinds, kill_every_s, drain_s, restart
         )
         report.seconds = time.monotonic() - started
         report.stuck, report.lost = await _stuck_and_lost(urls, report, sink)
+        if on_loaded is not None:
+            await on_loaded(urls)
         return report
     finally:
         for proc in reversed(procs):
@@ -422,6 +440,22 @@ async def _wait_listening(ports: Sequence[int], limit_s: float) -> None:
                 await asyncio.sleep(0.3)
 
 
+async def _wait_shared(urls: Sequence[str], replicas: int, limit_s: float) -> None:
+    """Until the queue replicas have shared the partitions out (a third each for three),
+    so that a queue kill takes a replica's fair share, not whatever it held at start."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        holders = await _queue_holders(urls)
+        counts: dict[str | None, int] = defaultdict(int)
+        for value in holders.values():
+            counts[_slot(value)] += 1
+        full = len(holders) == subjects.QUEUE_PARTITIONS and len(counts) == replicas
+        if full and max(counts.values()) - min(counts.values()) <= 1:
+            return
+        await asyncio.sleep(0.5)
+    raise TimeoutError(f"the queue's partitions not shared out in {limit_s:.0f} s")
+
+
 async def _load_and_kill(
     n: int,
     procs: list[ServiceProc],
@@ -432,6 +466,7 @@ async def _load_and_kill(
     kinds: Sequence[str],
     kill_every_s: float,
     drain_s: float,
+    restart: bool = True,
 ) -> Report:
     sents = [Sent(f"m{i}") for i in range(n)]
     accepts: list[float] = []
@@ -462,19 +497,30 @@ async def _load_and_kill(
                 await asyncio.sleep(RESTART_AFTER_S)
                 await asyncio.to_thread(node.start)
                 continue
-            victims = [p for p in procs if p.kind == kind]
+            victims = [p for p in procs if p.kind == kind and p.proc and p.proc.returncode is None]
             victim = victims[len(kills) % len(victims)]
-            if kind == "queue":  # the one deciding, not the standby
-                holder = await _queue_holder(urls)
-                victim = next((p for p in victims if p.slot == holder), victim)
+            held: set[str] = set()
+            if kind == "queue":  # one that owns partitions: the owner of partition 0
+                holders = await _queue_holders(urls)
+                victim = next((p for p in victims if p.slot == _slot(holders.get(0))), victim)
+                held = {v for v in holders.values() if _slot(v) == victim.slot}
+                for value in holders.values():
+                    slot = _slot(value) or "?"
+                    kills[-1].owners[slot] = kills[-1].owners.get(slot, 0) + 1
             await victim.kill()
+            if held:
+                takeovers.append(asyncio.create_task(_takeover(urls, held, kills[-1])))
+            if not restart:
+                continue
             await asyncio.sleep(RESTART_AFTER_S)
             await victim.start()
 
     urls = [node.url for node in nodes]
+    takeovers: list[asyncio.Task[None]] = []
     kill_task = asyncio.create_task(killer())
     await asyncio.gather(*(sender() for _ in range(concurrency)))
     await kill_task
+    await asyncio.gather(*takeovers)
     accepted = [s for s in sents if s.accepted_at is not None]
     wanted = {qid for s in accepted for qid in s.queue_ids}
     deadline = time.monotonic() + drain_s
@@ -540,15 +586,52 @@ async def _stuck_and_lost(
     return stuck, lost
 
 
-async def _queue_holder(urls: Sequence[str]) -> str | None:
-    """The slot of the queue process holding the lease (lease.py writes `slot|instance`)."""
+async def queue_holders(js: Any) -> dict[int, str]:
+    """Each partition's lease value (`slot|instance`, lease.py); a partition with no
+    live lease is left out."""
+    kv = await js.key_value(subjects.QUEUE_LEADER_BUCKET)
+    holders: dict[int, str] = {}
+    for p in range(subjects.QUEUE_PARTITIONS):
+        try:
+            entry = await kv.get(subjects.queue_partition_key(p))
+        except Exception:  # absent, expired or released
+            continue
+        if entry.value:
+            holders[p] = entry.value.decode(errors="replace")
+    return holders
+
+
+async def _queue_holders(urls: Sequence[str]) -> dict[int, str]:
     nc = await bus.connect(urls, name="chaos-lease")
     try:
-        kv = await nc.jetstream().key_value(subjects.QUEUE_LEADER_BUCKET)
-        entry = await kv.get(subjects.QUEUE_LEADER_KEY)
-        return slot_of(entry.value or b"")
+        return await queue_holders(nc.jetstream())
     except Exception:
-        return None
+        return {}
+    finally:
+        await nc.close()
+
+
+def _slot(value: str | None) -> str | None:
+    return slot_of(value.encode()) if value else None
+
+
+async def _takeover(
+    urls: Sequence[str], victim: set[str], kill: Kill, limit_s: float = 60.0
+) -> None:
+    """How long after the kill every partition had a live owner other than the killed
+    process (`victim`: its lease values; a successor in its slot is another process)."""
+    nc = await bus.connect(urls, name="chaos-takeover")
+    try:
+        js = nc.jetstream()
+        while time.monotonic() - kill.at < limit_s:
+            try:
+                holders = await queue_holders(js)
+            except Exception:  # a NATS node away: look again
+                holders = {}
+            if len(holders) == subjects.QUEUE_PARTITIONS and not victim & set(holders.values()):
+                kill.takeover = time.monotonic() - kill.at
+                return
+            await asyncio.sleep(0.2)
     finally:
         await nc.close()
 
@@ -565,6 +648,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, default=3000, help="messages (default 3000)")
     parser.add_argument("--replicas", type=int, default=2, help="processes of each service")
+    parser.add_argument("--queue-replicas", type=int, default=None, help="queue processes")
+    parser.add_argument(
+        "--no-restart", action="store_true", help="leave killed services dead (not NATS)"
+    )
     parser.add_argument("--concurrency", type=int, default=8, help="client connections at once")
     parser.add_argument("--kinds", nargs="*", default=list(KINDS), choices=KINDS)
     parser.add_argument("--kill-every", type=float, default=8.0, help="seconds between kills")
@@ -580,6 +667,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kinds=args.kinds,
                 kill_every_s=args.kill_every,
                 drain_s=args.drain,
+                queue_replicas=args.queue_replicas,
+                restart=not args.no_restart,
             )
         )
     for line in report.lines():

@@ -2,8 +2,11 @@
 
 Like postqueue, postsuper and postcat, but it asks the running queue service over
 the bus (request/reply on `subjects.queue_api_subject(op)`), so it works from any
-host that reaches NATS. Actions take several ids, ALL, or `-` (ids on stdin), as
-postsuper does; `list --json` prints one JSON object per line, for scripts.
+host that reaches NATS. The queue runs as replicas that share its partitions: `list`
+gathers the answers of all of them until every partition is covered (and says which
+did not answer in time); a request about one message is answered by its owner.
+Actions take several ids, ALL, or `-` (ids on stdin), as postsuper does;
+`list --json` prints one JSON object per line, for scripts.
 """
 
 from __future__ import annotations
@@ -88,19 +91,24 @@ async def _run(args: argparse.Namespace) -> int:
                 sys.stdout.buffer.flush()
                 return 0
             body: dict[str, Any] = {"operator": ctl.operator()}
-            if op == "show":
+            if op == "list":
+                listed, missing = await gather_list(nc, args.timeout)
+            else:
                 body["queue_id"] = args.queue_id
-            subject = subjects.queue_api_subject(op)
-            reply = await ctl.request(nc, subject, body, args.timeout, "the queue service")
+                subject = subjects.queue_api_subject(op)
+                reply = await ctl.request(nc, subject, body, args.timeout, "the queue service")
     except ctl.CtlError as exc:
         return ctl.report(f"mailbus queue {op}", exc)
     if op == "list":
-        entries = select(reply["entries"], Selection.of(args), datetime.now(UTC))
+        entries = select(listed, Selection.of(args), datetime.now(UTC))
         if args.json:
             for entry in entries:
                 print(json.dumps(entry, sort_keys=True))
         else:
             print(format_list(entries, datetime.now(UTC)))
+        if missing:
+            print(f"mailbus queue list: {missing_text(missing)}", file=sys.stderr)
+            return 1
     elif args.json:
         print(json.dumps(reply, sort_keys=True))
     else:
@@ -121,6 +129,56 @@ async def _body(nc: NATS, queue_id: str) -> bytes:
     return found
 
 
+async def gather_list(nc: NATS, wait_s: float) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every replica's entries, until each partition is covered or `wait_s` is over;
+    and the partitions no replica answered for. A partition two replicas claim (one
+    handing it to the other just then) is taken from the first answer only."""
+    everything = set(range(subjects.QUEUE_PARTITIONS))
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    covered: set[int] = set()
+    entries: list[dict[str, Any]] = []
+    answered = False
+    try:
+        await nc.publish(
+            subjects.queue_api_subject("list"),
+            json.dumps({"operator": ctl.operator()}).encode(),
+            reply=inbox,
+        )
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while covered != everything and loop.time() < deadline:
+            try:
+                msg = await sub.next_msg(timeout=max(0.01, deadline - loop.time()))
+            except Exception:  # nats' TimeoutError: the rest did not answer
+                break
+            if not msg.data:  # a status, not an answer: 503, no queue replica listens
+                if (msg.headers or {}).get("Status") == "503":
+                    break
+                continue
+            reply: dict[str, Any] = json.loads(msg.data)
+            if "error" in reply:
+                raise ctl.CtlError(str(reply["error"]), 1)
+            answered = True
+            fresh = set(reply.get("partitions", everything)) - covered
+            covered |= fresh
+            entries += [
+                e for e in reply["entries"] if subjects.partition_of(e["queue_id"]) in fresh
+            ]
+    finally:
+        await sub.unsubscribe()
+    if not answered:
+        raise ctl.CtlError("the queue service does not answer", 2)
+    return entries, sorted(everything - covered)
+
+
+def missing_text(missing: Sequence[int]) -> str:
+    return (
+        f"no queue replica answered for partition(s) {', '.join(map(str, missing))}: "
+        "their messages are not listed (a replica down, or one taking them over)"
+    )
+
+
 def target_ids(given: Sequence[str], stdin: TextIO) -> list[str]:
     """The ids named: `-` reads them from stdin, whitespace-separated (postsuper habits)."""
     ids: list[str] = []
@@ -136,13 +194,14 @@ async def _act(nc: NATS, args: argparse.Namespace, op: str) -> int:
         ids.append("ALL")
     if not ids:
         raise ctl.CtlError("name queue ids, ALL, or - to read them from stdin", 2)
-    if "ALL" in ids:
-        listed = await ctl.request(
-            nc, subjects.queue_api_subject("list"), {}, args.timeout, "the queue service"
-        )
-        chosen = [e["queue_id"] for e in listed["entries"] if e["state"] in _ALL_STATES[op]]
-        ids = [i for i in ids if i != "ALL"] + chosen
     failed = 0
+    if "ALL" in ids:
+        listed, missing = await gather_list(nc, args.timeout)
+        if missing:
+            print(f"mailbus queue {op}: {missing_text(missing)}", file=sys.stderr)
+            failed += 1
+        chosen = [e["queue_id"] for e in listed if e["state"] in _ALL_STATES[op]]
+        ids = [i for i in ids if i != "ALL"] + chosen
     for qid in dict.fromkeys(ids):  # each once, in the order given
         body = {"operator": ctl.operator(), "queue_id": qid}
         try:

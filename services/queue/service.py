@@ -1,31 +1,29 @@
-"""Wiring of the queue service: two consumers (events, fired timers) around the pure core,
-the in-memory index rebuilt from the log at start, and the operator's endpoints."""
+"""Wiring of the queue service: the partitions this replica owns (each with its lease,
+fence and two consumers: events, fired timers) around the pure core, the in-memory
+index of their messages, and the operator's endpoints."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
-import signal
-
-from nats.js import JetStreamContext
 
 from libs.common.config import Config
-from libs.common.contract import subjects
 from libs.common.mail.bodies import BodyStore
-from libs.common.runtime import consumers, metrics
-from libs.common.runtime.fence import Fence
-from libs.common.runtime.lease import Lease, slot_from_env
+from libs.common.runtime import metrics
+from libs.common.runtime.lease import slot_from_env
 from libs.common.runtime.liveconfig import Commit
 from libs.common.runtime.service import Context
-from services.queue.adapters import consumer, timers
 from services.queue.adapters.api import QueueApi
-from services.queue.adapters.index import QueueIndex, read_all_states
+from services.queue.adapters.index import QueueIndex
 from services.queue.adapters.orphans import OrphanSweeper, StreamBodies, SweepSettings
+from services.queue.adapters.partitions import Partitions
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.core import Routing, Timing
 
 log = logging.getLogger(__name__)
+
+# How long a stop waits for a round in progress (taking partitions over) to finish.
+ROUND_WAIT_S = 10.0
 
 
 def timing_of(config: Config) -> Timing:
@@ -42,10 +40,9 @@ class QueueService:
         self.ctx = ctx
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self._subs: list[JetStreamContext.PullSubscription] = []
         self.processor: QueueProcessor | None = None
+        self.partitions: Partitions | None = None
         self._stats: metrics.QueueStatsCollector | None = None
-        self._lease: Lease | None = None
         ctx.live.on_change(self._prepare)
 
     def _prepare(self, config: Config, revision: int) -> Commit:
@@ -65,75 +62,47 @@ class QueueService:
     async def start(self) -> None:
         config = self.ctx.config
         js = self.ctx.js
-        # One writer: a second queue process stands by here until the first is gone; a
-        # successor in the same slot (MAILBUS_SLOT) takes over from its predecessor at once.
-        self._lease = Lease(
-            js,
-            subjects.QUEUE_LEADER_BUCKET,
-            subjects.QUEUE_LEADER_KEY,
-            self.ctx.instance,
-            slot=slot_from_env(),
-        )
-        await self._lease.acquire()
-        self._lease.keep(self._lost)
-        # Before the first decision: from now on a predecessor still writing is refused.
-        fence = Fence(js, subjects.QUEUE_EPOCH_SUBJECT)
-        await fence.open_epoch(self.ctx.instance)
         routing = Routing.of(config.delivery.mode, config.server.local_domains)
         timing = timing_of(config)
         bodies = BodyStore(js)
         index = QueueIndex(timing)
-        processor = QueueProcessor(
-            js, bodies, routing, timing, index, fence=fence, on_fenced=self._lost
-        )
-        self.processor = processor
-        # Before the consumers start, so every later input lands on a complete index.
-        processor.seen_up_to((await js.stream_info(subjects.EVENTS_STREAM)).state.last_seq)
-        states = await read_all_states(js)
-        for state in states.values():
-            index.update(state)
-        processor.seed(states.values())
-        log.info("queue: %d messages in the queue at start", len(index))
-        self._stats = metrics.register_queue_stats(index.stats, index.ages)
-        await QueueApi(js, processor).register(self.ctx.micro)
-        events_sub = await consumers.bind(js, consumer.EVENTS_CONSUMER)
-        timers_sub = await consumers.bind(js, timers.TIMERS_CONSUMER)
-        self._subs = [events_sub, timers_sub]
-        loops = [
-            (events_sub, processor.handle, "queue", "queue-events"),
-            (timers_sub, processor.handle_timer, "queue timers", "queue-timers"),
-        ]
-        self._tasks = [
-            asyncio.create_task(
-                consumers.fetch_loop(sub, handle, self._stopping, consumer.FETCH, what), name=name
-            )
-            for sub, handle, what, name in loops
-        ]
-        # Bodies a killed ingress stored without their event: only the lease holder sweeps.
+        # The partitions' leases, fences and consumers; the processor asks it which
+        # messages are this replica's and which epoch their events carry.
         sweeper = OrphanSweeper(js, StreamBodies(bodies), SweepSettings.from_env())
-        self._tasks.append(
-            asyncio.create_task(sweeper.run(self._stopping), name="queue-orphan-bodies")
+        processor = QueueProcessor(js, bodies, routing, timing, index)
+        partitions = Partitions(
+            js, processor, self.ctx.instance, slot_from_env(), with_partition_0=sweeper.run
         )
+        processor.own_through(partitions.owns, partitions.fence_of, partitions.fenced)
+        self.processor = processor
+        self.partitions = partitions
+        # The first round before the service counts as started: a lone replica (or the
+        # first of several) owns its share, read into the index, when start returns.
+        try:
+            await partitions.round()
+        except Exception as exc:  # NATS slow just now: the rounds that follow try again
+            log.warning("queue: first round failed: %s: %s", type(exc).__name__, exc)
+        log.info(
+            "queue: %d messages in the queue at start; partitions %s",
+            len(index),
+            partitions.owned(),
+        )
+        try:
+            self._stats = metrics.register_queue_stats(index.stats, index.ages)
+        except ValueError:  # a second replica in one process (tests): the first reports
+            self._stats = None
+        await QueueApi(js, processor, partitions).register(self.ctx.micro)
+        self._tasks = [asyncio.create_task(partitions.run(self._stopping), name="queue-partitions")]
 
     async def stop(self) -> None:
         if self._stats is not None:
             metrics.unregister(self._stats)
         self._stopping.set()
         if self._tasks:
-            await asyncio.gather(*self._tasks)
-        for sub in self._subs:
-            await sub.unsubscribe()
-        self._subs = []
-        if self._lease is not None:
-            await self._lease.release()  # the standby takes over at once
-
-    async def _lost(self) -> None:
-        """Another process holds the lease now (this one was cut off longer than its
-        TTL): stop deciding at once, then end the process so its supervisor
-        (Kubernetes, `mailbus up`) starts it again as a standby. Also called when a
-        write was fenced off, perhaps several times: once is enough."""
-        if self._stopping.is_set():
-            return
-        self._stopping.set()
-        log.critical("queue: lease lost; no further decisions from %s", self.ctx.instance)
-        os.kill(os.getpid(), signal.SIGTERM)
+            # A round stuck on NATS not answering is cut short: what it took expires.
+            _, late = await asyncio.wait(self._tasks, timeout=ROUND_WAIT_S)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self.partitions is not None:
+            await self.partitions.stop()  # the others take them over at once

@@ -311,7 +311,7 @@ def _mutated_copy(tmp_path: Path, source: Path, old: str, new: str) -> Path:
     ("source", "old", "new", "complaint"),
     [
         # A number written as a word.
-        ("queue.yaml", "  replicas: 1\n", '  replicas: "three"\n', "replicas"),
+        ("queue.yaml", "  replicas: 3\n", '  replicas: "three"\n', "replicas"),
         # A misspelt field, which a lax validator (and kubectl apply) would drop.
         ("ingress.yaml", "          args: [", "          argz: [", "argz"),
         # A wrong type deep inside a pod template.
@@ -433,16 +433,22 @@ def test_one_deployment_per_service_running_that_service() -> None:
     assert len(docs_of("Deployment")) == len(SERVICES)
 
 
-def test_queue_runs_exactly_one_replica() -> None:
+def test_queue_runs_three_replicas_over_its_partitions() -> None:
     queue = deployment("queue")
-    assert queue["spec"]["replicas"] == 1
-    assert queue["spec"]["strategy"]["type"] == "Recreate"
+    assert queue["spec"]["replicas"] == 3
+    # One pod at a time, never one more: a leaving pod hands its partitions back.
+    assert queue["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
+    }
+    env = {e["name"]: e.get("value") for e in container(queue)["env"]}
+    assert env["MAILBUS_SLOT"] == "$(POD_NAME)"  # a restarted container takes over at once
     scaled = {doc["spec"]["scaleTargetRef"]["name"] for doc in docs_of("HorizontalPodAutoscaler")}
     scaled |= {doc["spec"]["scaleTargetRef"]["name"] for doc in docs_of("ScaledObject")}
     assert "mailbus-queue" not in scaled
-    # The PDB keeps a drain from moving the only queue unnoticed.
+    # A drain moves one queue pod at a time.
     assert named("PodDisruptionBudget", "mailbus-queue")["spec"] == {
-        "minAvailable": 1,
+        "maxUnavailable": 1,
         "selector": deployment("queue")["spec"]["selector"],
     }
 
@@ -724,7 +730,7 @@ def test_compose_runs_every_service_with_traces() -> None:
         assert spec["read_only"] is True
         assert spec["depends_on"]["nats"]["condition"] == "service_healthy"
     assert services["delivery"]["deploy"]["replicas"] == 3
-    assert "replicas" not in services["queue"].get("deploy", {})
+    assert services["queue"]["deploy"]["replicas"] == 3
     assert "16686:16686" in " ".join(services["jaeger"]["ports"])
 
 

@@ -21,13 +21,12 @@ import pytest
 from nats.js import JetStreamContext
 
 from libs.common.config import Config, load_config_text
-from libs.common.contract import subjects
 from libs.common.contract.events import DeliverySucceeded, MessageReceived, Recipient, ReportSent
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.service import Running
 from tests.support.pipeline import pipeline, smtp_address
 from tests.support.sink import Sink
-from tests.support.streams import completed, eventually, history
+from tests.support.streams import completed, event_consumers_idle, eventually, history
 
 SENDER = "alice@sender.test"
 NULL_SENDER = "<>"  # as aiosmtpd records MAIL FROM:<>
@@ -115,11 +114,7 @@ async def settled(js: JetStreamContext, qid: str) -> bool:
     """The message completed and every consumer has caught up with what followed."""
     if not await completed(js, qid):
         return False
-    for consumer in (subjects.QUEUE_CONSUMER, subjects.NOTIFIER_CONSUMER):
-        info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
-        if info.num_pending or info.num_ack_pending:
-            return False
-    return True
+    return await event_consumers_idle(js)
 
 
 async def report_answers(js: JetStreamContext, qid: str) -> list[ReportSent]:

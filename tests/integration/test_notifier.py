@@ -50,7 +50,7 @@ from services.notifier.core import trigger_of
 from services.notifier.service import NotifierService
 from services.queue.service import QueueService
 from tests.support.sink import Sink
-from tests.support.streams import completed, eventually
+from tests.support.streams import completed, event_consumers_idle, eventually
 
 HOST = "mx.example.test"
 POSTMASTER = "postmaster@mx.example.test"
@@ -484,11 +484,7 @@ async def test_end_to_end_a_bounced_report_reaches_the_postmaster_once(
         async def settled() -> bool:
             if not await completed(js, to_postmaster):
                 return False
-            for consumer in (subjects.QUEUE_CONSUMER, subjects.NOTIFIER_CONSUMER):
-                info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
-                if info.num_pending or info.num_ack_pending:
-                    return False
-            return True
+            return await event_consumers_idle(js)
 
         await eventually(settled, "the report to the postmaster to complete", within=30)
         await asyncio.sleep(1.0)  # room for anything that should not come

@@ -1,4 +1,4 @@
-"""One queue decides at a time: the single-holder lease on a real nats-server."""
+"""One queue decides per partition at a time: the single-holder lease on a real nats-server."""
 
 from __future__ import annotations
 
@@ -11,7 +11,8 @@ from libs.common.config import load_config_text
 from libs.common.contract import subjects
 from libs.common.runtime.embedded_nats import EmbeddedNats
 from libs.common.runtime.lease import Lease
-from libs.common.runtime.service import start_service
+from libs.common.runtime.service import Running, start_service
+from services.queue.adapters.partitions import TICK_S, Partitions
 from services.queue.service import QueueService
 
 BUCKET, KEY = subjects.QUEUE_LEADER_BUCKET, "test"
@@ -73,16 +74,29 @@ async def test_a_holder_whose_key_moved_on_learns_it_lost(js: JetStreamContext) 
     assert entry.value == b"usurper"
 
 
-async def test_a_second_queue_service_stands_by(nats_server: EmbeddedNats) -> None:
+async def test_a_second_queue_service_shares_the_partitions(nats_server: EmbeddedNats) -> None:
+    """Two replicas split the partitions between them, never both owning one; once the
+    first stops, the second owns them all at once (the first gave its leases back)."""
     config = load_config_text("server: {hostname: mx.example.test}\n")
     first = await start_service("queue", QueueService, config, [nats_server.url])
-    second = asyncio.create_task(start_service("queue", QueueService, config, [nats_server.url]))
-    await asyncio.sleep(1.5)
-    assert not second.done()  # standing by: no consumer bound, no decision made
+    second = await start_service("queue", QueueService, config, [nats_server.url])
+    a, b = _partitions(first), _partitions(second)
+    assert a.owned() == list(range(subjects.QUEUE_PARTITIONS))  # alone when it started
+    half = subjects.QUEUE_PARTITIONS // 2
+    async with asyncio.timeout(20):
+        while not (len(a.owned()) == len(b.owned()) == half):
+            assert not set(a.owned()) & set(b.owned())
+            await asyncio.sleep(0.1)
     await first.close()
-    async with asyncio.timeout(10):
-        running = await second
-    await running.close()
+    await asyncio.sleep(2 * TICK_S)  # two rounds: the first gave its leases back at once
+    assert len(b.owned()) == subjects.QUEUE_PARTITIONS
+    await second.close()
+
+
+def _partitions(running: Running) -> Partitions:
+    service = running.service
+    assert isinstance(service, QueueService) and service.partitions is not None
+    return service.partitions
 
 
 async def test_a_standby_outlives_nats_not_answering(nats_server: EmbeddedNats) -> None:

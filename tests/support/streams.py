@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 
 from nats.js import JetStreamContext
+from nats.js.errors import NotFoundError
 
 from libs.common.contract import subjects
 from libs.common.contract.events import (
@@ -89,3 +90,17 @@ async def timers_of(js: JetStreamContext, qid: str) -> int:
         subjects.TIMERS_STREAM, subjects_filter=subjects.message_timers_filter(qid)
     )
     return sum((info.state.subjects or {}).values())
+
+
+async def event_consumers_idle(js: JetStreamContext) -> bool:
+    """Whether the queue's consumers of MAILBUS_EVENTS (one per partition, and the one of
+    the versions before partitions) and the notifier's have nothing waiting or unacked."""
+    names = [c for st, c in subjects.SERVICE_CONSUMERS["queue"] if st == subjects.EVENTS_STREAM]
+    for consumer in [*names, subjects.NOTIFIER_CONSUMER]:
+        try:
+            info = await js.consumer_info(subjects.EVENTS_STREAM, consumer)
+        except NotFoundError:  # a partition's consumer not made yet: nothing for it
+            continue
+        if info.num_pending or info.num_ack_pending:
+            return False
+    return True

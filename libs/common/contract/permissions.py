@@ -213,14 +213,26 @@ def service_permissions() -> dict[str, Permissions]:
             "queue",
             publish=[
                 *_events("queue"),
+                # Each partition's epoch, and the single one of the versions before.
+                s.QUEUE_EPOCH_SUBJECTS,
                 s.QUEUE_EPOCH_SUBJECT,
                 *_read_stream(s.EVENTS_STREAM),
                 *_consume(s.EVENTS_STREAM, s.QUEUE_CONSUMER),
+                *(
+                    name
+                    for p in range(s.QUEUE_PARTITIONS)
+                    for name in _consume(s.EVENTS_STREAM, s.queue_consumer(p))
+                ),
                 f"{s.JOBS_PREFIX}.*",
                 f"{s.TIMERS_PREFIX}.sched.>",
                 *_read_stream(s.TIMERS_STREAM),
                 f"$JS.API.STREAM.PURGE.{s.TIMERS_STREAM}",
                 *_consume(s.TIMERS_STREAM, s.QUEUE_TIMERS_CONSUMER),
+                *(
+                    name
+                    for p in range(s.QUEUE_PARTITIONS)
+                    for name in _consume(s.TIMERS_STREAM, s.queue_timers_consumer(p))
+                ),
                 # Completion purges a body; the orphan sweep lists them (headers only).
                 *_read_stream(s.BODIES_STREAM),
                 f"$JS.API.STREAM.PURGE.{s.BODIES_STREAM}",

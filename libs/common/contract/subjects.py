@@ -35,29 +35,72 @@ def policy_subject(stage: str) -> str:
 
 # The event log: every event of every message, one subject per message and type,
 # so a message's history is one filtered read and consumers can filter by type.
+# The last token is the message's queue partition (QUEUE_PARTITIONS, below): each
+# queue replica reads only the partitions it owns. It comes last so that one filter,
+# `mailbus.evt.<qid>.>`, still reads a message's whole history across both shapes:
+# the events a version before partitions wrote (`mailbus.evt.<qid>.<type>`, no
+# partition token) and the ones written since.
 EVENTS_STREAM = "MAILBUS_EVENTS"
 EVENTS_PREFIX = f"{PREFIX}.evt"
 EVENTS_SUBJECTS = f"{EVENTS_PREFIX}.>"
 
+# How many partitions the queue's messages hash to. Every publisher of an event or a
+# timer must agree on it, so it is part of the wire contract, not a setting: changing
+# it would move messages between partitions under a running queue. 16 lets up to 16
+# queue replicas share the work; each partition costs a replica two idle fetch loops.
+QUEUE_PARTITIONS = 16
+
+
+def partition_of(queue_id: str) -> int:
+    """The queue partition of a message: FNV-1a (32 bits) of its id, modulo P.
+
+    Stable across processes and versions (unlike Python's `hash`, which is salted)."""
+    value = 0x811C9DC5
+    for byte in queue_id.encode():
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value % QUEUE_PARTITIONS
+
 
 def event_subject(queue_id: str, event_type: str) -> str:
-    return f"{EVENTS_PREFIX}.{queue_id}.{event_type}"
+    return f"{EVENTS_PREFIX}.{queue_id}.{event_type}.{partition_of(queue_id)}"
 
 
 def message_events_filter(queue_id: str) -> str:
-    return f"{EVENTS_PREFIX}.{queue_id}.*"
+    """Every event of one message, whether written with a partition token or before."""
+    return f"{EVENTS_PREFIX}.{queue_id}.>"
 
 
-def events_of_type(event_type: str) -> str:
+def events_of_type(event_type: str, partition: int | None = None) -> str:
+    """Events of one type: of every partition, or of one."""
+    where = "*" if partition is None else str(partition)
+    return f"{EVENTS_PREFIX}.*.{event_type}.{where}"
+
+
+def legacy_events_of_type(event_type: str) -> str:
+    """Events of one type as a version before partitions wrote them (no partition
+    token): what consumers still read after an upgrade until it is all processed."""
     return f"{EVENTS_PREFIX}.*.{event_type}"
 
 
-# The queue's fencing epoch: each new lease holder appends one marker here, and every
-# event the queue publishes expects it to be the last one on this subject, so a deposed
-# holder's writes fail (runtime/fence.py). One token shorter than an event's subject,
-# so no `mailbus.evt.*.*` filter (a type, a message) ever sees it.
+# Every event in the new shape, and in the one before partitions.
+MESSAGE_EVENTS = f"{EVENTS_PREFIX}.*.*.*"
+LEGACY_MESSAGE_EVENTS = f"{EVENTS_PREFIX}.*.*"
+
+# The queue's fencing epochs: each new holder of a partition's lease appends one marker
+# on its partition's subject, and every event the queue publishes for a message of that
+# partition expects it to be the last one there, so a deposed holder's writes fail
+# (runtime/fence.py). `mailbus.evt.queue-epoch.<p>` is no message's history (no queue
+# id reads `queue-epoch`) and has no event type in third place, so no event filter
+# sees it. QUEUE_EPOCH_SUBJECT is the single epoch of the versions before partitions;
+# a new queue appends a marker there too, so an old one still running is fenced off.
 QUEUE_EPOCH_SUBJECT = f"{EVENTS_PREFIX}.queue-epoch"
-MESSAGE_EVENTS = f"{EVENTS_PREFIX}.*.*"
+
+
+def queue_epoch_subject(partition: int) -> str:
+    return f"{QUEUE_EPOCH_SUBJECT}.{partition}"
+
+
+QUEUE_EPOCH_SUBJECTS = f"{QUEUE_EPOCH_SUBJECT}.*"
 
 
 # Delivery jobs: a work queue, one subject token per destination so that
@@ -72,25 +115,33 @@ def job_subject(destination: str) -> str:
 
 
 # Durable timers (retry, delay warning, expiry) use JetStream message schedules.
+# Like events, their subjects end in the message's partition (none before partitions).
 TIMERS_STREAM = "MAILBUS_TIMERS"
 TIMERS_PREFIX = f"{PREFIX}.timer"
 TIMERS_SUBJECTS = f"{TIMERS_PREFIX}.>"
 # The queue publishes one schedule per message and kind on `.sched.`; the server
 # publishes it to `.fire.` when due, into the same stream.
 TIMER_FIRES = f"{TIMERS_PREFIX}.fire.>"
+# Fired timers the versions before partitions scheduled: `fire.<qid>.<kind>`.
+LEGACY_TIMER_FIRES = f"{TIMERS_PREFIX}.fire.*.*"
+
+
+def timer_fires_of(partition: int) -> str:
+    return f"{TIMERS_PREFIX}.fire.*.*.{partition}"
 
 
 def timer_schedule_subject(queue_id: str, kind: str) -> str:
-    return f"{TIMERS_PREFIX}.sched.{queue_id}.{kind}"
+    return f"{TIMERS_PREFIX}.sched.{queue_id}.{kind}.{partition_of(queue_id)}"
 
 
 def timer_fire_subject(queue_id: str, kind: str) -> str:
-    return f"{TIMERS_PREFIX}.fire.{queue_id}.{kind}"
+    return f"{TIMERS_PREFIX}.fire.{queue_id}.{kind}.{partition_of(queue_id)}"
 
 
 def message_timers_filter(queue_id: str) -> str:
-    """Every schedule and fired timer of one message (to purge them when it leaves)."""
-    return f"{TIMERS_PREFIX}.*.{queue_id}.*"
+    """Every schedule and fired timer of one message, of both shapes (to purge them
+    when it leaves)."""
+    return f"{TIMERS_PREFIX}.*.{queue_id}.>"
 
 
 # Request/reply: `mailbus queue ...` asks the queue service (a nats.micro endpoint group).
@@ -99,6 +150,8 @@ QUEUE_API_OPS = ("list", "show", "retry", "hold", "release", "delete")
 
 
 def queue_api_subject(op: str) -> str:
+    """Every queue replica hears every request: `list` is answered by each for the
+    partitions it owns, an operation on one message by its partition's owner alone."""
     if op not in QUEUE_API_OPS:
         raise ValueError(f"unknown queue operation {op!r}")
     return f"{QUEUE_API_PREFIX}.{op}"
@@ -147,10 +200,22 @@ CONNECTIONS_HELLO_SUBJECT = f"{PREFIX}.connections.v1.hello"
 BLOCKS_BUCKET = "mailbus-blocks"
 
 
-# The queue's single-writer lease (libs/common/runtime/lease.py): one key, held by the one
-# queue process that may decide; a standby waits until it is free.
+# The queue's single-writer leases (libs/common/runtime/lease.py): one key per partition,
+# held by the one queue replica that decides for that partition's messages; and one key
+# per live replica (with a short TTL), from which each reckons its fair share.
+# QUEUE_LEADER_KEY is the single lease of the versions before partitions.
 QUEUE_LEADER_BUCKET = "mailbus-queue-leader"
 QUEUE_LEADER_KEY = "queue"
+QUEUE_MEMBER_PREFIX = "member."
+
+
+def queue_partition_key(partition: int) -> str:
+    return f"{QUEUE_LEADER_KEY}.{partition}"
+
+
+def queue_member_key(instance: str) -> str:
+    return f"{QUEUE_MEMBER_PREFIX}{token(instance)}"
+
 
 # Delivery claims (services/delivery/adapters/claims.py): one key per job id, written by
 # the worker sending it with a per-key TTL a little above the jobs' ack_wait, so a
@@ -260,10 +325,22 @@ def mailbox_lock_subject(address: str) -> str:
     return f"{MAILBOX_LOCKS_PREFIX}.{token(address.lower())}"
 
 
-# Durable consumer names.
+# Durable consumer names. The queue has two per partition (its events, its fired
+# timers); QUEUE_CONSUMER and QUEUE_TIMERS_CONSUMER are those of the versions before
+# partitions, kept (with filters narrowed to the old subject shape) so that what they
+# had not yet processed at the upgrade still is.
 QUEUE_CONSUMER = "queue"
-# The queue's fired timers (MAILBUS_TIMERS, mailbus.timer.fire.>).
 QUEUE_TIMERS_CONSUMER = "queue-timers"
+
+
+def queue_consumer(partition: int) -> str:
+    return f"{QUEUE_CONSUMER}-p{partition}"
+
+
+def queue_timers_consumer(partition: int) -> str:
+    return f"{QUEUE_TIMERS_CONSUMER}-p{partition}"
+
+
 DELIVERY_CONSUMER = "delivery"
 NOTIFIER_CONSUMER = "notifier"
 # Shared by every policy replica: each POP3 login is turned into a grant once.
@@ -272,7 +349,12 @@ POLICY_GRANTS_CONSUMER = "policy-pop3-grants"
 # The durable consumers each service reads, for its consumer-lag metrics.
 SERVICE_CONSUMERS: dict[str, tuple[tuple[str, str], ...]] = {
     "policy": ((ACCESS_STREAM, POLICY_GRANTS_CONSUMER),),
-    "queue": ((EVENTS_STREAM, QUEUE_CONSUMER), (TIMERS_STREAM, QUEUE_TIMERS_CONSUMER)),
+    "queue": (
+        *((EVENTS_STREAM, queue_consumer(p)) for p in range(QUEUE_PARTITIONS)),
+        *((TIMERS_STREAM, queue_timers_consumer(p)) for p in range(QUEUE_PARTITIONS)),
+        (EVENTS_STREAM, QUEUE_CONSUMER),
+        (TIMERS_STREAM, QUEUE_TIMERS_CONSUMER),
+    ),
     "delivery": ((JOBS_STREAM, DELIVERY_CONSUMER),),
     "notifier": ((EVENTS_STREAM, NOTIFIER_CONSUMER),),
 }

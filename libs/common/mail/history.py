@@ -72,7 +72,9 @@ async def message_history(js: JetStreamContext, queue_id: str) -> list[AnyEvent]
 
 async def message_received(js: JetStreamContext, queue_id: str) -> MessageReceived | None:
     """The message's MessageReceived, or None when the stream does not hold it."""
-    subject = subjects.event_subject(queue_id, "MessageReceived")
+    # A message's first event is its MessageReceived; this filter finds it whether it
+    # was written with a partition token or before (subjects.message_events_filter).
+    subject = subjects.message_events_filter(queue_id)
     first = [raw async for raw in by_subject(js, subjects.EVENTS_STREAM, subject, 1)]
     if not first:
         return None

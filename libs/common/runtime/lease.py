@@ -1,8 +1,8 @@
 """A single-holder lease on the bus: at most one process holds it at a time.
 
-The queue is the one writer of every message's decisions; the manifests run one
-replica, and this lease is what keeps a second one (a partitioned node's old
-pod, an operator's mistake) from deciding in parallel. The holder writes its
+The queue is the one writer of every message's decisions: one lease per queue
+partition (services/queue/adapters/partitions.py) keeps two replicas from deciding
+for the same partition's messages in parallel. The holder writes its
 name to one KV key with a TTL and renews it by compare-and-set every TTL/3; a
 holder that dies stops renewing and the key expires, so a standby takes over
 within one TTL. A holder that finds the key moved on has lost the lease and
@@ -91,6 +91,13 @@ class Lease:
             await asyncio.sleep(self.ttl_s / 3)
         log.info("lease %s taken by %s", self._key, self.holder)
 
+    async def try_acquire(self) -> bool:
+        """Take the lease if it is free (or this slot's predecessor's) now; never waits."""
+        if await self._try_take():
+            log.info("lease %s taken by %s", self._key, self.holder)
+            return True
+        return False
+
     async def _try_take(self) -> bool:
         entry = await self._bucket.get(self._key)
         if entry is not None and entry.value:
@@ -138,11 +145,21 @@ class Lease:
                 await on_lost()
                 return
 
-    async def release(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
+    async def abandon(self) -> None:
+        """Stop renewing without touching the key: it is someone else's by now (a write
+        of ours was fenced off), or it expires by itself."""
+        self._revision = 0
+        await self._stop_renewing()
+
+    async def _stop_renewing(self) -> None:
+        renewer, self._renewer = self._renewer, None
+        if renewer is not None and renewer is not asyncio.current_task():
+            renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+                await renewer
+
+    async def release(self) -> None:
+        await self._stop_renewing()
         if self.held:
             self._revision = 0
             try:

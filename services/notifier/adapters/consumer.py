@@ -10,7 +10,9 @@ TRIGGERS_CONSUMER = DurableConsumer(
     stream=subjects.EVENTS_STREAM,
     name=subjects.NOTIFIER_CONSUMER,
     description="notifier: failures, delays, expiries and requested successes",
-    filters=tuple(subjects.events_of_type(t) for t in TRIGGER_TYPES),
+    # Both subject shapes: what an older queue wrote before the upgrade still gets a report.
+    filters=tuple(subjects.events_of_type(t) for t in TRIGGER_TYPES)
+    + tuple(subjects.legacy_events_of_type(t) for t in TRIGGER_TYPES),
     ack_wait=60.0,  # a report reads a body and writes one: allow a slow store
     max_ack_pending=256,
 )

@@ -5,6 +5,11 @@ that change a message are events in its log (MessageHeld, MessageReleased,
 MessageDeleted) or a fired retry timer; the endpoint publishes them, waits until
 the queue's consumer has processed them like any other input, then answers.
 So there is still one writer per message, and `show` tells who did what.
+
+Every replica subscribes in a queue group of its own, so each hears every request:
+`list` is answered by each with the partitions it owns (the client gathers replies
+until every partition is covered); a request about one message is answered by the
+owner of its partition alone, the others stay silent.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from libs.common.contract.events import Event, MessageDeleted, MessageHeld, Mess
 from libs.common.mail.history import message_history
 from libs.common.runtime import bus
 from services.queue.adapters.errors import BadRequest, NotDeferred, NotHeld, NotQueued, QueueError
+from services.queue.adapters.partitions import Partitions
 from services.queue.adapters.processor import QueueProcessor
 from services.queue.adapters.timers import fire_now
 from services.queue.core import QueueEntry, TimerFired
@@ -39,9 +45,12 @@ Reply = dict[str, Any]
 
 
 class QueueApi:
-    def __init__(self, js: JetStreamContext, processor: QueueProcessor) -> None:
+    def __init__(
+        self, js: JetStreamContext, processor: QueueProcessor, partitions: Partitions
+    ) -> None:
         self._js = js
         self._processor = processor
+        self._partitions = partitions
         self._ops: dict[str, Callable[[dict[str, Any]], Awaitable[Reply]]] = {
             "list": self._list,
             "show": self._show,
@@ -52,17 +61,23 @@ class QueueApi:
         }
 
     async def register(self, micro: MicroService) -> None:
+        # A group of this replica's own: named after its member key, unique per replica.
+        group = f"queue-{subjects.token(self._partitions.member)}"
         for op in subjects.QUEUE_API_OPS:
             await micro.add_endpoint(
                 name=f"queue-{op}",
                 subject=subjects.queue_api_subject(op),
                 handler=self._handler(op),
+                queue_group=group,
             )
 
     def _handler(self, op: str) -> Callable[[Request], Awaitable[None]]:
         async def handle(request: Request) -> None:
             try:
-                reply = await self._ops[op](_body(request))
+                body = _body(request)
+                if op != "list" and not self._ours(body):
+                    return  # another replica's message: its owner answers
+                reply = await self._ops[op](body)
             except QueueError as exc:
                 reply = exc.reply
             except (ValueError, KeyError) as exc:  # a missing or malformed field
@@ -74,6 +89,14 @@ class QueueApi:
 
         return handle
 
+    def _ours(self, body: dict[str, Any]) -> bool:
+        """Whether this replica answers: it owns the message's partition. A request naming
+        no message (retry with `all`) is answered by the owner of partition 0 alone, for
+        the messages it holds; `mailbus queue retry ALL` lists first and names each."""
+        if "queue_id" in body:
+            return self._partitions.owns(str(body["queue_id"]))
+        return 0 in self._partitions.owned()
+
     def _entry(self, body: dict[str, Any]) -> QueueEntry:
         qid = str(body["queue_id"])
         entry = self._processor.index.get(qid)
@@ -82,7 +105,10 @@ class QueueApi:
         return entry
 
     async def _list(self, body: dict[str, Any]) -> Reply:
-        return {"entries": [e.model_dump(mode="json") for e in self._processor.index.entries()]}
+        return {
+            "partitions": self._partitions.owned(),
+            "entries": [e.model_dump(mode="json") for e in self._processor.index.entries()],
+        }
 
     async def _show(self, body: dict[str, Any]) -> Reply:
         qid = str(body["queue_id"])

@@ -1,9 +1,10 @@
-"""Sweeping orphan bodies (services/queue/core/orphans.py) while this queue holds its lease.
+"""Sweeping orphan bodies (services/queue/core/orphans.py) while this replica owns partition 0.
 
 The sweeper sees the body store through `BodyStore` (list with store times, delete);
 `StreamBodies` is that view of the MAILBUS_BODIES stream. A body is an orphan when it
-is older than the grace period and MAILBUS_EVENTS has no MessageReceived for its queue
-id; each one removed is counted in `mailbus_qmgr_orphan_bodies_removed_total`.
+is older than the grace period and MAILBUS_EVENTS has no event of its queue id (of
+either subject shape: a body of a message queued before partitions is no orphan);
+each one removed is counted in `mailbus_qmgr_orphan_bodies_removed_total`.
 
 Environment (tests shorten them): MAILBUS_ORPHAN_SWEEP_EVERY and MAILBUS_ORPHAN_GRACE,
 in seconds (defaults 600 and 3600).
@@ -102,9 +103,10 @@ class OrphanSweeper:
         return removed
 
     async def _referenced(self, queue_id: str) -> bool:
-        subject = subjects.event_subject(queue_id, "MessageReceived")
+        # Its first event, whichever shape: one "next message on this filter" get.
+        subject = subjects.message_events_filter(queue_id)
         try:
-            await self._js.get_last_msg(subjects.EVENTS_STREAM, subject)
+            await self._js.get_msg(subjects.EVENTS_STREAM, seq=1, subject=subject, next=True)
         except NotFoundError:
             return False
         return True

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Collection, Iterable
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime
 
@@ -73,6 +73,8 @@ _tracer = tracer("mailbus.queue")
 
 # Redelivery delay after a failure (NATS down, publish timeout): soon, not in a hot loop.
 RETRY_DELAY_S = 2.0
+# An input of a partition another replica owns: back to the consumer for the owner.
+NOT_OURS_DELAY_S = 0.5
 
 
 # The status words of the mail log and of postfix_exporter's delay histogram.
@@ -92,33 +94,60 @@ class QueueProcessor:
         timing: Timing,
         index: QueueIndex | None = None,
         max_cached: int = 10_000,
-        fence: Fence | None = None,
-        on_fenced: Callable[[], Awaitable[None]] | None = None,
+        fence: Callable[[str], Fence | None] | None = None,
+        on_fenced: Callable[[str], Awaitable[None]] | None = None,
+        owns: Callable[[str], bool] | None = None,
     ) -> None:
         self._js = js
-        # With a fence, every event carries the holder's epoch: once a successor opened
-        # its own, these publishes fail and `on_fenced` stops this process.
+        # With fences, every event carries the epoch of its message's partition, as this
+        # replica opened it on taking the partition: once a successor opened its own,
+        # these publishes fail and `on_fenced` (given the queue id) gives the partition up.
         self._fence = fence
         self._on_fenced = on_fenced
+        # Whether this replica owns a message's partition now: an input of another's (from
+        # the consumer of the versions before partitions, or one fetched just before its
+        # partition was given back) goes back to be handled by the owner.
+        self._owns = owns
         self._bodies = bodies
         self._routing = routing
         self._timing = timing
         self.index = index if index is not None else QueueIndex(timing)
         self._max_cached = max_cached
         self._cache: OrderedDict[str, MessageState] = OrderedDict()
-        # The highest MAILBUS_EVENTS sequence read at start-up or handled since; None
-        # until the service says, and then every uncached message reads its history.
-        self._high_seq: int | None = None
+        # Per partition, the highest MAILBUS_EVENTS sequence read when it was taken or
+        # handled since; absent until the service says, and then every uncached message
+        # reads its history. Per partition, since each partition's consumer delivers in
+        # stream order but the partitions' consumers run side by side.
+        self._high_seq: dict[int, int] = {}
         self._locks = KeyedLocks()
         # Operator requests waiting for their input to be processed, by input id.
         self._waiters: dict[str, asyncio.Future[None]] = {}
 
+    def own_through(
+        self,
+        owns: Callable[[str], bool],
+        fence: Callable[[str], Fence | None],
+        on_fenced: Callable[[str], Awaitable[None]],
+    ) -> None:
+        """Who owns which partitions, once that is known (it needs this processor)."""
+        self._owns, self._fence, self._on_fenced = owns, fence, on_fenced
+
     def forget(self, queue_id: str) -> None:
         self._cache.pop(queue_id, None)
 
-    def seen_up_to(self, stream_seq: int) -> None:
-        """Every event up to this sequence was read at start-up (call before seed)."""
-        self._high_seq = stream_seq
+    def forget_partitions(self, partitions: Collection[int]) -> None:
+        """Partitions given back: their messages' states are their new owner's now."""
+        for queue_id in [q for q in self._cache if subjects.partition_of(q) in partitions]:
+            del self._cache[queue_id]
+        self.index.drop_partitions(partitions)
+        for partition in partitions:
+            self._high_seq.pop(partition, None)
+
+    def seen_up_to(self, stream_seq: int, partitions: Iterable[int] | None = None) -> None:
+        """Every event up to this sequence of these partitions (all, by default) was
+        read when they were taken (call before seed)."""
+        for p in range(subjects.QUEUE_PARTITIONS) if partitions is None else partitions:
+            self._high_seq[p] = stream_seq
 
     def seed(self, states: Iterable[MessageState]) -> None:
         """Start with a warm cache (the states read at start-up for the index)."""
@@ -157,15 +186,17 @@ class QueueProcessor:
         (two round trips per message): delivered for the first time, and later in
         the stream than anything read at start-up or handled since. Only the queue
         writes a message's later events, in answer to this one; a redelivery, a
-        replay by a new consumer or an out-of-order arrival reads the history."""
-        if self._high_seq is None:
+        replay by a new consumer or an out-of-order arrival reads the history, and so
+        does one written before partitions (the old consumer's order is not its
+        partition's)."""
+        partition = subjects.partition_of(event.queue_id)
+        high = self._high_seq.get(partition)
+        if high is None or msg.subject != subjects.event_subject(event.queue_id, event.type):
             return False
         meta = msg.metadata
         seq = meta.sequence.stream
-        fresh = (
-            isinstance(event, MessageReceived) and meta.num_delivered == 1 and seq > self._high_seq
-        )
-        self._high_seq = max(self._high_seq, seq)
+        fresh = isinstance(event, MessageReceived) and meta.num_delivered == 1 and seq > high
+        self._high_seq[partition] = max(high, seq)
         return fresh
 
     async def handle_timer(self, msg: Msg) -> None:
@@ -186,6 +217,9 @@ class QueueProcessor:
         input_id: str,
         known: MessageState | None = None,
     ) -> None:
+        if self._owns is not None and not self._owns(qid):
+            await msg.nak(delay=NOT_OURS_DELAY_S)
+            return
         async with self._locks.hold(qid):
             state: MessageState | None = None
             try:
@@ -207,7 +241,7 @@ class QueueProcessor:
                         )
                         await msg.nak()  # for the holder, at once
                         if self._on_fenced is not None:
-                            await self._on_fenced()
+                            await self._on_fenced(qid)
                         return
                     log.exception("queue %s: %s failed; retrying", qid, _describe(trigger))
                     await msg.nak(delay=RETRY_DELAY_S)
@@ -285,8 +319,9 @@ class QueueProcessor:
         elif isinstance(output, DeleteBody):
             await self._delete_body(output.queue_id)
         else:
-            if self._fence is not None:
-                ack = await self._fence.publish_event(output)
+            fence = self._fence(output.queue_id) if self._fence is not None else None
+            if fence is not None:
+                ack = await fence.publish_event(output)
             else:
                 ack = await bus.publish_event(self._js, output)
             log.debug(

@@ -67,11 +67,24 @@ async def clear_timers(js: JetStreamContext, queue_id: str) -> None:
     await js.purge_stream(subjects.TIMERS_STREAM, subject=subjects.message_timers_filter(queue_id))
 
 
-TIMERS_CONSUMER = DurableConsumer(
+def timers_consumer(partition: int) -> DurableConsumer:
+    return DurableConsumer(
+        stream=subjects.TIMERS_STREAM,
+        name=subjects.queue_timers_consumer(partition),
+        description=f"queue: fired retry, delay-warning and expiry timers (partition {partition})",
+        filters=(subjects.timer_fires_of(partition),),
+        ack_wait=8.0,  # as the events consumers': a killed queue's timers come back soon
+        max_ack_pending=1_000,
+    )
+
+
+# Timers scheduled before partitions fire on the old shape (`fire.<qid>.<kind>`): the
+# consumer of that version, its filter narrowed to that shape so it never sees a new one.
+LEGACY_TIMERS_CONSUMER = DurableConsumer(
     stream=subjects.TIMERS_STREAM,
     name=subjects.QUEUE_TIMERS_CONSUMER,
-    description="queue: fired retry, delay-warning and expiry timers",
-    filters=(subjects.TIMER_FIRES,),
-    ack_wait=8.0,  # as the events consumer's: a killed queue's timers come back soon
+    description="queue: fired timers scheduled before partitions",
+    filters=(subjects.LEGACY_TIMER_FIRES,),
+    ack_wait=8.0,
     max_ack_pending=1_000,
 )
