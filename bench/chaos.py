@@ -53,6 +53,8 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from libs.common.contract import subjects  # noqa: E402
+from libs.common.contract.events import MessageReceived  # noqa: E402
+from libs.common.mail.history import left_queue, message_history  # noqa: E402
 from libs.common.runtime import bus  # noqa: E402
 from libs.common.runtime.embedded_nats import free_port, nats_server_binary  # noqa: E402
 from libs.common.runtime.lease import slot_of  # noqa: E402
@@ -564,8 +566,9 @@ async def _load_and_kill(
 async def _stuck_and_lost(
     urls: Sequence[str], report: Report, sink: CountingSink
 ) -> tuple[int, int]:
-    """Of the accepted queue ids with no arrival: still in the queue (no MessageCompleted)
-    is stuck, anything else is lost."""
+    """Of the accepted queue ids with no arrival: still in the queue (its history says
+    it has not left: no completion in the fold, no deletion) is stuck, anything else is
+    lost. The queue writes no event for a completion, so the history is read whole."""
     arrived = {a.queue_id for a in sink.arrivals}
     missing = [q for q in report.accepted_ids if q not in arrived]
     if not missing:
@@ -575,9 +578,9 @@ async def _stuck_and_lost(
     try:
         js = nc.jetstream()
         for qid in missing:
-            received = await _has(js, subjects.event_subject(qid, "MessageReceived"))
-            completed = await _has(js, subjects.event_subject(qid, "MessageCompleted"))
-            if received and not completed:
+            events = await message_history(js, qid)
+            received = any(isinstance(e, MessageReceived) for e in events)
+            if received and not left_queue(events):
                 stuck += 1
             else:
                 lost += 1
@@ -634,14 +637,6 @@ async def _takeover(
             await asyncio.sleep(0.2)
     finally:
         await nc.close()
-
-
-async def _has(js: Any, subject: str) -> bool:
-    try:
-        await js.get_last_msg(subjects.EVENTS_STREAM, subject)
-    except Exception:
-        return False
-    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:

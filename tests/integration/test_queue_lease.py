@@ -5,11 +5,13 @@ from __future__ import annotations
 import asyncio
 import signal
 
+import pytest
 from nats.js import JetStreamContext
 
 from libs.common.config import load_config_text
 from libs.common.contract import subjects
 from libs.common.runtime.embedded_nats import EmbeddedNats
+from libs.common.runtime.fence import Fence, Fenced
 from libs.common.runtime.lease import Lease
 from libs.common.runtime.service import Running, start_service
 from services.queue.adapters.partitions import TICK_S, Partitions
@@ -128,3 +130,19 @@ async def test_a_standby_outlives_nats_not_answering(nats_server: EmbeddedNats) 
         await standby.release()
     finally:
         await nc.close()
+
+
+async def test_a_stale_holder_may_not_publish_a_job(js: JetStreamContext) -> None:
+    # A holder whose renewals stopped (stalled, cut off) for a whole TTL: its epoch is
+    # still the last one, so no event write would be refused yet, but a standby may hold
+    # the lease by now, so the check made before a job (which no epoch fences) refuses.
+    stale = Lease(js, BUCKET, KEY, "stale", ttl_s=1)
+    await stale.acquire()  # and no renewer: as if the process stalled
+    fence = Fence(js, subjects.queue_epoch_subject(0), still_held=stale.fresh)
+    await fence.open_epoch("stale")
+    fence.check()  # just written: surely ours
+    await asyncio.sleep(1.2)
+    assert stale.held and not stale.fresh()
+    with pytest.raises(Fenced):
+        fence.check()
+    await stale.release()

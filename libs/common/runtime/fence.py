@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 
 from nats.js import JetStreamContext, api
 from nats.js.errors import APIError
@@ -41,16 +42,33 @@ class Fenced(MailbusError):
 
 
 class Fence:
-    def __init__(self, js: JetStreamContext, subject: str) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        subject: str,
+        still_held: Callable[[], bool] | None = None,
+    ) -> None:
         self._js = js
         self.subject = subject
         self.epoch = 0
+        # Whether the lease behind this epoch is still surely ours (Lease.fresh): what
+        # `check` asks before a write to another stream, which no epoch can fence.
+        self._still_held = still_held
 
     async def open_epoch(self, holder: str) -> int:
         """Called right after the lease is taken, before the first decision."""
         ack = await self._js.publish(self.subject, holder.encode())
         self.epoch = int(ack.seq)
         return self.epoch
+
+    def check(self) -> None:
+        """Raise Fenced unless this holder may still write where the epoch does not
+        reach (the jobs stream): its lease renewed within one TTL. Not a fence, since a
+        successor could take over just after, but it shuts the long window of a holder
+        that was stalled or cut off and wakes up with inputs in hand; what it may still
+        publish in the short one carries the successor's deterministic id."""
+        if not self.epoch or (self._still_held is not None and not self._still_held()):
+            raise Fenced(f"lease behind {self.subject} not renewed within its TTL")
 
     def headers(self) -> dict[str, str]:
         if not self.epoch:

@@ -72,6 +72,13 @@ class Lease:
     def held(self) -> bool:
         return self._revision > 0
 
+    def fresh(self) -> bool:
+        """Held, and written less than one TTL ago: no standby can hold it yet. A holder
+        stalled or cut off past that must not act before its renewer has looked."""
+        if not self.held:
+            return False
+        return asyncio.get_running_loop().time() - self._renewed_at < self.ttl_s
+
     async def acquire(self) -> None:
         """Wait until this process holds the lease."""
         announced = False

@@ -209,7 +209,10 @@ class Partitions:
                 # An older queue (one lease, one epoch for everything) still running is
                 # fenced off before this one decides anything.
                 await self._js.publish(subjects.QUEUE_EPOCH_SUBJECT, self._instance.encode())
-            fences = {p: Fence(self._js, subjects.queue_epoch_subject(p)) for p in leases}
+            fences = {
+                p: Fence(self._js, subjects.queue_epoch_subject(p), still_held=lease.fresh)
+                for p, lease in leases.items()
+            }
             await asyncio.gather(*(f.open_epoch(self._instance) for f in fences.values()))
             last = (await self._js.stream_info(subjects.EVENTS_STREAM)).state.last_seq
             # Before the consumers start, so every later input lands on a complete index.

@@ -310,6 +310,11 @@ class QueueProcessor:
 
     async def _carry_out(self, output: Output) -> None:
         if isinstance(output, DeliveryJob):
+            # A first attempt's job is the decision's only write (no fenced event comes
+            # before it): go on only while the partition's lease is surely ours.
+            fence = self._fence(output.queue_id) if self._fence is not None else None
+            if fence is not None:
+                fence.check()
             subject = subjects.job_subject(output.destination.key)
             await bus.publish_model(self._js, subject, output, msg_id=output.job_id)
         elif isinstance(output, SetTimer):
