@@ -56,7 +56,11 @@ from libs.common.contract import subjects  # noqa: E402
 from libs.common.contract.events import MessageReceived  # noqa: E402
 from libs.common.mail.history import left_queue, message_history  # noqa: E402
 from libs.common.runtime import bus  # noqa: E402
-from libs.common.runtime.embedded_nats import free_port, nats_server_binary  # noqa: E402
+from libs.common.runtime.embedded_nats import (  # noqa: E402
+    die_with_parent,
+    free_port,
+    nats_server_binary,
+)
 from libs.common.runtime.lease import slot_of  # noqa: E402
 
 KINDS = ("ingress", "policy", "queue", "delivery", "notifier", "nats")
@@ -127,6 +131,9 @@ class Node:
             stdout=log,
             stderr=log,
             start_new_session=True,
+            # A run cut short from outside (a test worker killed by a timeout) must not
+            # leave the cluster behind: each node goes with the process that started it.
+            preexec_fn=die_with_parent,
         )
         log.close()
 
@@ -197,7 +204,13 @@ class ServiceProc:
         env["MAILBUS_SLOT"] = self.slot
         try:
             self.proc = await asyncio.create_subprocess_exec(
-                *args, cwd=ROOT, env=env, stdout=fd, stderr=fd, start_new_session=True
+                *args,
+                cwd=ROOT,
+                env=env,
+                stdout=fd,
+                stderr=fd,
+                start_new_session=True,
+                preexec_fn=die_with_parent,
             )
         finally:
             os.close(fd)
@@ -497,7 +510,9 @@ async def _load_and_kill(
                 node = nodes[-1]  # any one node of three; streams keep a quorum
                 await asyncio.to_thread(node.kill)
                 await asyncio.sleep(RESTART_AFTER_S)
-                await asyncio.to_thread(node.start)
+                # From this thread, not a worker's: a node's parent-death signal is
+                # tied to the thread that started it.
+                node.start()
                 continue
             victims = [p for p in procs if p.kind == kind and p.proc and p.proc.returncode is None]
             victim = victims[len(kills) % len(victims)]
