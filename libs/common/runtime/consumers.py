@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nats.aio.msg import Msg
@@ -22,7 +21,7 @@ from libs.common.runtime import pull
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Msg], Awaitable[None]]
+Handler = pull.Handler
 
 
 @dataclass(frozen=True)
@@ -71,6 +70,7 @@ class FetchSettings:
     concurrent: bool = True
     # Cancel a fetch that is only waiting when the stop comes, instead of letting it run
     # out. A message that arrives just then stays unacked until ack_wait brings it back.
+    # (One-by-one handlers only: the continuous pull ends at a stop anyway.)
     cancel_idle_fetch: bool = False
     # With `concurrent`: keep a window of `batch` messages asked for and hand each one
     # over as it arrives (pull.py), rather than fetch, handle the batch, fetch again.

@@ -32,9 +32,9 @@ log = logging.getLogger(__name__)
 
 Handler = Callable[[Msg], Awaitable[None]]
 
-# The server's answers that end a request without a message (no heartbeats are
-# asked for, so 100 does not come).
-_ENDED = {"404", "408", "409"}
+# The server's answers that end one request without a message (no heartbeats are
+# asked for, so 100 does not come; 409 ends them all and is handled on its own).
+_ENDED = {"404", "408"}
 # A request the server should have ended by now but did not answer (a reconnect, a
 # restarted server that forgot it) is taken as gone this long after it expired.
 GRACE_S = 1.0

@@ -55,4 +55,4 @@ LEGACY_EVENTS_CONSUMER = DurableConsumer(
 # requests a second, not dozens, and a waiting request delays no message (the server
 # answers as soon as one comes). A stop, or a partition handed back, ends the pull at
 # once and gives back what arrived too late to start.
-FETCH = FetchSettings(batch=64, timeout=5.0, cancel_idle_fetch=True)
+FETCH = FetchSettings(batch=64, timeout=5.0)
